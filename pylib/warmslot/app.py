@@ -1,0 +1,248 @@
+"""`App`: declare pipelines, then serve them."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import signal
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from . import _core, _json
+from .slots import PipelineRuntime
+from .spec import KeySpec, PipelineSpec, Signature
+
+log = logging.getLogger("warmslot")
+
+_running: "weakref.WeakSet[Server]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # Stop Rust threads and join slot threads before the interpreter finalizes.
+    for server in list(_running):
+        server.stop(drain=1.0)
+
+
+def _parse_state(state: str) -> str:
+    if state in ("memory", "memory://", ""):
+        return "memory"
+    scheme = state.split(":", 1)[0]
+    if scheme in ("sqlite", "redis"):
+        raise ValueError(
+            f"state={state!r}: the {scheme} store is not available in this version of warmslot; use state='memory'"
+        )
+    raise ValueError(f"state={state!r} is not a known store; use 'memory', 'sqlite:///path.db' or 'redis://host:port/db'")
+
+
+class App:
+    """A set of pipelines served behind webhooks.
+
+    ``state``: where per-key state lives (``"memory"``, the default). ``debug=True`` puts
+    tracebacks into error bodies. ``max_records``: executions kept for ``GET /executions/<id>``.
+    """
+
+    def __init__(
+        self,
+        state: str = "memory",
+        *,
+        debug: bool = False,
+        max_body_bytes: int = 1 << 20,
+        max_records: int = 100_000,
+        io_threads: int = 1,
+        max_connections: int = 10_000,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        self.state = _parse_state(state)
+        self.debug = debug
+        self.max_body_bytes = max_body_bytes
+        self.max_records = max_records
+        self.io_threads = io_threads
+        self.max_connections = max_connections
+        self.drain_timeout = drain_timeout
+        self.pipelines: Dict[str, PipelineSpec] = {}
+
+    def pipeline(
+        self,
+        name: Optional[str] = None,
+        *,
+        slots: Optional[int] = None,
+        min_slots: Optional[int] = None,
+        max_slots: Optional[int] = None,
+        key: KeySpec = None,
+        timeout: Optional[float] = 30.0,
+        setup: Optional[Callable[[], Any]] = None,
+        max_body_bytes: Optional[int] = None,
+        queue_size: int = 4096,
+        max_batch: int = 64,
+        signature: Optional[Signature] = None,
+    ) -> Callable[[Any], Any]:
+        """Registers a function or class as the pipeline ``name`` (default: its ``__name__``).
+
+        ``slots`` pre-warmed workers (or ``min_slots`` warm, up to ``max_slots``); ``key``: event
+        field (or callable(event) -> str) whose events run one at a time, in order, sharing
+        ``ctx.state``; ``timeout``: seconds from receipt to answer (504 after); ``setup``: called
+        once per slot, its result is ``ctx.resources``; ``queue_size``: events that may wait
+        before 429; ``signature``: a webhook signature check (see ``warmslot.github_signature``).
+        """
+
+        def register(target: Any) -> Any:
+            pname = name or getattr(target, "__name__", None)
+            if not pname:
+                raise ValueError("pipeline needs a name")
+            if pname in self.pipelines:
+                raise ValueError(f"pipeline {pname!r} is declared twice")
+            default = 16 if _is_async_target(target) else 4
+            lo = min_slots if min_slots is not None else (slots if slots is not None else 1)
+            hi = max_slots if max_slots is not None else (slots if slots is not None else max(lo, default))
+            if slots is not None and (min_slots is not None or max_slots is not None):
+                raise ValueError(f"pipeline {pname!r}: give slots=, or min_slots=/max_slots=, not both")
+            self.pipelines[pname] = PipelineSpec(
+                name=pname,
+                target=target,
+                min_slots=lo,
+                max_slots=hi,
+                key=key,
+                timeout=timeout,
+                setup=setup,
+                max_body_bytes=max_body_bytes if max_body_bytes is not None else self.max_body_bytes,
+                queue_size=queue_size,
+                max_batch=max_batch,
+                signature=signature,
+            )
+            return target
+
+        return register
+
+    def start(self, host: str = "127.0.0.1", port: int = 8000, *, wait: bool = True, timeout: float = 60.0) -> "Server":
+        """Starts serving in background threads; returns a `Server` (port 0 picks a free port)."""
+        server = Server(self, host, port)
+        if wait:
+            try:
+                server.wait_ready(timeout)
+            except BaseException:
+                server.stop(drain=0)
+                raise
+        return server
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
+        """Serves until SIGINT or SIGTERM, then drains and stops."""
+        server = self.start(host, port, wait=False)
+        stop = threading.Event()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            server.wait_ready(60.0)
+            names = ", ".join(f"/hooks/{n}" for n in self.pipelines)
+            print(f"warmslot: serving {names} on {server.url} (Ctrl-C to stop)", flush=True)
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            print("warmslot: stopping (draining in-flight executions)...", flush=True)
+            server.stop()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _is_async_target(target: Any) -> bool:
+    from .spec import _is_async
+
+    return _is_async(target)
+
+
+def _key_fn(key: Callable[[Any], Any]) -> Callable[[bytes], Optional[str]]:
+    def compute(body: bytes) -> Optional[str]:
+        value = key(_json.loads(body))
+        return None if value is None else str(value)
+
+    return compute
+
+
+class Server:
+    """A running app. Use ``app.start(...)``; stop with ``stop()`` or as a context manager."""
+
+    def __init__(self, app: App, host: str, port: int) -> None:
+        if not app.pipelines:
+            raise ValueError("the app has no pipelines; declare one with @app.pipeline(...)")
+        self.app = app
+        specs = list(app.pipelines.values())
+        config = {
+            "host": host,
+            "port": port,
+            "max_records": app.max_records,
+            "io_threads": app.io_threads,
+            "max_connections": app.max_connections,
+        }
+        key_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
+            _key_fn(s.key) if callable(s.key) else None for s in specs
+        ]
+        self._core = _core.Core(config, [s.as_config() for s in specs], key_fns)
+        self.host, self.port = self._core.start()
+        self._stopped = False
+        self._lock = threading.Lock()
+        self.runtimes = [PipelineRuntime(self._core, i, s, app.debug) for i, s in enumerate(specs)]
+        for rt in self.runtimes:
+            rt.start()
+        _running.add(self)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def is_ready(self) -> bool:
+        return bool(self._core.is_ready())
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Blocks until every pipeline has its minimum of warm slots."""
+        deadline = time.monotonic() + timeout
+        while not self._core.is_ready():
+            errors = [e for rt in self.runtimes for e in rt.errors]
+            if errors:
+                raise RuntimeError("; ".join(errors))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pipelines not warm after {timeout}s")
+            time.sleep(0.005)
+
+    def stats(self) -> List[Dict[str, Any]]:
+        """Per-pipeline counters and latency quantiles (µs) measured at the execution boundary."""
+        return self._core.stats()
+
+    def metrics(self) -> str:
+        return self._core.metrics_text()
+
+    def grow(self, pipeline: str, slots: int) -> int:
+        """Warms more slots for `pipeline` (up to its max_slots); returns how many were started."""
+        for rt in self.runtimes:
+            if rt.spec.name == pipeline:
+                return rt.grow(slots)
+        raise KeyError(pipeline)
+
+    def stop(self, drain: Optional[float] = None) -> None:
+        """Refuses new webhooks (503), lets accepted ones finish (up to `drain` seconds), fails
+        the rest, then stops every thread. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._core.shutdown(self.app.drain_timeout if drain is None else drain)
+        for rt in self.runtimes:
+            rt.join(timeout=5.0)
+        _running.discard(self)
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<warmslot.Server {self.url} pipelines={list(self.app.pipelines)}>"
+
+
+SignatureLike = Union[Signature, None]

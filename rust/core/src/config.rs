@@ -1,0 +1,97 @@
+//! Declarative configuration handed over from Python: the app, its pipelines, their limits.
+
+use std::time::Duration;
+
+/// How the per-key ordering key of an event is found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySpec {
+    /// No key: events are independent, may run in parallel, and carry no persisted state.
+    None,
+    /// A top-level field of the JSON object body (a string or a number).
+    Field(String),
+    /// Computed by a callable in the host language; the ingress asks the [`KeyFn`](crate::KeyFn).
+    Callable,
+}
+
+/// Which signing scheme a pipeline's webhooks use. All are HMAC-SHA256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignatureScheme {
+    /// `header: <prefix><hex(hmac(body))>`, e.g. GitHub's `X-Hub-Signature-256: sha256=...`.
+    Hex { header: String, prefix: String },
+    /// Slack: `X-Slack-Signature: v0=hex(hmac("v0:" + ts + ":" + body))` with `X-Slack-Request-Timestamp`.
+    Slack { tolerance: Duration },
+    /// Stripe: `Stripe-Signature: t=TS,v1=hex(hmac(TS + "." + body))[,v1=...]`.
+    Stripe { tolerance: Duration },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureSpec {
+    pub secret: Vec<u8>,
+    pub scheme: SignatureScheme,
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub key: KeySpec,
+    /// Slots warmed before `/healthz` turns 200.
+    pub min_slots: usize,
+    /// Upper bound on slots; the pool may grow to this many.
+    pub max_slots: usize,
+    /// Deadline counted from receipt; `None` waits forever.
+    pub timeout: Option<Duration>,
+    pub max_body_bytes: usize,
+    /// Capacity of the pipeline's ring; a full ring answers 429.
+    pub ring_capacity: usize,
+    /// Most events one slot takes in one hand-over.
+    pub max_batch: usize,
+    /// All slots of an async pipeline share one mailbox that a single event-loop feeder drains.
+    pub shared_mailbox: bool,
+    pub signature: Option<SignatureSpec>,
+}
+
+impl PipelineConfig {
+    pub fn new(name: impl Into<String>) -> Self {
+        PipelineConfig {
+            name: name.into(),
+            key: KeySpec::None,
+            min_slots: 1,
+            max_slots: 1,
+            timeout: Some(Duration::from_secs(30)),
+            max_body_bytes: 1 << 20,
+            ring_capacity: 4096,
+            max_batch: 64,
+            shared_mailbox: false,
+            signature: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub host: String,
+    pub port: u16,
+    pub pipelines: Vec<PipelineConfig>,
+    /// Execution records kept for `GET /executions/<id>`; the oldest are evicted first.
+    pub max_records: usize,
+    /// Tokio worker threads; 1 runs a current-thread runtime on one dedicated thread.
+    pub io_threads: usize,
+    /// Most open connections; further accepts wait for a permit.
+    pub max_connections: usize,
+    /// Grace period for in-flight executions at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            pipelines: Vec::new(),
+            max_records: 100_000,
+            io_threads: 1,
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}

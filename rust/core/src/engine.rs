@@ -1,0 +1,294 @@
+//! The engine: pipelines, scheduler thread and ingress runtime, started and stopped as one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Receiver;
+use tokio::sync::Notify;
+
+use crate::config::{AppConfig, KeySpec};
+use crate::execution::{Execution, Job};
+use crate::metrics::{self, PipelineGauges, Quantiles};
+use crate::pipeline::Pipeline;
+use crate::records::Records;
+use crate::scheduler::{Scheduler, SchedulerWaker};
+use crate::state::StateStore;
+
+/// Computes ordering keys that the configuration cannot express as a field (a host-language
+/// callable). Runs on the ingress thread, so it should be quick.
+pub trait KeyFn: Send + Sync {
+    fn key(&self, pipeline: usize, body: &[u8]) -> Result<Option<String>, String>;
+}
+
+#[derive(Debug)]
+pub enum EngineError {
+    Config(String),
+    Bind { addr: String, source: std::io::Error },
+    AlreadyStarted,
+    Runtime(std::io::Error),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Config(m) => write!(f, "invalid configuration: {m}"),
+            EngineError::Bind { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => {
+                write!(f, "cannot listen on {addr}: the address is already in use (is another server running? pick another --port)")
+            }
+            EngineError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            EngineError::AlreadyStarted => write!(f, "the server is already running"),
+            EngineError::Runtime(e) => write!(f, "cannot start the I/O runtime: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+struct Running {
+    addr: SocketAddr,
+    stop_scheduler: Arc<AtomicBool>,
+    scheduler: JoinHandle<()>,
+    stop_io: Arc<Notify>,
+    io: JoinHandle<()>,
+}
+
+/// A point-in-time view of one pipeline, for the host language (predictor, demo, stats).
+#[derive(Clone, Debug)]
+pub struct PipelineStats {
+    pub name: String,
+    pub ring_depth: usize,
+    pub ring_capacity: usize,
+    pub inflight: usize,
+    pub slots_warm: usize,
+    pub slots_busy: usize,
+    pub requests: Vec<(&'static str, u64)>,
+    /// queue, run, commit, total
+    pub latency: [Quantiles; 4],
+}
+
+pub struct Engine {
+    pub config: AppConfig,
+    pipelines: Vec<Arc<Pipeline>>,
+    by_name: HashMap<String, usize>,
+    records: Records,
+    waker: Arc<SchedulerWaker>,
+    node: u32,
+    next_id: AtomicU64,
+    key_fn: Option<Arc<dyn KeyFn>>,
+    accepting: AtomicBool,
+    running: Mutex<Option<Running>>,
+}
+
+impl Engine {
+    /// `store_for(pipeline)` opens each pipeline's state store.
+    pub fn new(
+        config: AppConfig,
+        store_for: &dyn Fn(&str) -> Result<Arc<dyn StateStore>, String>,
+        key_fn: Option<Arc<dyn KeyFn>>,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let waker = Arc::new(SchedulerWaker::default());
+        let mut by_name = HashMap::new();
+        let mut pipelines = Vec::new();
+        for (i, p) in config.pipelines.iter().enumerate() {
+            if p.name.is_empty() || p.name.contains('/') {
+                return Err(EngineError::Config(format!("pipeline name {:?} must be non-empty and without '/'", p.name)));
+            }
+            if by_name.insert(p.name.clone(), i).is_some() {
+                return Err(EngineError::Config(format!("pipeline {:?} is declared twice", p.name)));
+            }
+            if p.min_slots > p.max_slots.max(1) {
+                return Err(EngineError::Config(format!(
+                    "pipeline {:?}: min_slots ({}) is above max_slots ({})",
+                    p.name, p.min_slots, p.max_slots
+                )));
+            }
+            if matches!(p.key, KeySpec::Callable) && key_fn.is_none() {
+                return Err(EngineError::Config(format!("pipeline {:?} has a callable key but no key function", p.name)));
+            }
+            let store = store_for(&p.name).map_err(EngineError::Config)?;
+            pipelines.push(Arc::new(Pipeline::new(i, p.clone(), store, waker.clone())));
+        }
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let node = ((seed ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
+        Ok(Arc::new(Engine {
+            records: Records::new(config.max_records),
+            config,
+            pipelines,
+            by_name,
+            waker,
+            node,
+            next_id: AtomicU64::new(1),
+            key_fn,
+            accepting: AtomicBool::new(false),
+            running: Mutex::new(None),
+        }))
+    }
+
+    pub fn pipelines(&self) -> &[Arc<Pipeline>] {
+        &self.pipelines
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<&Arc<Pipeline>> {
+        self.by_name.get(name).map(|&i| &self.pipelines[i])
+    }
+
+    pub(crate) fn key_fn(&self) -> Option<&Arc<dyn KeyFn>> {
+        self.key_fn.as_ref()
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    /// Every pipeline has its minimum of warm slots.
+    pub fn is_ready(&self) -> bool {
+        self.pipelines.iter().all(|p| p.is_ready())
+    }
+
+    pub(crate) fn wake_scheduler(&self) {
+        self.waker.wake();
+    }
+
+    pub(crate) fn new_execution(&self, pipeline: &Arc<Pipeline>, key: Option<Box<str>>, received: Instant) -> Execution {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id_str = format!("{:08x}{:012x}", self.node, id).into_boxed_str();
+        Execution::new(id, id_str, pipeline.clone(), key, received)
+    }
+
+    pub(crate) fn remember(&self, exec: Arc<Execution>) {
+        self.records.insert(exec);
+    }
+
+    /// Looks up an execution by its public id.
+    pub fn execution(&self, id: &str) -> Option<Arc<Execution>> {
+        if id.len() != 20 || !id.is_ascii() {
+            return None;
+        }
+        let node = u32::from_str_radix(&id[..8], 16).ok()?;
+        let n = u64::from_str_radix(&id[8..], 16).ok()?;
+        (node == self.node).then(|| self.records.get(n)).flatten()
+    }
+
+    /// The mailbox that a worker for (`pipeline`, `slot`) reads.
+    pub fn receiver(&self, pipeline: usize, slot: usize) -> Option<Receiver<Job>> {
+        self.pipelines.get(pipeline)?.slots.receiver(slot)
+    }
+
+    /// Binds the listener and starts the scheduler thread and the ingress runtime.
+    pub fn start(self: &Arc<Self>) -> Result<SocketAddr, EngineError> {
+        let mut running = self.running.lock().unwrap();
+        if running.is_some() {
+            return Err(EngineError::AlreadyStarted);
+        }
+        let display = format!("{}:{}", self.config.host, self.config.port);
+        let bind_err = |source| EngineError::Bind { addr: display.clone(), source };
+        let addrs: Vec<SocketAddr> = (self.config.host.as_str(), self.config.port).to_socket_addrs().map_err(bind_err)?.collect();
+        let listener = std::net::TcpListener::bind(&addrs[..]).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+
+        let stop_scheduler = Arc::new(AtomicBool::new(false));
+        let scheduler = Scheduler::new(&self.pipelines, self.waker.clone(), stop_scheduler.clone())
+            .ok_or(EngineError::AlreadyStarted)?;
+        let scheduler = std::thread::Builder::new()
+            .name("warmslot-scheduler".into())
+            .spawn(move || scheduler.run())
+            .map_err(EngineError::Runtime)?;
+
+        let runtime = if self.config.io_threads <= 1 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.config.io_threads)
+                .thread_name("warmslot-io")
+                .enable_all()
+                .build()
+        }
+        .map_err(EngineError::Runtime)?;
+        let stop_io = Arc::new(Notify::new());
+        let (engine, stop) = (self.clone(), stop_io.clone());
+        let io = std::thread::Builder::new()
+            .name("warmslot-io".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => crate::ingress::serve(l, engine, stop, Duration::from_secs(2)).await,
+                        Err(e) => eprintln!("warmslot: cannot register the listener: {e}"),
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(EngineError::Runtime)?;
+        self.accepting.store(true, Ordering::Release);
+        *running = Some(Running { addr, stop_scheduler, scheduler, stop_io, io });
+        Ok(addr)
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.running.lock().unwrap().as_ref().map(|r| r.addr)
+    }
+
+    /// Stops taking webhooks (503), waits up to `drain` for accepted executions to finish, then
+    /// fails what is still queued, stops the scheduler (disconnecting the slots once their
+    /// mailboxes are empty) and closes the ingress. Blocks; call it without holding any lock that
+    /// the slots need.
+    pub fn shutdown(&self, drain: Duration) {
+        let Some(running) = self.running.lock().unwrap().take() else { return };
+        self.accepting.store(false, Ordering::Release);
+        let deadline = Instant::now() + drain;
+        while Instant::now() < deadline && self.pipelines.iter().any(|p| p.inflight() > 0) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        running.stop_scheduler.store(true, Ordering::Release);
+        self.waker.wake();
+        if let Some(t) = Some(running.scheduler.thread().clone()) {
+            t.unpark();
+        }
+        let _ = running.scheduler.join();
+        running.stop_io.notify_one();
+        let _ = running.io.join();
+    }
+
+    pub fn stats(&self) -> Vec<PipelineStats> {
+        self.pipelines
+            .iter()
+            .map(|p| PipelineStats {
+                name: p.name().to_string(),
+                ring_depth: p.ring.len(),
+                ring_capacity: p.ring.capacity(),
+                inflight: p.inflight(),
+                slots_warm: p.slots.warm_count(),
+                slots_busy: p.slots.busy_count(),
+                requests: metrics::REQUEST_STATUSES.iter().map(|s| (*s, p.metrics.requests(s))).collect(),
+                latency: p.metrics.quantiles(),
+            })
+            .collect()
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let gauges: Vec<_> = self
+            .pipelines
+            .iter()
+            .map(|p| {
+                (
+                    PipelineGauges {
+                        name: p.name(),
+                        ring_depth: p.ring.len(),
+                        ring_capacity: p.ring.capacity(),
+                        slots_warm: p.slots.warm_count(),
+                        slots_busy: p.slots.busy_count(),
+                        slots_max: p.slots.len(),
+                        slots_min: p.config.min_slots,
+                    },
+                    &p.metrics,
+                )
+            })
+            .collect();
+        metrics::render(&gauges)
+    }
+}

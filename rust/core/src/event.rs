@@ -1,0 +1,197 @@
+//! One pass over a webhook body: checks that it is JSON and pulls out the ordering key.
+//!
+//! The body stays as bytes (it is parsed again, once, by the pipeline's language); here we only
+//! validate it and read one top-level field, without building a document tree.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventError {
+    InvalidJson(String),
+    BadKey { field: String, found: &'static str },
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventError::InvalidJson(e) => write!(f, "request body is not valid JSON: {e}"),
+            EventError::BadKey { field, found } => {
+                write!(f, "key field {field:?} must be a string or a number, found {found}")
+            }
+        }
+    }
+}
+
+/// Validates `body` as one JSON value and returns the value of top-level field `key_field`
+/// (strings as-is, numbers and booleans as their JSON text; missing or null gives `None`).
+pub fn scan(body: &[u8], key_field: Option<&str>) -> Result<Option<String>, EventError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let key = match key_field {
+        Some(field) => FindKey { field }.deserialize(&mut de),
+        None => IgnoredAny::deserialize(&mut de).map(|_| Ok(None)),
+    }
+    .map_err(|e| EventError::InvalidJson(e.to_string()))?;
+    de.end().map_err(|e| EventError::InvalidJson(e.to_string()))?;
+    key.map_err(|found| EventError::BadKey { field: key_field.unwrap_or_default().to_string(), found })
+}
+
+use serde::Deserialize;
+
+/// Visits the top-level value; for an object, captures the field named `field`.
+struct FindKey<'f> {
+    field: &'f str,
+}
+
+type KeyResult = Result<Option<String>, &'static str>;
+
+impl<'de> DeserializeSeed<'de> for FindKey<'_> {
+    type Value = KeyResult;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<KeyResult, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FindKey<'_> {
+    type Value = KeyResult;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyResult, A::Error> {
+        let mut found: KeyResult = Ok(None);
+        while let Some(is_key) = map.next_key_seed(IsField(self.field))? {
+            if is_key {
+                // Like Python's json, the last duplicate wins.
+                found = map.next_value::<KeyValue>()?.0;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyResult, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Ok(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<KeyResult, E> {
+        Ok(Ok(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<KeyResult, E> {
+        Ok(Ok(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<KeyResult, E> {
+        Ok(Ok(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<KeyResult, E> {
+        Ok(Ok(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<KeyResult, E> {
+        Ok(Ok(None))
+    }
+    fn visit_unit<E>(self) -> Result<KeyResult, E> {
+        Ok(Ok(None))
+    }
+}
+
+/// Compares an object key with the wanted field without allocating (borrowed or unescaped).
+struct IsField<'f>(&'f str);
+
+impl<'de> DeserializeSeed<'de> for IsField<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for IsField<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+struct KeyValue(KeyResult);
+
+impl<'de> Deserialize<'de> for KeyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KeyValueVisitor)
+    }
+}
+
+struct KeyValueVisitor;
+
+impl<'de> Visitor<'de> for KeyValueVisitor {
+    type Value = KeyValue;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<KeyValue, E> {
+        Ok(KeyValue(Ok(Some(v.to_owned()))))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<KeyValue, E> {
+        Ok(KeyValue(Ok(Some(v.to_string()))))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<KeyValue, E> {
+        Ok(KeyValue(Ok(Some(v.to_string()))))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<KeyValue, E> {
+        Ok(KeyValue(Ok(Some(serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string())))))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<KeyValue, E> {
+        Ok(KeyValue(Ok(Some(v.to_string()))))
+    }
+    fn visit_unit<E>(self) -> Result<KeyValue, E> {
+        Ok(KeyValue(Ok(None)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyValue, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(KeyValue(Err("an object")))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyValue, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(KeyValue(Err("an array")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_string_and_number_keys() {
+        assert_eq!(scan(br#"{"a":1,"user":"bob","z":[1,{"user":"x"}]}"#, Some("user")), Ok(Some("bob".into())));
+        assert_eq!(scan(br#"{"user":42}"#, Some("user")), Ok(Some("42".into())));
+        assert_eq!(scan(br#"{"us\u0065r":"esc"}"#, Some("user")), Ok(Some("esc".into())));
+        assert_eq!(scan(br#"{"user":"a","user":"b"}"#, Some("user")), Ok(Some("b".into())));
+    }
+
+    #[test]
+    fn missing_or_null_key_is_none() {
+        assert_eq!(scan(br#"{"text":"hi"}"#, Some("user")), Ok(None));
+        assert_eq!(scan(br#"{"user":null}"#, Some("user")), Ok(None));
+        assert_eq!(scan(br#"[1,2,3]"#, Some("user")), Ok(None));
+        assert_eq!(scan(br#""just a string""#, None), Ok(None));
+    }
+
+    #[test]
+    fn rejects_invalid_json_and_trailing_garbage() {
+        for bad in [&b"{"[..], b"{\"a\":}", b"", b"{} x", b"nul", b"{\"a\":1,}"] {
+            assert!(matches!(scan(bad, Some("a")), Err(EventError::InvalidJson(_))), "{:?}", bad);
+            assert!(matches!(scan(bad, None), Err(EventError::InvalidJson(_))), "{:?}", bad);
+        }
+    }
+
+    #[test]
+    fn object_key_is_a_clear_error() {
+        let err = scan(br#"{"user":{"id":1}}"#, Some("user")).unwrap_err();
+        assert_eq!(err.to_string(), "key field \"user\" must be a string or a number, found an object");
+    }
+}

@@ -1,0 +1,331 @@
+//! The HTTP ingress: tokio + hyper (HTTP/1.1, keep-alive). Routes webhooks to pipelines, checks
+//! size, signature and JSON, admits them to the ring (or answers 429 at once) and replies when
+//! the execution has an outcome.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::KeySpec;
+use crate::engine::Engine;
+use crate::event::{self, EventError};
+use crate::execution::{Execution, Job, Outcome, Status, Timings};
+use crate::pipeline::Pipeline;
+use crate::signature;
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const EXECUTION_ID: &str = "x-warmslot-execution-id";
+
+/// Escapes `s` as a JSON string literal.
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// `{"error": {"code": ..., "message": ...}}` with the given status.
+pub fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    let body = format!("{{\"error\":{{\"code\":{},\"message\":{}}}}}", json_str(code), json_str(message));
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, JSON);
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, JSON);
+    resp
+}
+
+/// Maps an error code of the contract to its HTTP status.
+pub fn status_for(code: &str) -> StatusCode {
+    match code {
+        "invalid_json" | "invalid_key" | "bad_request" => StatusCode::BAD_REQUEST,
+        "bad_signature" => StatusCode::UNAUTHORIZED,
+        "unknown_pipeline" | "not_found" => StatusCode::NOT_FOUND,
+        "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
+        "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "overloaded" => StatusCode::TOO_MANY_REQUESTS,
+        "pipeline_timeout" => StatusCode::GATEWAY_TIMEOUT,
+        "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Accepts connections until `stop` fires, then lets open connections finish their current
+/// request (hyper's graceful shutdown) for at most `grace`.
+pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: Arc<Notify>, grace: Duration) {
+    let permits = Arc::new(Semaphore::new(engine.config.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        // Backpressure: take a connection permit before accepting.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = &mut stopped => break,
+        };
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(_) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let engine = engine.clone();
+        let service = service_fn(move |req| {
+            let engine = engine.clone();
+            async move { Ok::<_, Infallible>(route(req, &engine).await) }
+        });
+        let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
+    let path = req.uri().path();
+    if let Some(name) = path.strip_prefix("/hooks/") {
+        let Some(pipeline) = engine.pipeline(name) else {
+            return error(StatusCode::NOT_FOUND, "unknown_pipeline", &format!("no pipeline named {name:?}"));
+        };
+        if req.method() != Method::POST {
+            let mut resp = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("{} {path} is not allowed; webhooks are POSTed", req.method()),
+            );
+            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            return resp;
+        }
+        let pipeline = pipeline.clone();
+        return hook(req, pipeline, engine).await;
+    }
+    let get_only = |resp: HttpResponse| {
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            resp
+        } else {
+            let mut resp = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("{} {path} is not allowed; use GET", req.method()),
+            );
+            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+            resp
+        }
+    };
+    match path {
+        "/healthz" => get_only(healthz(engine)),
+        "/metrics" => get_only({
+            let mut resp = Response::new(Full::new(Bytes::from(engine.metrics_text())));
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp
+        }),
+        _ => match path.strip_prefix("/executions/") {
+            Some(id) => get_only(execution(engine, id)),
+            None => error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
+        },
+    }
+}
+
+fn healthz(engine: &Engine) -> HttpResponse {
+    let mut body = String::from("{\"status\":");
+    let ready = engine.is_ready();
+    body.push_str(if ready { "\"ok\"" } else { "\"warming\"" });
+    body.push_str(",\"pipelines\":{");
+    for (i, p) in engine.pipelines().iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            "{}:{{\"warm_slots\":{},\"min_slots\":{},\"ready\":{}}}",
+            json_str(p.name()),
+            p.slots.warm_count(),
+            p.config.min_slots,
+            p.is_ready()
+        ));
+    }
+    body.push_str("}}");
+    json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+}
+
+fn timings_json(t: &Timings) -> String {
+    format!(
+        "{{\"queue_us\":{},\"run_us\":{},\"commit_us\":{},\"total_us\":{}}}",
+        t.queue_us, t.run_us, t.commit_us, t.total_us
+    )
+}
+
+/// The record of one execution as JSON.
+pub fn execution_json(exec: &Execution) -> String {
+    let status = exec.status();
+    let mut s = format!(
+        "{{\"id\":{},\"pipeline\":{},\"key\":{},\"status\":\"{}\",\"received_at\":{}",
+        json_str(&exec.id_str),
+        json_str(exec.pipeline.name()),
+        exec.key.as_deref().map_or_else(|| "null".to_string(), json_str),
+        status.as_str(),
+        exec.received_unix,
+    );
+    match exec.outcome().filter(|_| status.is_final()) {
+        Some((Outcome::Succeeded(reply), t)) => {
+            s.push_str(",\"result\":");
+            s.push_str(std::str::from_utf8(reply).unwrap_or("null"));
+            s.push_str(",\"timings\":");
+            s.push_str(&timings_json(t));
+        }
+        Some((Outcome::Failed { code, message }, t)) => {
+            s.push_str(&format!(",\"error\":{{\"code\":{},\"message\":{}}}", json_str(code), json_str(message)));
+            s.push_str(",\"timings\":");
+            s.push_str(&timings_json(t));
+        }
+        Some((Outcome::TimedOut { message }, t)) => {
+            s.push_str(&format!(",\"error\":{{\"code\":\"pipeline_timeout\",\"message\":{}}}", json_str(message)));
+            s.push_str(",\"timings\":");
+            s.push_str(&timings_json(t));
+        }
+        None => s.push_str(",\"timings\":null"),
+    }
+    s.push('}');
+    s
+}
+
+fn execution(engine: &Engine, id: &str) -> HttpResponse {
+    match engine.execution(id) {
+        Some(exec) => json(StatusCode::OK, execution_json(&exec)),
+        None => error(StatusCode::NOT_FOUND, "unknown_execution", &format!("no execution {id:?} (unknown or evicted)")),
+    }
+}
+
+fn reply(exec: &Execution, outcome: &Outcome) -> HttpResponse {
+    let mut resp = match outcome {
+        Outcome::Succeeded(body) => json(StatusCode::OK, body.clone()),
+        Outcome::Failed { code, message } => error(status_for(code), code, message),
+        Outcome::TimedOut { message } => error(StatusCode::GATEWAY_TIMEOUT, "pipeline_timeout", message),
+    };
+    if let Ok(v) = HeaderValue::from_str(&exec.id_str) {
+        resp.headers_mut().insert(EXECUTION_ID, v);
+    }
+    resp
+}
+
+fn wants_async(req: &Request<Incoming>) -> bool {
+    req.headers().get_all("prefer").iter().any(|v| v.to_str().is_ok_and(|s| s.contains("respond-async")))
+}
+
+async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engine>) -> HttpResponse {
+    let cfg = &pipeline.config;
+    let refuse = |code: &'static str, message: String| {
+        pipeline.metrics.count(code);
+        error(status_for(code), code, &message)
+    };
+    if !engine.is_accepting() {
+        return refuse("shutting_down", "the server is shutting down".into());
+    }
+    let limit = cfg.max_body_bytes;
+    let too_large = || format!("request body exceeds the {limit}-byte limit of pipeline {:?}", cfg.name);
+    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return refuse("payload_too_large", too_large());
+        }
+    }
+    let is_async = wants_async(&req);
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return refuse("payload_too_large", too_large()),
+        Err(e) => return refuse("bad_request", format!("could not read the request body: {e}")),
+    };
+    let received = Instant::now();
+
+    if let Some(spec) = &cfg.signature {
+        if let Err(e) = signature::verify(spec, &parts.headers, &body) {
+            return refuse("bad_signature", e.0);
+        }
+    }
+    let key = match &cfg.key {
+        KeySpec::Field(field) => event::scan(&body, Some(field)),
+        KeySpec::None | KeySpec::Callable => event::scan(&body, None),
+    };
+    let key = match key {
+        Ok(k) => k,
+        Err(e @ EventError::InvalidJson(_)) => return refuse("invalid_json", e.to_string()),
+        Err(e @ EventError::BadKey { .. }) => return refuse("bad_request", e.to_string()),
+    };
+    let key = match (&cfg.key, engine.key_fn()) {
+        (KeySpec::Callable, Some(f)) => match f.key(pipeline.index, &body) {
+            Ok(k) => k,
+            Err(message) => return refuse("bad_request", format!("key function of {:?} failed: {message}", cfg.name)),
+        },
+        _ => key,
+    };
+
+    let exec = Arc::new(engine.new_execution(&pipeline, key.map(String::into_boxed_str), received));
+    pipeline.accepted_one();
+    if let Err(job) = pipeline.ring.push(Job::new(exec.clone(), body, parts.headers)) {
+        job.discard();
+        pipeline.finished_one();
+        return refuse(
+            "overloaded",
+            format!("pipeline {:?} is at capacity ({} queued); retry shortly", cfg.name, pipeline.ring.capacity()),
+        );
+    }
+    engine.wake_scheduler();
+    engine.remember(exec.clone());
+
+    if is_async {
+        if let Some(deadline) = exec.deadline {
+            let exec = exec.clone();
+            tokio::spawn(async move {
+                if tokio::time::timeout_at(deadline.into(), exec.wait()).await.is_err() {
+                    exec.time_out();
+                }
+            });
+        }
+        let mut resp = json(StatusCode::ACCEPTED, format!("{{\"execution_id\":{}}}", json_str(&exec.id_str)));
+        if let Ok(v) = HeaderValue::from_str(&format!("/executions/{}", exec.id_str)) {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&exec.id_str) {
+            resp.headers_mut().insert(EXECUTION_ID, v);
+        }
+        return resp;
+    }
+
+    if let Some(deadline) = exec.deadline {
+        if let Ok((outcome, _)) = tokio::time::timeout_at(deadline.into(), exec.wait()).await {
+            return reply(&exec, outcome);
+        }
+        // Deadline passed: time it out unless it is already committing, then report what won.
+        exec.time_out();
+    }
+    let (outcome, _) = exec.wait().await;
+    debug_assert!(exec.status() != Status::Queued);
+    reply(&exec, outcome)
+}

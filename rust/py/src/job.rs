@@ -1,0 +1,131 @@
+//! `Job`: one event handed to a slot. The slot calls `begin()`, runs the pipeline, then exactly one
+//! of `succeed()`, `fail()` or `time_out()`. A job dropped without them fails its execution.
+
+use std::time::Instant;
+
+use pyo3::exceptions::{PyRuntimeError, PyTimeoutError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use warmslot_core::{BeginError, Bytes, Job};
+
+#[pyclass(name = "Job", module = "warmslot._core")]
+pub struct PyJob {
+    job: Option<Job>,
+    id: String,
+}
+
+impl PyJob {
+    pub fn new(job: Job) -> Self {
+        let id = job.exec.id_str.to_string();
+        PyJob { job: Some(job), id }
+    }
+
+    fn job(&self) -> PyResult<&Job> {
+        self.job.as_ref().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))
+    }
+
+    fn job_mut(&mut self) -> PyResult<&mut Job> {
+        self.job.as_mut().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))
+    }
+}
+
+fn as_static(code: &str) -> &'static str {
+    match code {
+        "pipeline_error" => "pipeline_error",
+        "pipeline_timeout" => "pipeline_timeout",
+        "shutting_down" => "shutting_down",
+        "state_error" => "state_error",
+        "bad_request" => "bad_request",
+        _ => "pipeline_error",
+    }
+}
+
+#[pymethods]
+impl PyJob {
+    #[getter]
+    fn execution_id(&self) -> &str {
+        &self.id
+    }
+
+    #[getter]
+    fn body<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, &self.job()?.body))
+    }
+
+    #[getter]
+    fn key(&self) -> PyResult<Option<String>> {
+        Ok(self.job()?.exec.key.as_deref().map(str::to_string))
+    }
+
+    #[getter]
+    fn slot(&self) -> PyResult<usize> {
+        Ok(self.job()?.slot)
+    }
+
+    #[getter]
+    fn received_at(&self) -> PyResult<f64> {
+        Ok(self.job()?.exec.received_unix)
+    }
+
+    /// Seconds left before the deadline (negative when past), or None without a timeout.
+    fn remaining(&self) -> PyResult<Option<f64>> {
+        let now = Instant::now();
+        Ok(self.job()?.exec.deadline.map(|d| {
+            if d >= now {
+                (d - now).as_secs_f64()
+            } else {
+                -(now - d).as_secs_f64()
+            }
+        }))
+    }
+
+    /// The request headers, lower-cased names (a repeated header keeps its last value).
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.job()?.headers.iter() {
+            d.set_item(k.as_str(), String::from_utf8_lossy(v.as_bytes()))?;
+        }
+        Ok(d)
+    }
+
+    /// Marks the execution running and returns the key's committed state (JSON bytes) or None.
+    /// Raises TimeoutError when the deadline passed while it waited (then skip the run).
+    fn begin<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        match self.job_mut()?.begin() {
+            Ok(state) => Ok(state.map(|s| PyBytes::new(py, &s))),
+            Err(BeginError::TimedOut) => {
+                self.job = None;
+                Err(PyTimeoutError::new_err("the execution timed out before it started"))
+            }
+            Err(BeginError::State(m)) => {
+                self.job = None;
+                Err(PyRuntimeError::new_err(m))
+            }
+        }
+    }
+
+    /// Commits `state` (ignored for unkeyed events) and sends `reply` (JSON bytes).
+    /// Returns False when the deadline had already answered the request (nothing committed).
+    #[pyo3(signature = (reply, state=None))]
+    fn succeed(&mut self, reply: &[u8], state: Option<&[u8]>) -> PyResult<bool> {
+        let mut job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
+        Ok(job.succeed(Bytes::copy_from_slice(reply), state.map(Bytes::copy_from_slice)))
+    }
+
+    /// Fails the execution with an error code of the contract; commits nothing.
+    fn fail(&mut self, code: &str, message: String) -> PyResult<bool> {
+        let mut job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
+        Ok(job.fail(as_static(code), message))
+    }
+
+    /// Times the execution out (an async run cancelled at its deadline).
+    fn time_out(&mut self) -> PyResult<bool> {
+        let mut job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
+        Ok(job.time_out())
+    }
+
+    #[getter]
+    fn done(&self) -> bool {
+        self.job.is_none()
+    }
+}

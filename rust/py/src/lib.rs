@@ -1,0 +1,312 @@
+//! `warmslot._core`: thin PyO3 bindings over `warmslot-core`. Errors of the core become Python
+//! exceptions here, and only here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use warmslot_core::{
+    AppConfig, Bytes, Engine, EngineError, KeyFn, KeySpec, MemoryStore, PipelineConfig, SignatureScheme, SignatureSpec,
+    StateStore,
+};
+
+mod job;
+use job::PyJob;
+
+fn engine_err(e: EngineError) -> PyErr {
+    match e {
+        EngineError::Bind { ref source, .. } => {
+            let msg = e.to_string();
+            match source.raw_os_error() {
+                Some(errno) => PyOSError::new_err((errno, msg)),
+                None => PyOSError::new_err(msg),
+            }
+        }
+        EngineError::Config(_) => PyValueError::new_err(e.to_string()),
+        _ => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+fn get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>> {
+    match d.get_item(key)? {
+        Some(v) if !v.is_none() => Ok(Some(v.extract().map_err(Into::into)?)),
+        _ => Ok(None),
+    }
+}
+
+fn seconds(v: Option<f64>) -> PyResult<Option<Duration>> {
+    v.map(|s| Duration::try_from_secs_f64(s).map_err(|_| PyValueError::new_err(format!("{s} is not a valid duration"))))
+        .transpose()
+}
+
+fn pipeline_config(d: &Bound<'_, PyDict>) -> PyResult<PipelineConfig> {
+    let name: String = get(d, "name")?.ok_or_else(|| PyValueError::new_err("pipeline needs a name"))?;
+    let mut p = PipelineConfig::new(name);
+    p.key = match get::<String>(d, "key_field")? {
+        Some(field) => KeySpec::Field(field),
+        None if get::<bool>(d, "key_callable")?.unwrap_or(false) => KeySpec::Callable,
+        None => KeySpec::None,
+    };
+    if let Some(v) = get(d, "min_slots")? {
+        p.min_slots = v;
+    }
+    p.max_slots = get(d, "max_slots")?.unwrap_or(p.min_slots).max(p.min_slots);
+    p.timeout = seconds(get(d, "timeout")?)?;
+    if let Some(v) = get(d, "max_body_bytes")? {
+        p.max_body_bytes = v;
+    }
+    if let Some(v) = get(d, "queue_size")? {
+        p.ring_capacity = v;
+    }
+    if let Some(v) = get(d, "max_batch")? {
+        p.max_batch = v;
+    }
+    p.shared_mailbox = get(d, "shared_mailbox")?.unwrap_or(false);
+    if let Some(sig) = get::<Bound<'_, PyDict>>(d, "signature")? {
+        let secret: Vec<u8> = get(&sig, "secret")?.ok_or_else(|| PyValueError::new_err("signature needs a secret"))?;
+        let tolerance = seconds(get(&sig, "tolerance")?)?.unwrap_or(Duration::from_secs(300));
+        let scheme = match get::<String>(&sig, "scheme")?.as_deref() {
+            Some("hex") | None => SignatureScheme::Hex {
+                header: get::<String>(&sig, "header")?.unwrap_or_else(|| "x-signature".into()).to_ascii_lowercase(),
+                prefix: get(&sig, "prefix")?.unwrap_or_default(),
+            },
+            Some("slack") => SignatureScheme::Slack { tolerance },
+            Some("stripe") => SignatureScheme::Stripe { tolerance },
+            Some(other) => return Err(PyValueError::new_err(format!("unknown signature scheme {other:?}"))),
+        };
+        p.signature = Some(SignatureSpec { secret, scheme });
+    }
+    Ok(p)
+}
+
+/// Calls the Python key callables from the ingress thread.
+struct PyKeyFn {
+    callables: Vec<Option<Py<PyAny>>>,
+}
+
+impl KeyFn for PyKeyFn {
+    fn key(&self, pipeline: usize, body: &[u8]) -> Result<Option<String>, String> {
+        let Some(Some(f)) = self.callables.get(pipeline) else { return Ok(None) };
+        Python::attach(|py| {
+            let out = f.bind(py).call1((PyBytes::new(py, body),)).map_err(|e| e.to_string())?;
+            if out.is_none() {
+                Ok(None)
+            } else {
+                out.extract::<String>().map(Some).map_err(|e| e.to_string())
+            }
+        })
+    }
+}
+
+/// The engine: HTTP ingress, rings, scheduler and slot mailboxes.
+#[pyclass(module = "warmslot._core", frozen)]
+struct Core {
+    engine: Arc<Engine>,
+}
+
+#[pymethods]
+impl Core {
+    /// `app`: host, port, max_records, io_threads, max_connections. `pipelines`: list of dicts.
+    /// `key_fns`: per pipeline, None or a callable(body: bytes) -> str | None.
+    #[new]
+    fn new(app: &Bound<'_, PyDict>, pipelines: &Bound<'_, PyList>, key_fns: Vec<Option<Py<PyAny>>>) -> PyResult<Self> {
+        let mut config = AppConfig::default();
+        if let Some(h) = get(app, "host")? {
+            config.host = h;
+        }
+        if let Some(p) = get(app, "port")? {
+            config.port = p;
+        }
+        if let Some(v) = get(app, "max_records")? {
+            config.max_records = v;
+        }
+        if let Some(v) = get(app, "io_threads")? {
+            config.io_threads = v;
+        }
+        if let Some(v) = get(app, "max_connections")? {
+            config.max_connections = v;
+        }
+        for p in pipelines.iter() {
+            config.pipelines.push(pipeline_config(p.cast::<PyDict>()?)?);
+        }
+        let key_fn: Option<Arc<dyn KeyFn>> = if key_fns.iter().any(Option::is_some) {
+            Some(Arc::new(PyKeyFn { callables: key_fns }))
+        } else {
+            None
+        };
+        let store_for = |_: &str| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
+        let engine = Engine::new(config, &store_for, key_fn).map_err(engine_err)?;
+        Ok(Core { engine })
+    }
+
+    /// Binds and starts serving; returns the (host, port) actually bound.
+    fn start(&self, py: Python<'_>) -> PyResult<(String, u16)> {
+        let engine = self.engine.clone();
+        let addr = py.detach(move || engine.start()).map_err(engine_err)?;
+        Ok((addr.ip().to_string(), addr.port()))
+    }
+
+    /// The mailbox a worker for (`pipeline`, `slot`) reads.
+    fn mailbox(&self, pipeline: usize, slot: usize) -> PyResult<Mailbox> {
+        let rx = self
+            .engine
+            .receiver(pipeline, slot)
+            .ok_or_else(|| PyValueError::new_err(format!("no slot {slot} in pipeline {pipeline}")))?;
+        Ok(Mailbox { rx })
+    }
+
+    fn mark_warm(&self, pipeline: usize, slot: usize) -> PyResult<()> {
+        let p = self.engine.pipelines().get(pipeline).ok_or_else(|| PyValueError::new_err("no such pipeline"))?;
+        if slot >= p.slots.len() {
+            return Err(PyValueError::new_err(format!("pipeline {:?} has no slot {slot}", p.name())));
+        }
+        p.slots.mark_warm(slot);
+        Ok(())
+    }
+
+    fn mark_cold(&self, pipeline: usize, slot: usize) -> PyResult<()> {
+        let p = self.engine.pipelines().get(pipeline).ok_or_else(|| PyValueError::new_err("no such pipeline"))?;
+        if slot < p.slots.len() {
+            p.slots.mark_cold(slot);
+        }
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        self.engine.is_ready()
+    }
+
+    /// Stops serving: refuses new webhooks, drains accepted ones for up to `drain` seconds, fails
+    /// the rest, and disconnects the slot mailboxes once they are empty.
+    fn shutdown(&self, py: Python<'_>, drain: f64) -> PyResult<()> {
+        let drain = seconds(Some(drain))?.unwrap_or_default();
+        let engine = self.engine.clone();
+        py.detach(move || engine.shutdown(drain));
+        Ok(())
+    }
+
+    fn metrics_text(&self) -> String {
+        self.engine.metrics_text()
+    }
+
+    /// The record of an execution as JSON text, or None if unknown or evicted.
+    fn execution(&self, id: &str) -> Option<String> {
+        self.engine.execution(id).map(|e| warmslot_core::ingress::execution_json(&e))
+    }
+
+    /// Per-pipeline counters and latency quantiles (microseconds).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for s in self.engine.stats() {
+            let d = PyDict::new(py);
+            d.set_item("name", &s.name)?;
+            d.set_item("ring_depth", s.ring_depth)?;
+            d.set_item("ring_capacity", s.ring_capacity)?;
+            d.set_item("inflight", s.inflight)?;
+            d.set_item("slots_warm", s.slots_warm)?;
+            d.set_item("slots_busy", s.slots_busy)?;
+            let req = PyDict::new(py);
+            for (k, v) in &s.requests {
+                req.set_item(*k, *v)?;
+            }
+            d.set_item("requests", req)?;
+            let lat = PyDict::new(py);
+            for (phase, q) in ["queue", "run", "commit", "total"].iter().zip(s.latency.iter()) {
+                let qd = PyDict::new(py);
+                qd.set_item("count", q.count)?;
+                qd.set_item("mean_us", q.mean_us)?;
+                qd.set_item("p50_us", q.p50_us)?;
+                qd.set_item("p95_us", q.p95_us)?;
+                qd.set_item("p99_us", q.p99_us)?;
+                qd.set_item("max_us", q.max_us)?;
+                lat.set_item(*phase, qd)?;
+            }
+            d.set_item("latency", lat)?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+}
+
+/// One slot's (or one event loop's) mailbox.
+#[pyclass(module = "warmslot._core", frozen)]
+struct Mailbox {
+    rx: crossbeam_channel::Receiver<warmslot_core::Job>,
+}
+
+#[pymethods]
+impl Mailbox {
+    /// Waits (without the GIL) up to `timeout` seconds for jobs: after a first one arrives, takes
+    /// up to `max_batch` that are already there. Spins `spin_us` microseconds before blocking.
+    /// Returns [] on timeout and None once the engine has stopped and the mailbox is empty.
+    #[pyo3(signature = (max_batch=64, timeout=0.1, spin_us=50))]
+    fn next_batch(&self, py: Python<'_>, max_batch: usize, timeout: f64, spin_us: u64) -> PyResult<Option<Vec<PyJob>>> {
+        use crossbeam_channel::{RecvTimeoutError, TryRecvError};
+        let timeout = seconds(Some(timeout))?.unwrap_or_default();
+        let rx = self.rx.clone();
+        let got = py.detach(move || {
+            let first = 'first: {
+                // NOTE: a short spin before blocking saves the futex wake-up on back-to-back
+                // requests; see the scheduler's IDLE_SPIN note for the measurements.
+                let spin_until = Instant::now() + Duration::from_micros(spin_us);
+                let mut n = 0u32;
+                loop {
+                    match rx.try_recv() {
+                        Ok(j) => break 'first Ok(j),
+                        Err(TryRecvError::Disconnected) => break 'first Err(RecvTimeoutError::Disconnected),
+                        Err(TryRecvError::Empty) if Instant::now() >= spin_until => break,
+                        Err(TryRecvError::Empty) => {
+                            n += 1;
+                            if n < 64 {
+                                std::hint::spin_loop();
+                            } else {
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                }
+                rx.recv_timeout(timeout)
+            };
+            match first {
+                Ok(j) => {
+                    let mut batch = Vec::with_capacity(8);
+                    batch.push(j);
+                    while batch.len() < max_batch.max(1) {
+                        match rx.try_recv() {
+                            Ok(j) => batch.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    Some(batch)
+                }
+                Err(RecvTimeoutError::Timeout) => Some(Vec::new()),
+                Err(RecvTimeoutError::Disconnected) => None,
+            }
+        });
+        Ok(got.map(|b| b.into_iter().map(PyJob::new).collect()))
+    }
+
+    fn __len__(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+/// HMAC-SHA256 of the concatenated `parts`, hex-encoded (for signing test requests).
+#[pyfunction]
+fn hmac_sha256_hex(secret: &[u8], parts: Vec<Vec<u8>>) -> String {
+    let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    warmslot_core::signature::sign_hex(secret, &parts)
+}
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<Core>()?;
+    m.add_class::<Mailbox>()?;
+    m.add_class::<PyJob>()?;
+    m.add_function(wrap_pyfunction!(hmac_sha256_hex, m)?)?;
+    let _ = Bytes::new();
+    Ok(())
+}
