@@ -213,3 +213,172 @@ impl Scheduler {
         self.waker.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KeySpec, PipelineConfig};
+    use crate::execution::Execution;
+    use crate::state::MemoryStore;
+    use bytes::Bytes;
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    use std::thread;
+
+    fn pipeline(slots: usize, max_batch: usize, ring: usize, waker: &Arc<SchedulerWaker>) -> Arc<Pipeline> {
+        let mut cfg = PipelineConfig::new("t");
+        cfg.key = KeySpec::Field("k".into());
+        cfg.min_slots = slots;
+        cfg.max_slots = slots;
+        cfg.max_batch = max_batch;
+        cfg.ring_capacity = ring;
+        cfg.timeout = None;
+        Arc::new(Pipeline::new(0, cfg, Arc::new(MemoryStore::default()), waker.clone()))
+    }
+
+    fn job(p: &Arc<Pipeline>, id: u64, key: &str, seq: u64) -> Job {
+        let exec = Arc::new(Execution::new(id, id.to_string().into(), p.clone(), Some(key.into()), Instant::now()));
+        p.accepted_one();
+        Job::new(exec, Bytes::from(seq.to_string()), Default::default())
+    }
+
+    fn start(p: &Arc<Pipeline>, waker: &Arc<SchedulerWaker>) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sched = Scheduler::new(std::slice::from_ref(p), waker.clone(), stop.clone()).unwrap();
+        (stop, thread::spawn(move || sched.run()))
+    }
+
+    #[test]
+    fn same_key_runs_in_order_and_never_concurrently_while_keys_spread() {
+        let waker = Arc::new(SchedulerWaker::default());
+        let p = pipeline(4, 8, 64, &waker);
+        let (stop, sched) = start(&p, &waker);
+        let running: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
+        let log: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
+        let violations = Arc::new(AtomicUsize::new(0));
+        let per_slot: Arc<Vec<AtomicUsize>> = Arc::new((0..4).map(|_| AtomicUsize::new(0)).collect());
+        let workers: Vec<_> = (0..4)
+            .map(|slot| {
+                let rx = p.slots.receiver(slot).unwrap();
+                p.slots.mark_warm(slot);
+                let (running, log, violations, per_slot) =
+                    (running.clone(), log.clone(), violations.clone(), per_slot.clone());
+                thread::spawn(move || {
+                    while let Ok(mut job) = rx.recv() {
+                        assert_eq!(job.slot, slot);
+                        per_slot[slot].fetch_add(1, Ordering::Relaxed);
+                        job.begin().unwrap();
+                        let key = job.exec.key.as_deref().unwrap().to_string();
+                        if running.lock().unwrap().insert(key.clone(), true) == Some(true) {
+                            violations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        thread::yield_now();
+                        let seq: u64 = std::str::from_utf8(&job.body).unwrap().parse().unwrap();
+                        log.lock().unwrap().entry(key.clone()).or_default().push(seq);
+                        running.lock().unwrap().insert(key, false);
+                        assert!(job.succeed(Bytes::from_static(b"{}"), Some(Bytes::from_static(b"{}"))));
+                    }
+                })
+            })
+            .collect();
+
+        let keys = 10u64;
+        let per_key = if cfg!(miri) { 5 } else { 300u64 };
+        let mut id = 0;
+        for seq in 0..per_key {
+            for k in 0..keys {
+                id += 1;
+                let mut j = job(&p, id, &format!("key{k}"), seq);
+                while let Err(back) = p.ring.push(j) {
+                    j = back;
+                    thread::yield_now();
+                }
+                waker.wake();
+            }
+        }
+        while p.inflight() > 0 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::Release);
+        waker.wake();
+        sched.join().unwrap();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(violations.load(Ordering::Relaxed), 0, "a key ran on two slots at once");
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), keys as usize);
+        for (k, seqs) in log.iter() {
+            assert_eq!(*seqs, (0..per_key).collect::<Vec<_>>(), "key {k} out of order or lost events");
+        }
+        let used = per_slot.iter().filter(|n| n.load(Ordering::Relaxed) > 0).count();
+        assert!(used >= 2, "independent keys should spread over slots, used {used}");
+    }
+
+    #[test]
+    fn full_slots_hold_jobs_back_until_the_ring_refuses_more() {
+        let waker = Arc::new(SchedulerWaker::default());
+        let p = pipeline(1, 2, 4, &waker);
+        let (stop, sched) = start(&p, &waker);
+        p.slots.mark_warm(0);
+        let rx = p.slots.receiver(0).unwrap();
+        // The slot takes nothing: 2 jobs fill it, 1 is held back by the scheduler, 4 wait in the ring.
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        for i in 0..20u64 {
+            let j = job(&p, i, &format!("k{i}"), i);
+            match p.ring.push(j) {
+                Ok(()) => accepted.push(i),
+                Err(j) => {
+                    j.discard();
+                    p.finished_one();
+                    refused += 1;
+                }
+            }
+            waker.wake();
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert!(refused > 0, "the ring must refuse once slots and ring are full");
+        assert_eq!(accepted.len(), 2 + 1 + 4);
+        assert!(p.slots.slot(0).outstanding() <= 2);
+        assert!(p.slots.backlogged.load(Ordering::Relaxed));
+        // Draining the slot lets every accepted job through, in order.
+        let mut got = Vec::new();
+        while got.len() < accepted.len() {
+            let mut j = rx.recv_timeout(Duration::from_secs(5)).expect("held jobs must flow once the slot drains");
+            j.begin().unwrap();
+            got.push(std::str::from_utf8(&j.body).unwrap().parse::<u64>().unwrap());
+            j.succeed(Bytes::from_static(b"1"), None);
+        }
+        assert_eq!(got, accepted);
+        stop.store(true, Ordering::Release);
+        waker.wake();
+        sched.join().unwrap();
+    }
+
+    #[test]
+    fn shutdown_fails_queued_jobs_instead_of_dropping_them_silently() {
+        let waker = Arc::new(SchedulerWaker::default());
+        let p = pipeline(1, 1, 8, &waker);
+        let execs: Vec<_> = (0..3u64)
+            .map(|i| {
+                let j = job(&p, i, "k", i);
+                let e = j.exec.clone();
+                assert!(p.ring.push(j).is_ok());
+                e
+            })
+            .collect();
+        // No warm slot: nothing can run. Stop the scheduler.
+        let (stop, sched) = start(&p, &waker);
+        thread::sleep(Duration::from_millis(5));
+        stop.store(true, Ordering::Release);
+        waker.wake();
+        sched.join().unwrap();
+        for e in execs {
+            assert_eq!(e.status(), crate::execution::Status::Failed);
+            assert!(matches!(e.outcome(), Some((crate::execution::Outcome::Failed { code: "shutting_down", .. }, _))));
+        }
+        assert_eq!(p.inflight(), 0);
+    }
+}

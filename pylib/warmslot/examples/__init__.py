@@ -1,0 +1,1 @@
+"""Example bots that ship with warmslot (used by ``warmslot demo``)."""
