@@ -28,6 +28,8 @@ pub type HttpResponse = Response<Full<Bytes>>;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EXECUTION_ID: &str = "x-warmslot-execution-id";
+/// Oversized bodies up to this size are read and discarded before the 413 (see `hook`).
+const DRAIN_CAP: u64 = 8 << 20;
 
 /// Escapes `s` as a JSON string literal.
 fn json_str(s: &str) -> String {
@@ -250,13 +252,17 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     }
     let limit = cfg.max_body_bytes;
     let too_large = || format!("request body exceeds the {limit}-byte limit of pipeline {:?}", cfg.name);
-    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-        if len > limit as u64 {
-            return refuse("payload_too_large", too_large());
-        }
-    }
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let is_async = wants_async(&req);
     let (parts, body) = req.into_parts();
+    if let Some(len) = declared.filter(|&len| len > limit as u64) {
+        // Read and discard a moderately oversized body so the client sees the 413 instead of a
+        // reset while it is still sending; past DRAIN_CAP, answer at once and let hyper close.
+        if len <= DRAIN_CAP {
+            let _ = Limited::new(body, DRAIN_CAP as usize).collect().await;
+        }
+        return refuse("payload_too_large", too_large());
+    }
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return refuse("payload_too_large", too_large()),

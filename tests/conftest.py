@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import pytest
+
+import warmslot
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client for one server (stdlib only, so tests exercise real sockets)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.conn = http.client.HTTPConnection(host, port, timeout=30)
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: Optional[Dict[str, str]] = None, raw: bool = False
+    ) -> Tuple[int, Dict[str, str], Any]:
+        data = body if raw or body is None else json.dumps(body).encode()
+        try:
+            self.conn.request(method, path, data, headers or {})
+            resp = self.conn.getresponse()
+        except (ConnectionError, http.client.HTTPException):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            self.conn.request(method, path, data, headers or {})
+            resp = self.conn.getresponse()
+        payload = resp.read()
+        hdrs = {k.lower(): v for k, v in resp.getheaders()}
+        if resp.getheader("connection", "").lower() == "close":
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        ctype = hdrs.get("content-type", "")
+        return resp.status, hdrs, (json.loads(payload) if ctype.startswith("application/json") else payload.decode())
+
+    def post(self, pipeline: str, body: Any, headers: Optional[Dict[str, str]] = None, raw: bool = False):
+        return self.request("POST", f"/hooks/{pipeline}", body, headers, raw)
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    """serve(app) starts `app` on a free loopback port and returns (server, client); stopped after the test."""
+    servers = []
+    clients = []
+
+    def start(app: warmslot.App):
+        server = app.start("127.0.0.1", 0)
+        servers.append(server)
+        client = Client(server.host, server.port)
+        clients.append(client)
+        return server, client
+
+    yield start
+    for c in clients:
+        c.close()
+    for s in servers:
+        s.stop(drain=2.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,109 @@
+"""`Prefer: respond-async`, execution records and /metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import warmslot
+
+
+def test_respond_async_202_then_poll(serve):
+    app = warmslot.App()
+
+    @app.pipeline("job", key="user")
+    def job(event, ctx):
+        time.sleep(0.1)
+        ctx.state["n"] = ctx.state.get("n", 0) + 1
+        return {"done": event["x"], "n": ctx.state["n"]}
+
+    server, c = serve(app)
+    status, headers, body = c.post("job", {"user": "a", "x": 42}, {"Prefer": "respond-async"})
+    assert status == 202
+    eid = body["execution_id"]
+    assert headers["location"] == f"/executions/{eid}"
+    _, _, rec = c.get(headers["location"])
+    assert rec["status"] in ("queued", "running")
+    assert rec["id"] == eid and rec["pipeline"] == "job" and rec["key"] == "a"
+    deadline = time.time() + 5
+    while rec["status"] != "succeeded" and time.time() < deadline:
+        time.sleep(0.02)
+        _, _, rec = c.get(headers["location"])
+    assert rec["status"] == "succeeded"
+    assert rec["result"] == {"done": 42, "n": 1}
+    t = rec["timings"]
+    assert t["run_us"] >= 100_000 and t["total_us"] >= t["run_us"] + t["queue_us"] + t["commit_us"] - 50
+
+
+def test_async_failures_and_timeouts_are_recorded(serve):
+    app = warmslot.App()
+
+    @app.pipeline("bad")
+    def bad(event, ctx):
+        raise KeyError("x")
+
+    @app.pipeline("late", timeout=0.1)
+    def late(event, ctx):
+        time.sleep(0.3)
+        return {}
+
+    server, c = serve(app)
+    ids = {}
+    for name in ("bad", "late"):
+        status, _, body = c.post(name, {}, {"Prefer": "respond-async"})
+        assert status == 202
+        ids[name] = body["execution_id"]
+    time.sleep(0.5)
+    _, _, rec = c.get("/executions/" + ids["bad"])
+    assert rec["status"] == "failed" and rec["error"]["code"] == "pipeline_error" and "KeyError" in rec["error"]["message"]
+    _, _, rec = c.get("/executions/" + ids["late"])
+    assert rec["status"] == "timed_out" and rec["error"]["code"] == "pipeline_timeout"
+
+
+def test_execution_records_are_bounded(serve):
+    app = warmslot.App(max_records=5)
+
+    @app.pipeline("e")
+    def e(event, ctx):
+        return event
+
+    server, c = serve(app)
+    ids = [c.post("e", {"i": i})[1]["x-warmslot-execution-id"] for i in range(8)]
+    assert c.get("/executions/" + ids[0])[0] == 404
+    assert c.get("/executions/" + ids[-1])[2]["result"] == {"i": 7}
+
+
+def test_metrics_exposition(serve):
+    app = warmslot.App()
+
+    @app.pipeline("echo", key="user", slots=2)
+    def echo(event, ctx):
+        return {}
+
+    @app.pipeline("boom")
+    def boom(event, ctx):
+        raise ValueError
+
+    server, c = serve(app)
+    for _ in range(5):
+        c.post("echo", {"user": "a"})
+    c.post("boom", {})
+    c.post("echo", b"{", raw=True)
+    status, headers, text = c.get("/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert 'warmslot_requests_total{pipeline="echo",status="succeeded"} 5' in text
+    assert 'warmslot_requests_total{pipeline="boom",status="failed"} 1' in text
+    assert 'warmslot_requests_total{pipeline="echo",status="invalid_json"} 1' in text
+    for phase in ("queue", "run", "commit", "total"):
+        m = re.search(rf'warmslot_latency_seconds{{pipeline="echo",phase="{phase}",quantile="0.99"}} ([0-9.]+)', text)
+        assert m and float(m.group(1)) > 0
+        assert f'warmslot_latency_seconds_count{{pipeline="echo",phase="{phase}"}} 5' in text
+    assert 'warmslot_slots{pipeline="echo",state="warm"} 2' in text
+    assert 'warmslot_ring_depth{pipeline="echo"} 0' in text
+    # Every sample line parses as Prometheus text: name{labels} value
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            assert re.fullmatch(r'[a-z_]+(\{[^}]*\})? -?[0-9.e+]+', line), line
+    stats = {s["name"]: s for s in server.stats()}
+    assert stats["echo"]["requests"]["succeeded"] == 5
+    assert stats["echo"]["latency"]["total"]["count"] == 5
