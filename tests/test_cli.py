@@ -1,0 +1,146 @@
+"""The `warmslot` command, run as a user would: a subprocess serving a file on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+
+import pytest
+
+from conftest import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early: {proc.communicate()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("server never became healthy")
+
+
+def post(port: int, path: str, body: dict) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def run_cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "warmslot", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_run_a_file_anywhere_and_stop_cleanly(tmp_path, sig):
+    bot = tmp_path / "mybot.py"
+    helper = tmp_path / "helper_mod.py"
+    helper.write_text("PREFIX = 'bot: '\n")
+    bot.write_text(
+        textwrap.dedent(
+            """
+            import warmslot
+            from helper_mod import PREFIX  # a neighbour module of the bot file
+
+            bots = warmslot.App()
+
+            @bots.pipeline("hi", key="user")
+            def hi(event, ctx):
+                ctx.state["n"] = ctx.state.get("n", 0) + 1
+                return {"text": PREFIX + event["text"], "n": ctx.state["n"]}
+            """
+        )
+    )
+    port = free_port()
+    proc = run_cli("run", f"{bot}:bots", "--port", str(port), cwd=str(tmp_path.parent))
+    try:
+        wait_healthy(port, proc)
+        assert post(port, "/hooks/hi", {"user": "a", "text": "x"}) == {"text": "bot: x", "n": 1}
+        assert post(port, "/hooks/hi", {"user": "a", "text": "y"}) == {"text": "bot: y", "n": 2}
+    finally:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "serving /hooks/hi" in out
+    assert "Traceback" not in err
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_run_an_importable_module():
+    port = free_port()
+    proc = run_cli("run", "warmslot.examples.bots:app", "--port", str(port))
+    try:
+        wait_healthy(port, proc)
+        assert post(port, "/hooks/echo", {"user": "u", "text": "hey"}) == {"reply": "echo: hey", "count": 1}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_examples_directory_apps_serve():
+    port = free_port()
+    proc = run_cli("run", os.path.join(ROOT, "examples", "echo.py") + ":app", "--port", str(port))
+    try:
+        wait_healthy(port, proc)
+        assert post(port, "/hooks/echo", {"user": "u", "text": "a"}) == {"reply": "echo: a", "count": 1}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_clear_errors_for_missing_file_attribute_and_port_in_use(tmp_path):
+    proc = run_cli("run", str(tmp_path / "nope.py") + ":app")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "no such file" in err and "nope.py" in err
+
+    bot = tmp_path / "b.py"
+    bot.write_text("import warmslot\nmy_app = warmslot.App()\n\n@my_app.pipeline('x')\ndef x(e, c):\n    return e\n")
+    proc = run_cli("run", f"{bot}:app")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "no attribute 'app'" in err and "my_app" in err
+
+    proc = run_cli("run", "no_such_module_here:app")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "no module named" in err
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("run", f"{bot}:my_app", "--port", str(port))
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "already in use" in err and str(port) in err
+    assert "Traceback" not in err
+
+
+def test_demo_serves_drives_load_and_reports(tmp_path):
+    proc = run_cli("demo", "--seconds", "1.5", "--exit", "--port", str(free_port()), "--clients", "4")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "req/s, 0 errors" in out
+    for name in ("echo", "support", "signals"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(name))
+        requests = int(line.split()[1])
+        assert requests > 0, line
