@@ -19,6 +19,9 @@ use crate::records::Records;
 use crate::scheduler::{Scheduler, SchedulerWaker};
 use crate::state::StateStore;
 
+/// Opens the state store of the pipeline with the given name.
+pub type StoreFactory = dyn Fn(&str) -> Result<Arc<dyn StateStore>, String>;
+
 /// Computes ordering keys that the configuration cannot express as a field (a host-language
 /// callable). Runs on the ingress thread, so it should be quick.
 pub trait KeyFn: Send + Sync {
@@ -88,7 +91,7 @@ impl Engine {
     /// `store_for(pipeline)` opens each pipeline's state store.
     pub fn new(
         config: AppConfig,
-        store_for: &dyn Fn(&str) -> Result<Arc<dyn StateStore>, String>,
+        store_for: &StoreFactory,
         key_fn: Option<Arc<dyn KeyFn>>,
     ) -> Result<Arc<Engine>, EngineError> {
         let waker = Arc::new(SchedulerWaker::default());
@@ -96,7 +99,10 @@ impl Engine {
         let mut pipelines = Vec::new();
         for (i, p) in config.pipelines.iter().enumerate() {
             if p.name.is_empty() || p.name.contains('/') {
-                return Err(EngineError::Config(format!("pipeline name {:?} must be non-empty and without '/'", p.name)));
+                return Err(EngineError::Config(format!(
+                    "pipeline name {:?} must be non-empty and without '/'",
+                    p.name
+                )));
             }
             if by_name.insert(p.name.clone(), i).is_some() {
                 return Err(EngineError::Config(format!("pipeline {:?} is declared twice", p.name)));
@@ -108,7 +114,10 @@ impl Engine {
                 )));
             }
             if matches!(p.key, KeySpec::Callable) && key_fn.is_none() {
-                return Err(EngineError::Config(format!("pipeline {:?} has a callable key but no key function", p.name)));
+                return Err(EngineError::Config(format!(
+                    "pipeline {:?} has a callable key but no key function",
+                    p.name
+                )));
             }
             let store = store_for(&p.name).map_err(EngineError::Config)?;
             pipelines.push(Arc::new(Pipeline::new(i, p.clone(), store, waker.clone())));
@@ -154,7 +163,12 @@ impl Engine {
         self.waker.wake();
     }
 
-    pub(crate) fn new_execution(&self, pipeline: &Arc<Pipeline>, key: Option<Box<str>>, received: Instant) -> Execution {
+    pub(crate) fn new_execution(
+        &self,
+        pipeline: &Arc<Pipeline>,
+        key: Option<Box<str>>,
+        received: Instant,
+    ) -> Execution {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id_str = format!("{:08x}{:012x}", self.node, id).into_boxed_str();
         Execution::new(id, id_str, pipeline.clone(), key, received)
@@ -187,7 +201,8 @@ impl Engine {
         }
         let display = format!("{}:{}", self.config.host, self.config.port);
         let bind_err = |source| EngineError::Bind { addr: display.clone(), source };
-        let addrs: Vec<SocketAddr> = (self.config.host.as_str(), self.config.port).to_socket_addrs().map_err(bind_err)?.collect();
+        let addrs: Vec<SocketAddr> =
+            (self.config.host.as_str(), self.config.port).to_socket_addrs().map_err(bind_err)?.collect();
         let listener = std::net::TcpListener::bind(&addrs[..]).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
@@ -246,9 +261,7 @@ impl Engine {
         }
         running.stop_scheduler.store(true, Ordering::Release);
         self.waker.wake();
-        if let Some(t) = Some(running.scheduler.thread().clone()) {
-            t.unpark();
-        }
+        running.scheduler.thread().unpark();
         let _ = running.scheduler.join();
         running.stop_io.notify_one();
         let _ = running.io.join();

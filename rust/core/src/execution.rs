@@ -69,8 +69,13 @@ pub enum Outcome {
     /// The pipeline's reply, already JSON.
     Succeeded(Bytes),
     /// `code` is an error code of the contract (`pipeline_error`, `shutting_down`, ...).
-    Failed { code: &'static str, message: String },
-    TimedOut { message: String },
+    Failed {
+        code: &'static str,
+        message: String,
+    },
+    TimedOut {
+        message: String,
+    },
 }
 
 /// The shared record of one execution: read by `GET /executions/<id>`, awaited by the ingress.
@@ -140,7 +145,9 @@ impl Execution {
             return false;
         }
         let message = match self.pipeline.config.timeout {
-            Some(t) => format!("pipeline {:?} did not finish within {:.3}s", self.pipeline.config.name, t.as_secs_f64()),
+            Some(t) => {
+                format!("pipeline {:?} did not finish within {:.3}s", self.pipeline.config.name, t.as_secs_f64())
+            }
             None => format!("pipeline {:?} did not finish in time", self.pipeline.config.name),
         };
         let total_us = self.received.elapsed().as_micros() as u64;

@@ -120,7 +120,9 @@ fn escape(label: &str) -> String {
 
 pub fn render(pipelines: &[(PipelineGauges<'_>, &PipelineMetrics)]) -> String {
     let mut out = String::with_capacity(4096);
-    out.push_str("# HELP warmslot_requests_total Webhook requests by outcome.\n# TYPE warmslot_requests_total counter\n");
+    out.push_str(
+        "# HELP warmslot_requests_total Webhook requests by outcome.\n# TYPE warmslot_requests_total counter\n",
+    );
     for (g, m) in pipelines {
         for status in REQUEST_STATUSES {
             let _ = writeln!(
@@ -151,7 +153,8 @@ pub fn render(pipelines: &[(PipelineGauges<'_>, &PipelineMetrics)]) -> String {
                 "warmslot_latency_seconds_sum{{pipeline=\"{name}\",phase=\"{phase}\"}} {:.6}",
                 q.mean_us * q.count as f64 / 1e6
             );
-            let _ = writeln!(out, "warmslot_latency_seconds_count{{pipeline=\"{name}\",phase=\"{phase}\"}} {}", q.count);
+            let _ =
+                writeln!(out, "warmslot_latency_seconds_count{{pipeline=\"{name}\",phase=\"{phase}\"}} {}", q.count);
         }
     }
     out.push_str("# HELP warmslot_slots Slots of each pipeline by state.\n# TYPE warmslot_slots gauge\n");
@@ -167,11 +170,15 @@ pub fn render(pipelines: &[(PipelineGauges<'_>, &PipelineMetrics)]) -> String {
             let _ = writeln!(out, "warmslot_slots{{pipeline=\"{name}\",state=\"{state}\"}} {v}");
         }
     }
-    out.push_str("# HELP warmslot_ring_depth Events waiting in the pipeline's ring.\n# TYPE warmslot_ring_depth gauge\n");
+    out.push_str(
+        "# HELP warmslot_ring_depth Events waiting in the pipeline's ring.\n# TYPE warmslot_ring_depth gauge\n",
+    );
     for (g, _) in pipelines {
         let _ = writeln!(out, "warmslot_ring_depth{{pipeline=\"{}\"}} {}", escape(g.name), g.ring_depth);
     }
-    out.push_str("# HELP warmslot_ring_capacity Capacity of the pipeline's ring.\n# TYPE warmslot_ring_capacity gauge\n");
+    out.push_str(
+        "# HELP warmslot_ring_capacity Capacity of the pipeline's ring.\n# TYPE warmslot_ring_capacity gauge\n",
+    );
     for (g, _) in pipelines {
         let _ = writeln!(out, "warmslot_ring_capacity{{pipeline=\"{}\"}} {}", escape(g.name), g.ring_capacity);
     }

@@ -54,7 +54,12 @@ pub fn verify(spec: &SignatureSpec, headers: &HeaderMap, body: &[u8]) -> Result<
     verify_at(spec, headers, body, SystemTime::now())
 }
 
-pub fn verify_at(spec: &SignatureSpec, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<(), SignatureError> {
+pub fn verify_at(
+    spec: &SignatureSpec,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<(), SignatureError> {
     let bad = |what: &str| Err(SignatureError(format!("{what} does not match the request body")));
     match &spec.scheme {
         SignatureScheme::Hex { header: name, prefix } => {

@@ -70,13 +70,7 @@ impl PyJob {
     /// Seconds left before the deadline (negative when past), or None without a timeout.
     fn remaining(&self) -> PyResult<Option<f64>> {
         let now = Instant::now();
-        Ok(self.job()?.exec.deadline.map(|d| {
-            if d >= now {
-                (d - now).as_secs_f64()
-            } else {
-                -(now - d).as_secs_f64()
-            }
-        }))
+        Ok(self.job()?.exec.deadline.map(|d| if d >= now { (d - now).as_secs_f64() } else { -(now - d).as_secs_f64() }))
     }
 
     /// The request headers, lower-cased names (a repeated header keeps its last value).

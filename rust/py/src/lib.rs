@@ -131,11 +131,8 @@ impl Core {
         for p in pipelines.iter() {
             config.pipelines.push(pipeline_config(p.cast::<PyDict>()?)?);
         }
-        let key_fn: Option<Arc<dyn KeyFn>> = if key_fns.iter().any(Option::is_some) {
-            Some(Arc::new(PyKeyFn { callables: key_fns }))
-        } else {
-            None
-        };
+        let key_fn: Option<Arc<dyn KeyFn>> =
+            if key_fns.iter().any(Option::is_some) { Some(Arc::new(PyKeyFn { callables: key_fns })) } else { None };
         let store_for = |_: &str| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
         let engine = Engine::new(config, &store_for, key_fn).map_err(engine_err)?;
         Ok(Core { engine })
@@ -307,6 +304,5 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Mailbox>()?;
     m.add_class::<PyJob>()?;
     m.add_function(wrap_pyfunction!(hmac_sha256_hex, m)?)?;
-    let _ = Bytes::new();
     Ok(())
 }
