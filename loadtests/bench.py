@@ -32,8 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -44,7 +44,7 @@ sys.path.insert(0, HERE)
 
 import events  # noqa: E402  (loadtests/events.py)
 
-OHA_VERSION = "1.14.0"  # pinned: oha's JSON output changes between versions
+OHA_VERSION = "1.16.0"  # pinned: oha's JSON output changes between versions
 HOOK_PATH = "/hooks/support"
 ALL_SYSTEMS = ["warmslot", "uvicorn", "granian", "fastapi", "celery", "nginx"]
 LABELS = {
@@ -85,7 +85,7 @@ def _timed(cmd: list, **kw) -> int:
     return rc
 
 
-def ensure_tools(systems: list, need_oha: bool, need_plot: bool, install: bool) -> dict:
+def ensure_tools(systems: list, need_oha: bool, need_plot: bool, install: bool, need_locust: bool = False) -> dict:
     """Install what is missing (apt, pip, cargo); return {tool: path or None}."""
     apt_needed = {"wrk": "wrk"}
     if "nginx" in systems:
@@ -113,6 +113,8 @@ def ensure_tools(systems: list, need_oha: bool, need_plot: bool, install: bool) 
         py_modules += ["celery", "redis"]
     if need_plot:
         py_modules.append("matplotlib")
+    if need_locust:
+        py_modules.append("locust")
     missing_py = [m for m in py_modules if not _py_has(m)]
     if missing_py and install:
         _timed([sys.executable, "-m", "pip", "install", "-q", "-r", REQUIREMENTS])
@@ -253,7 +255,6 @@ class Ctx:
     logdir: str
     tools: dict
     pg: ProcessGroup
-    bots_env: dict = field(default_factory=dict)
 
 
 def _peer_env(extra=None) -> dict:
@@ -399,7 +400,8 @@ def run_oha(oha: str, port: int, rate: float, duration: float, connections: int,
             logdir: str, tag: str) -> dict:
     secs = max(1, int(round(duration)))
     cmd = [oha, "--no-tui", "--output-format", "json", "-z", f"{secs}s", "-q", f"{rate:.0f}",
-           "-c", str(connections), "--latency-correction", "-t", "5s", "-m", "POST", "-H", "Content-Type: application/json", "-Z", bodies,
+           "-c", str(connections), "--worker-threads", "1", "--latency-correction", "-w", "-t", "5s",
+           "-m", "POST", "-H", "Content-Type: application/json", "-Z", bodies,
            f"http://127.0.0.1:{port}{HOOK_PATH}"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60)
     with open(os.path.join(logdir, f"oha-{tag}.log"), "a") as f:
@@ -439,7 +441,9 @@ def median(values):
     return statistics.median(values) if values else None
 
 
-def bench_system(name: str, ctx: Ctx, args, bodies: str, probe: bytes, rate_base: Optional[dict]) -> dict:
+def bench_system(name: str, ctx: Ctx, args, bodies: str, probe: bytes, shared: dict) -> dict:
+    """Measure one system.  ``shared["rate_base"]`` is the base of the open-loop
+    rates; the first system measured (uvicorn, run first) sets it if unset."""
     res: dict = {"system": name, "label": LABELS[name], "status": "ok"}
     port = free_port()
     res["port"] = port
@@ -462,6 +466,8 @@ def bench_system(name: str, ctx: Ctx, args, bodies: str, probe: bytes, rate_base
             log(f"{name}: c64 run {i + 1}: {runs[-1]['rps']:.0f} req/s, errors {runs[-1]['error_count']}")
         res["throughput"] = {"rps": median([r["rps"] for r in runs]),
                              "errors": sum(r["error_count"] for r in runs), "runs": runs}
+        if shared.get("rate_base") is None and res["throughput"]["rps"]:
+            shared["rate_base"] = {"system": name, "rps": res["throughput"]["rps"]}
 
         runs = []
         for i in range(args.repeat):
@@ -476,7 +482,7 @@ def bench_system(name: str, ctx: Ctx, args, bodies: str, probe: bytes, rate_base
             "errors": sum(r["error_count"] for r in runs), "runs": runs,
         }
 
-        res["open_loop"] = open_loop(name, ctx, args, port, bodies, res, rate_base)
+        res["open_loop"] = open_loop(name, ctx, args, port, bodies, res, shared.get("rate_base"))
     except ToolError as exc:
         res["status"] = "error"
         res["error"] = str(exc)
@@ -694,11 +700,17 @@ def _on_sigterm(signum, frame):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Ctrl-C, SIGTERM, SIGHUP: stop every server we started, then exit 130.
+    # (SIGINT too: a shell that starts us in the background sets it to "ignore".)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
     t_start = time.monotonic()
-    tools = ensure_tools(args.systems, need_oha=bool(args.rates), need_plot=bool(args.plot),
-                         install=not args.no_install)
+    if args.install_only:  # everything bench.py, run_locust.py and the tests use
+        tools = ensure_tools(ALL_SYSTEMS, need_oha=True, need_plot=True, install=True, need_locust=True)
+    else:
+        tools = ensure_tools(args.systems, need_oha=bool(args.rates), need_plot=bool(args.plot),
+                             install=not args.no_install)
     if args.install_only:
         print(json.dumps(tools, indent=2))
         return 0 if all(tools.values()) else 1
@@ -713,20 +725,19 @@ def main(argv=None) -> int:
     # uvicorn first: its max throughput sets the open-loop rates of every system.
     run_order = sorted(args.systems, key=lambda s: s != "uvicorn")
     results: dict = {}
-    rate_base = ({"system": "--base-rps", "rps": args.base_rps} if args.base_rps else None)
+    shared = {"rate_base": {"system": "--base-rps", "rps": args.base_rps} if args.base_rps else None}
     interrupted = False
     try:
         for name in run_order:
             log(f"== {name}: {LABELS[name]}")
-            results[name] = bench_system(name, ctx, args, bodies, probe, rate_base)
-            if rate_base is None and results[name].get("throughput", {}).get("rps"):
-                rate_base = {"system": name, "rps": results[name]["throughput"]["rps"]}
+            results[name] = bench_system(name, ctx, args, bodies, probe, shared)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping servers")
     finally:
         ctx.pg.stop_all()
 
+    rate_base = shared["rate_base"]
     order = [s for s in args.systems if s in results]
     table = markdown(results, order, args.rates, rate_base)
     report = {

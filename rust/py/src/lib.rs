@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use warmslot_core::{
-    AppConfig, Bytes, Engine, EngineError, KeyFn, KeySpec, MemoryStore, PipelineConfig, SignatureScheme, SignatureSpec,
+    AppConfig, Engine, EngineError, KeyFn, KeySpec, MemoryStore, PipelineConfig, SignatureScheme, SignatureSpec,
     StateStore,
 };
 
