@@ -100,15 +100,24 @@ def make_event(rng: random.Random) -> dict:
 def check_reply(reply, text: str) -> str:
     """'' when the reply is right, else what is wrong."""
     if not isinstance(reply, dict):
-        return f"reply is not an object: {str(reply)[:120]}"
+        return f"reply is not an object but {type(reply).__name__}"
     if reply.get("reply") != "echo: " + text:
-        return f"reply does not echo the text: {str(reply.get('reply'))[:120]}"
+        return "reply does not echo the text"
     turn = reply.get("turn")
     if not isinstance(turn, int) or isinstance(turn, bool):
-        return f"turn is not an int: {turn!r}"
+        return f"turn is not an int but {type(turn).__name__}"
     if not 1 <= turn <= HISTORY_LEN:
         return f"turn out of range 1..{HISTORY_LEN}: {turn}"
     return ""
+
+
+def _brief(text) -> str:
+    """An error reply, short and stable (the error code when it is warmslot's JSON error)."""
+    try:
+        err = json.loads(text or "")["error"]
+        return str(err.get("code") if isinstance(err, dict) else err)[:100]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return (text or "")[:100]
 
 
 def _wait():
@@ -129,12 +138,12 @@ class SyncBotUser(FastHttpUser):
         with self.client.post(HOOK, data=json.dumps(event), headers=_HEADERS,
                               name=HOOK, catch_response=True) as resp:
             if resp.status_code != 200:
-                resp.failure(f"status {resp.status_code}: {(resp.text or '')[:200]}")
+                resp.failure(f"status {resp.status_code}: {_brief(resp.text)}")
                 return
             try:
                 problem = check_reply(resp.json(), event["text"])
             except ValueError:
-                problem = f"invalid JSON: {(resp.text or '')[:200]}"
+                problem = "reply is not valid JSON"
             if problem:
                 resp.failure(problem)
             elif CHECK_EXEC_ID and not resp.headers.get("x-warmslot-execution-id"):
@@ -162,12 +171,13 @@ class AsyncBotUser(FastHttpUser):
         with self.client.post(HOOK, data=json.dumps(event), headers=_ASYNC_HEADERS,
                               name=f"{HOOK} (async)", catch_response=True) as resp:
             if resp.status_code != 202:
-                resp.failure(f"status {resp.status_code}, expected 202: {(resp.text or '')[:200]}")
+                resp.failure("status 200, expected 202 (Prefer: respond-async ignored)" if resp.status_code == 200
+                             else f"status {resp.status_code}, expected 202: {_brief(resp.text)}")
                 return
             try:
                 exec_id = resp.json()["execution_id"]
             except (ValueError, KeyError, TypeError):
-                resp.failure(f"no execution_id in {(resp.text or '')[:200]}")
+                resp.failure("no execution_id in the 202 reply")
                 return
             location = resp.headers.get("Location") or resp.headers.get("location")
             if location != f"/executions/{exec_id}":
@@ -179,13 +189,13 @@ class AsyncBotUser(FastHttpUser):
             with self.client.get(f"/executions/{exec_id}", name="/executions/[id]",
                                  catch_response=True) as poll:
                 if poll.status_code != 200:
-                    poll.failure(f"status {poll.status_code}: {(poll.text or '')[:200]}")
+                    poll.failure(f"status {poll.status_code}: {_brief(poll.text)}")
                     self._fire(start, RuntimeError(f"poll status {poll.status_code}"))
                     return
                 try:
                     record = poll.json()
                 except ValueError:
-                    poll.failure(f"invalid JSON: {(poll.text or '')[:200]}")
+                    poll.failure("execution record is not valid JSON")
                     self._fire(start, RuntimeError("invalid execution record"))
                     return
                 status = record.get("status")
@@ -194,12 +204,14 @@ class AsyncBotUser(FastHttpUser):
                     self._fire(start, RuntimeError(f"unknown status {status!r}"))
                     return
                 if record.get("id") not in (None, exec_id) or record.get("pipeline") not in (None, PIPELINE):
-                    poll.failure(f"record is for another execution: {str(record)[:200]}")
+                    poll.failure("execution record is for another execution or pipeline")
                     self._fire(start, RuntimeError("wrong execution record"))
                     return
                 if status in TERMINAL:
                     if status != "succeeded":
-                        poll.failure(f"execution {status}: {str(record.get('error'))[:200]}")
+                        err = record.get("error")
+                        code = err.get("code") if isinstance(err, dict) else err
+                        poll.failure(f"execution {status}: {str(code)[:100]}")
                         self._fire(start, RuntimeError(f"execution {status}"))
                         return
                     problem = check_reply(record.get("result"), event["text"])

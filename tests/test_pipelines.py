@@ -262,3 +262,37 @@ def test_events_may_be_any_json_value(serve):
     assert c.post("any", [1, 2])[2] == {"type": "list", "key": None}
     assert c.post("any", "text")[2] == {"type": "str", "key": None}
     assert c.post("any", {"user": None})[2] == {"type": "dict", "key": None}
+
+
+def test_pool_grows_to_max_slots_under_load(serve):
+    app = warmslot.App()
+    inits = []
+
+    @app.pipeline("io", min_slots=1, max_slots=4, timeout=None)
+    class IO:
+        def __init__(self):
+            inits.append(1)
+
+        def __call__(self, event, ctx):
+            time.sleep(0.05)  # an I/O-bound bot: more slots mean more throughput
+            return {}
+
+    server, _ = serve(app)
+    assert len(inits) == 1
+
+    def client():
+        c = Client(server.host, server.port)
+        for _ in range(10):
+            assert c.post("io", {})[0] == 200
+        c.close()
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(inits) == 4, "the pool should grow to max_slots while every slot is busy and events wait"
+    c = Client(server.host, server.port)
+    _, _, health = c.get("/healthz")
+    c.close()
+    assert health["pipelines"]["io"]["warm_slots"] == 4

@@ -24,6 +24,8 @@ class Core:
     def execution(self, id: str) -> Optional[str]:
         """The execution record as JSON text, or None."""
     def stats(self) -> List[Dict[str, Any]]: ...
+    def load(self) -> List[Tuple[int, int, int, int]]:
+        """Per pipeline: (ring_depth, inflight, slots_warm, slots_busy)."""
 
 class Mailbox:
     """One slot's mailbox (or an event loop's shared one)."""

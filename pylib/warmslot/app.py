@@ -11,6 +11,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from . import _core, _json
+from .scaling import Autoscaler
 from .slots import PipelineRuntime
 from .spec import KeySpec, PipelineSpec, Signature
 
@@ -131,9 +132,12 @@ class App:
         """Serves until SIGINT or SIGTERM, then drains and stops."""
         server = self.start(host, port, wait=False)
         stop = threading.Event()
-        previous = None
+        previous = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            # Both signals stop the server, also when the shell started us with SIGINT ignored
+            # (background jobs of non-interactive shells).
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: stop.set())
         try:
             server.wait_ready(60.0)
             names = ", ".join(f"/hooks/{n}" for n in self.pipelines)
@@ -145,8 +149,8 @@ class App:
         finally:
             print("warmslot: stopping (draining in-flight executions)...", flush=True)
             server.stop()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _is_async_target(target: Any) -> bool:
@@ -188,6 +192,8 @@ class Server:
         self.runtimes = [PipelineRuntime(self._core, i, s, app.debug) for i, s in enumerate(specs)]
         for rt in self.runtimes:
             rt.start()
+        self.autoscaler = Autoscaler(self._core, self.runtimes)
+        self.autoscaler.start()
         _running.add(self)
 
     @property
@@ -230,6 +236,7 @@ class Server:
             if self._stopped:
                 return
             self._stopped = True
+        self.autoscaler.stop()
         self._core.shutdown(self.app.drain_timeout if drain is None else drain)
         for rt in self.runtimes:
             rt.join(timeout=5.0)

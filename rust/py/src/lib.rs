@@ -193,6 +193,15 @@ impl Core {
         self.engine.execution(id).map(|e| warmslot_core::ingress::execution_json(&e))
     }
 
+    /// Cheap per-pipeline load counters: (ring_depth, inflight, slots_warm, slots_busy).
+    fn load(&self) -> Vec<(usize, usize, usize, usize)> {
+        self.engine
+            .pipelines()
+            .iter()
+            .map(|p| (p.ring.len(), p.inflight(), p.slots.warm_count(), p.slots.busy_count()))
+            .collect()
+    }
+
     /// Per-pipeline counters and latency quantiles (microseconds).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
