@@ -15,9 +15,6 @@ from .spec import PipelineSpec
 
 log = logging.getLogger("warmslot")
 
-# NOTE: how long an idle slot spins for the next event before it blocks; see rust/core/src/scheduler.rs.
-SPIN_US = 50
-
 
 def _error_message(exc: BaseException, debug: bool) -> str:
     msg = f"{type(exc).__name__}: {exc}"
@@ -29,11 +26,12 @@ def _error_message(exc: BaseException, debug: bool) -> str:
 class PipelineRuntime:
     """The slots of one pipeline inside a running server."""
 
-    def __init__(self, core: Any, index: int, spec: PipelineSpec, debug: bool) -> None:
+    def __init__(self, core: Any, index: int, spec: PipelineSpec, debug: bool, spin_us: int = 50) -> None:
         self.core = core
         self.index = index
         self.spec = spec
         self.debug = debug
+        self.spin_us = spin_us
         self.threads: List[threading.Thread] = []
         self.warm = 0
         self.started = 0
@@ -143,7 +141,7 @@ class PipelineRuntime:
         self._mark_warm(slot)
         try:
             while True:
-                batch = mailbox.next_batch(max_batch, 0.1, SPIN_US)
+                batch = mailbox.next_batch(max_batch, 0.1, self.spin_us)
                 if batch is None:
                     return
                 for job in batch:
@@ -214,7 +212,7 @@ class PipelineRuntime:
         def feed() -> None:
             mailbox = self.core.mailbox(self.index, 0)
             while True:
-                batch = mailbox.next_batch(spec.max_batch, 0.1, SPIN_US)
+                batch = mailbox.next_batch(spec.max_batch, 0.1, self.spin_us)
                 if batch is None:
                     loop.call_soon_threadsafe(close)
                     return

@@ -80,6 +80,8 @@ pub struct AppConfig {
     pub max_connections: usize,
     /// Grace period for in-flight executions at shutdown.
     pub drain_timeout: Duration,
+    /// How long an idle scheduler (and an idle slot) spins for the next event before parking.
+    pub idle_spin: Duration,
 }
 
 impl Default for AppConfig {
@@ -92,6 +94,7 @@ impl Default for AppConfig {
             io_threads: 1,
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
+            idle_spin: Duration::from_micros(50),
         }
     }
 }

@@ -208,8 +208,9 @@ impl Engine {
         let addr = listener.local_addr().map_err(bind_err)?;
 
         let stop_scheduler = Arc::new(AtomicBool::new(false));
-        let scheduler = Scheduler::new(&self.pipelines, self.waker.clone(), stop_scheduler.clone())
-            .ok_or(EngineError::AlreadyStarted)?;
+        let scheduler =
+            Scheduler::new(&self.pipelines, self.waker.clone(), stop_scheduler.clone(), self.config.idle_spin)
+                .ok_or(EngineError::AlreadyStarted)?;
         let scheduler = std::thread::Builder::new()
             .name("warmslot-scheduler".into())
             .spawn(move || scheduler.run())

@@ -28,12 +28,6 @@ use crossbeam_channel::Sender;
 use crate::execution::Job;
 use crate::pipeline::Pipeline;
 
-// NOTE: spinning for up to 50 µs after the last event before parking keeps a waiting scheduler
-// out of the futex path between back-to-back requests of one connection (a loopback round trip is
-// ~40-80 µs here); parking earlier added a wake-up (~10-30 µs on this VM) to every request at c=1.
-// The spin yields the core after the first few microseconds, so it costs little to the other
-// threads when the machine is busy. See loadtests/README.md for the measurements.
-const IDLE_SPIN: Duration = Duration::from_micros(50);
 /// Safety net: even with no wake-up, the loop looks again this often.
 const PARK_TIMEOUT: Duration = Duration::from_millis(20);
 /// Jobs moved from one ring before looking at the next pipeline.
@@ -156,15 +150,22 @@ impl Route {
 
 pub struct Scheduler {
     routes: Vec<Route>,
+    /// `AppConfig::idle_spin`: spin before parking (see the NOTE on `idle`).
+    idle_spin: Duration,
     waker: Arc<SchedulerWaker>,
     stop: Arc<AtomicBool>,
 }
 
 impl Scheduler {
     /// Returns `None` if a pipeline's mailboxes were already taken by another scheduler.
-    pub fn new(pipelines: &[Arc<Pipeline>], waker: Arc<SchedulerWaker>, stop: Arc<AtomicBool>) -> Option<Self> {
+    pub fn new(
+        pipelines: &[Arc<Pipeline>],
+        waker: Arc<SchedulerWaker>,
+        stop: Arc<AtomicBool>,
+        idle_spin: Duration,
+    ) -> Option<Self> {
         let routes = pipelines.iter().cloned().map(Route::new).collect::<Option<Vec<_>>>()?;
-        Some(Scheduler { routes, waker, stop })
+        Some(Scheduler { routes, idle_spin, waker, stop })
     }
 
     fn schedule_all(&mut self) -> usize {
@@ -186,10 +187,17 @@ impl Scheduler {
         }
     }
 
+    /// Spins (then yields) for `idle_spin`, then parks until woken.
+    // NOTE: with one connection each request otherwise pays two futex wake-ups (scheduler, then
+    // slot) on top of the loopback round trip. wrk -t1 -c1 against the support bot, 2 slots, four
+    // alternating 3 s runs each on the 2-core VM (2026-11-28), best p50: 79 µs with no spin, 58 µs
+    // with 50 µs, 62 µs with 200 µs. The VM is noisy (every setting also had runs at 100-113 µs),
+    // so 50 µs is kept as the default for its lower CPU cost; `App(spin_us=0)` turns it off.
+    // After 64 spins the loop yields, so a busy machine gets the core back.
     fn idle(&mut self) {
         let spin_start = Instant::now();
         let mut spins = 0u32;
-        while spin_start.elapsed() < IDLE_SPIN {
+        while spin_start.elapsed() < self.idle_spin {
             if spins < 64 {
                 std::hint::spin_loop();
             } else {
@@ -245,7 +253,8 @@ mod tests {
 
     fn start(p: &Arc<Pipeline>, waker: &Arc<SchedulerWaker>) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
         let stop = Arc::new(AtomicBool::new(false));
-        let sched = Scheduler::new(std::slice::from_ref(p), waker.clone(), stop.clone()).unwrap();
+        let sched =
+            Scheduler::new(std::slice::from_ref(p), waker.clone(), stop.clone(), Duration::from_micros(50)).unwrap();
         (stop, thread::spawn(move || sched.run()))
     }
 

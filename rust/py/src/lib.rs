@@ -128,6 +128,9 @@ impl Core {
         if let Some(v) = get(app, "max_connections")? {
             config.max_connections = v;
         }
+        if let Some(v) = get::<u64>(app, "spin_us")? {
+            config.idle_spin = Duration::from_micros(v);
+        }
         for p in pipelines.iter() {
             config.pipelines.push(pipeline_config(p.cast::<PyDict>()?)?);
         }
@@ -255,7 +258,7 @@ impl Mailbox {
         let got = py.detach(move || {
             let first = 'first: {
                 // NOTE: a short spin before blocking saves the futex wake-up on back-to-back
-                // requests; see the scheduler's IDLE_SPIN note for the measurements.
+                // requests; see the NOTE on `Scheduler::idle` for the measurements.
                 let spin_until = Instant::now() + Duration::from_micros(spin_us);
                 let mut n = 0u32;
                 loop {
