@@ -296,3 +296,45 @@ def test_pool_grows_to_max_slots_under_load(serve):
     _, _, health = c.get("/healthz")
     c.close()
     assert health["pipelines"]["io"]["warm_slots"] == 4
+
+
+def test_pipelines_may_take_only_the_event(serve):
+    app = warmslot.App()
+
+    @app.pipeline("plain")
+    def plain(event):
+        return {"got": event["x"]}
+
+    @app.pipeline("aplain")
+    async def aplain(event):
+        return {"got": event["x"]}
+
+    @app.pipeline("cplain")
+    class CPlain:
+        def __call__(self, event):
+            return {"got": event["x"]}
+
+    server, c = serve(app)
+    for name in ("plain", "aplain", "cplain"):
+        assert c.post(name, {"x": 1})[2] == {"got": 1}
+
+
+def test_serve_in_a_thread_stops_with_app_stop():
+    app = warmslot.App()
+
+    @app.pipeline("e")
+    def e(event, ctx):
+        return event
+
+    t = threading.Thread(target=app.serve, kwargs={"port": 0})
+    t.start()
+    deadline = time.time() + 10
+    while (app.server is None or not app.server.is_ready()) and time.time() < deadline:
+        time.sleep(0.01)
+    c = Client(app.server.host, app.server.port)
+    assert c.post("e", {"a": 1})[2] == {"a": 1}
+    c.close()
+    app.stop()
+    t.join(10)
+    assert not t.is_alive()
+    assert app.server is None

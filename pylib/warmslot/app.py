@@ -69,6 +69,8 @@ class App:
         self.drain_timeout = drain_timeout
         self.spin_us = spin_us
         self.pipelines: Dict[str, PipelineSpec] = {}
+        self._servers: List[Server] = []
+        self._stop_requested: Optional[threading.Event] = None
 
     def pipeline(
         self,
@@ -125,6 +127,7 @@ class App:
     def start(self, host: str = "127.0.0.1", port: int = 8000, *, wait: bool = True, timeout: float = 60.0) -> "Server":
         """Starts serving in background threads; returns a `Server` (port 0 picks a free port)."""
         server = Server(self, host, port)
+        self._servers.append(server)
         if wait:
             try:
                 server.wait_ready(timeout)
@@ -134,9 +137,10 @@ class App:
         return server
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
-        """Serves until SIGINT or SIGTERM, then drains and stops."""
+        """Serves until SIGINT or SIGTERM (or ``app.stop()`` from another thread), then drains and
+        stops. Port 0 picks a free port; ``app.server.port`` tells which once it is up."""
+        stop = self._stop_requested = threading.Event()
         server = self.start(host, port, wait=False)
-        stop = threading.Event()
         previous = {}
         if threading.current_thread() is threading.main_thread():
             # Both signals stop the server, also when the shell started us with SIGINT ignored
@@ -156,6 +160,19 @@ class App:
             server.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def stop(self) -> None:
+        """Stops every server this app started (and makes a blocking ``serve()`` return)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+        for server in list(self._servers):
+            server.stop()
+
+    @property
+    def server(self) -> Optional["Server"]:
+        """The most recently started server that is still running, if any."""
+        running = [s for s in self._servers if not s.stopped]
+        return running[-1] if running else None
 
 
 def _is_async_target(target: Any) -> bool:
@@ -243,10 +260,16 @@ class Server:
                 return
             self._stopped = True
         self.autoscaler.stop()
+        if self in self.app._servers:
+            self.app._servers.remove(self)
         self._core.shutdown(self.app.drain_timeout if drain is None else drain)
         for rt in self.runtimes:
             rt.join(timeout=5.0)
         _running.discard(self)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     def __enter__(self) -> "Server":
         return self

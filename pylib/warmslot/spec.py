@@ -60,6 +60,22 @@ def _is_async(target: Any) -> bool:
     return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(getattr(target, "__call__", None))
 
 
+def _takes_ctx(target: Any) -> bool:
+    """True unless the pipeline's call accepts exactly one positional argument (the event)."""
+    call = target.__call__ if inspect.isclass(target) else target
+    try:
+        sig = inspect.signature(call)
+    except (TypeError, ValueError):
+        return True
+    params = list(sig.parameters.values())
+    if inspect.isclass(target) and params and params[0].name == "self":
+        params = params[1:]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) != 1
+
+
 @dataclass
 class PipelineSpec:
     name: str
@@ -75,12 +91,14 @@ class PipelineSpec:
     signature: Optional[Signature]
     is_async: bool = field(init=False)
     is_class: bool = field(init=False)
+    takes_ctx: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if not callable(self.target):
             raise TypeError(f"pipeline {self.name!r} must be a function or a class, got {self.target!r}")
         self.is_class = inspect.isclass(self.target)
         self.is_async = _is_async(self.target)
+        self.takes_ctx = _takes_ctx(self.target)
         if self.is_class and not callable(getattr(self.target, "__call__", None)):
             raise TypeError(f"pipeline class {self.target.__name__} needs a __call__(self, event, ctx) method")
         if self.key is not None and not isinstance(self.key, str) and not callable(self.key):
@@ -97,8 +115,19 @@ class PipelineSpec:
         return self.key is not None
 
     def instantiate(self) -> Callable[..., Any]:
-        """Per slot: a class pipeline gets its own instance (its ``__init__`` is the pre-warm)."""
-        return self.target() if self.is_class else self.target
+        """Per slot: a class pipeline gets its own instance (its ``__init__`` is the pre-warm).
+        The result is always called as ``f(event, ctx)``; a pipeline that takes only the event
+        is wrapped."""
+        target = self.target() if self.is_class else self.target
+        if self.takes_ctx:
+            return target
+        if self.is_async:
+
+            async def call_async(event: Any, ctx: Any) -> Any:
+                return await target(event)
+
+            return call_async
+        return lambda event, ctx: target(event)
 
     def as_config(self) -> dict:
         return {
