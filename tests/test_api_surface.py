@@ -52,7 +52,9 @@ def test_declaration_errors_are_clear():
     with pytest.raises(ValueError, match="declared twice"):
         app.pipeline("z")(lambda e, c: e)
     with pytest.raises(ValueError, match="not available"):
-        warmslot.App(state="sqlite:///x.db")
+        warmslot.App(state="redis://127.0.0.1:6379/0")
+    with pytest.raises(ValueError, match="not a known store"):
+        warmslot.App(state="postgres://x")
     with pytest.raises(ValueError, match="no pipelines"):
         warmslot.App().start("127.0.0.1", 0)
 

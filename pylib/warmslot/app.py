@@ -27,21 +27,31 @@ def _stop_all() -> None:
         server.stop(drain=1.0)
 
 
-def _parse_state(state: str) -> str:
+def _parse_state(state: str) -> Optional[str]:
+    """Returns None for the in-memory store, or the SQLite database path."""
     if state in ("memory", "memory://", ""):
-        return "memory"
+        return None
+    if state.startswith("sqlite://"):
+        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db,
+        # and plain sqlite:// for a private in-memory database.
+        rest = state[len("sqlite://") :]
+        path = rest[1:] if rest.startswith("/") else rest
+        return path or ":memory:"
     scheme = state.split(":", 1)[0]
-    if scheme in ("sqlite", "redis"):
+    if scheme == "redis":
         raise ValueError(
-            f"state={state!r}: the {scheme} store is not available in this version of warmslot; use state='memory'"
+            f"state={state!r}: the redis store is not available in this version of warmslot; "
+            "use 'memory' or 'sqlite:///path.db'"
         )
-    raise ValueError(f"state={state!r} is not a known store; use 'memory', 'sqlite:///path.db' or 'redis://host:port/db'")
+    raise ValueError(f"state={state!r} is not a known store; use 'memory' or 'sqlite:///path.db'")
 
 
 class App:
     """A set of pipelines served behind webhooks.
 
-    ``state``: where per-key state lives (``"memory"``, the default). ``debug=True`` puts
+    ``state``: where per-key state lives: ``"memory"`` (the default, lost at exit) or
+    ``"sqlite:///state.db"`` (durable, one SQLite file; relative to the working directory, or
+    absolute with four slashes: ``"sqlite:////var/lib/bots/state.db"``). ``debug=True`` puts
     tracebacks into error bodies. ``max_records``: executions kept for ``GET /executions/<id>``.
     ``spin_us``: how long idle threads spin for the next event before parking (lower latency at
     low load against some CPU; 0 parks at once). ``io_threads``: tokio threads for HTTP (1 runs a
@@ -60,7 +70,8 @@ class App:
         drain_timeout: float = 10.0,
         spin_us: int = 50,
     ) -> None:
-        self.state = _parse_state(state)
+        self.state = state
+        self.sqlite_path = _parse_state(state)
         self.debug = debug
         self.max_body_bytes = max_body_bytes
         self.max_records = max_records
@@ -204,6 +215,7 @@ class Server:
             "io_threads": app.io_threads,
             "max_connections": app.max_connections,
             "spin_us": app.spin_us,
+            "sqlite_path": app.sqlite_path,
         }
         key_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
             _key_fn(s.key) if callable(s.key) else None for s in specs

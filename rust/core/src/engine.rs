@@ -306,3 +306,66 @@ impl Engine {
         metrics::render(&gauges)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PipelineConfig;
+    use crate::state::MemoryStore;
+    use bytes::Bytes;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// One HTTP/1.1 request on a fresh connection; returns (status, body).
+    fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    #[test]
+    fn serves_a_pipeline_end_to_end_on_loopback() {
+        let mut p = PipelineConfig::new("count");
+        p.key = KeySpec::Field("user".into());
+        let config = AppConfig { port: 0, pipelines: vec![p], ..AppConfig::default() };
+        let store = |_: &str| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
+        let engine = Engine::new(config, &store, None).unwrap();
+        let addr = engine.start().unwrap();
+        assert_eq!(request(addr, "GET", "/healthz", "").0, 503, "no warm slot yet");
+
+        // A slot worker in Rust: counts events per key in the committed state.
+        let rx = engine.receiver(0, 0).unwrap();
+        engine.pipelines()[0].slots.mark_warm(0);
+        let worker = std::thread::spawn(move || {
+            while let Ok(mut job) = rx.recv() {
+                let state = job.begin().unwrap();
+                let n: u64 = state.map_or(0, |s| std::str::from_utf8(&s).unwrap().parse().unwrap()) + 1;
+                job.succeed(Bytes::from(format!("{{\"n\":{n}}}")), Some(Bytes::from(n.to_string())));
+            }
+        });
+        assert_eq!(request(addr, "GET", "/healthz", "").0, 200);
+        assert_eq!(request(addr, "POST", "/hooks/count", r#"{"user":"a"}"#), (200, r#"{"n":1}"#.into()));
+        assert_eq!(request(addr, "POST", "/hooks/count", r#"{"user":"a"}"#), (200, r#"{"n":2}"#.into()));
+        assert_eq!(request(addr, "POST", "/hooks/count", r#"{"user":"b"}"#), (200, r#"{"n":1}"#.into()));
+        let (status, body) = request(addr, "POST", "/hooks/count", "{nope");
+        assert_eq!(status, 400);
+        assert!(body.contains("\"invalid_json\""), "{body}");
+        assert_eq!(request(addr, "POST", "/hooks/other", "{}").0, 404);
+        assert_eq!(request(addr, "GET", "/hooks/count", "").0, 405);
+        let (_, metrics) = request(addr, "GET", "/metrics", "");
+        assert!(metrics.contains("warmslot_requests_total{pipeline=\"count\",status=\"succeeded\"} 3"), "{metrics}");
+
+        engine.shutdown(Duration::from_secs(1));
+        worker.join().unwrap();
+        assert!(TcpStream::connect(addr).is_err(), "the listener is closed after shutdown");
+    }
+}

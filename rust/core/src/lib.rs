@@ -17,10 +17,12 @@ pub mod ring;
 pub mod scheduler;
 pub mod signature;
 pub mod slots;
+pub mod sqlite_store;
 pub mod state;
 
 pub use bytes::Bytes;
 pub use config::{AppConfig, KeySpec, PipelineConfig, SignatureScheme, SignatureSpec};
 pub use engine::{Engine, EngineError, KeyFn, PipelineStats};
 pub use execution::{BeginError, Job, Outcome, Status, Timings};
+pub use sqlite_store::SqliteDb;
 pub use state::{MemoryStore, StateStore, StoreError};

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use warmslot_core::{
     AppConfig, Engine, EngineError, KeyFn, KeySpec, MemoryStore, PipelineConfig, SignatureScheme, SignatureSpec,
-    StateStore,
+    SqliteDb, StateStore,
 };
 
 mod job;
@@ -136,8 +136,18 @@ impl Core {
         }
         let key_fn: Option<Arc<dyn KeyFn>> =
             if key_fns.iter().any(Option::is_some) { Some(Arc::new(PyKeyFn { callables: key_fns })) } else { None };
-        let store_for = |_: &str| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
-        let engine = Engine::new(config, &store_for, key_fn).map_err(engine_err)?;
+        let engine = match get::<String>(app, "sqlite_path")? {
+            Some(path) => {
+                let db = SqliteDb::open(&path).map_err(|e| PyOSError::new_err(e.to_string()))?;
+                let store_for = move |name: &str| Ok(db.store(name));
+                Engine::new(config, &store_for, key_fn)
+            }
+            None => {
+                let store_for = |_: &str| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
+                Engine::new(config, &store_for, key_fn)
+            }
+        }
+        .map_err(engine_err)?;
         Ok(Core { engine })
     }
 
