@@ -100,6 +100,11 @@ def test_metrics_exposition(serve):
         assert f'warmslot_latency_seconds_count{{pipeline="echo",phase="{phase}"}} 5' in text
     assert 'warmslot_slots{pipeline="echo",state="warm"} 2' in text
     assert 'warmslot_ring_depth{pipeline="echo"} 0' in text
+    assert 'warmslot_arrivals_total{pipeline="echo"} 5' in text, "invalid JSON never reaches admission"
+    assert re.search(r'warmslot_slots\{pipeline="echo",state="target"\} \d+', text)
+    assert re.search(r'warmslot_forecast_rps\{pipeline="echo"\} [0-9.]+', text)
+    pred = server.predictions()["echo"]
+    assert pred["phase"] in ("idle", "steady", "rising", "spike", "cooling") and pred["target_slots"] >= 2
     # Every sample line parses as Prometheus text: name{labels} value
     for line in text.splitlines():
         if line and not line.startswith("#"):

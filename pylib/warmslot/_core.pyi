@@ -24,8 +24,9 @@ class Core:
     def execution(self, id: str) -> Optional[str]:
         """The execution record as JSON text, or None."""
     def stats(self) -> List[Dict[str, Any]]: ...
-    def load(self) -> List[Tuple[int, int, int, int]]:
-        """Per pipeline: (ring_depth, inflight, slots_warm, slots_busy)."""
+    def load(self) -> List[Tuple[int, int, int, int, int, int, int]]:
+        """Per pipeline: (ring_depth, inflight, slots_warm, slots_busy, arrivals, executions_ran, run_us_sum)."""
+    def set_prediction(self, pipeline: int, target_slots: int, forecast_rps: float) -> None: ...
 
 class Mailbox:
     """One slot's mailbox (or an event loop's shared one)."""

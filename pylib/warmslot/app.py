@@ -11,7 +11,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from . import _core, _json
-from .scaling import Autoscaler
+from .predictor import Autoscaler
 from .slots import PipelineRuntime
 from .spec import KeySpec, PipelineSpec, Signature
 
@@ -256,6 +256,10 @@ class Server:
 
     def metrics(self) -> str:
         return self._core.metrics_text()
+
+    def predictions(self) -> Dict[str, Dict[str, Any]]:
+        """Per pipeline: the predictor's phase, measured and forecast rates, service time, target."""
+        return {rt.spec.name: p.snapshot() for rt, p in zip(self.runtimes, self.autoscaler.predictors)}
 
     def grow(self, pipeline: str, slots: int) -> int:
         """Warms more slots for `pipeline` (up to its max_slots); returns how many were started."""

@@ -298,6 +298,9 @@ impl Engine {
                         slots_busy: p.slots.busy_count(),
                         slots_max: p.slots.len(),
                         slots_min: p.config.min_slots,
+                        slots_target: p.target_slots(),
+                        forecast_rps: p.forecast_rps(),
+                        arrivals: p.arrivals(),
                     },
                     &p.metrics,
                 )

@@ -13,7 +13,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
@@ -28,6 +28,7 @@ pub type HttpResponse = Response<Full<Bytes>>;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EXECUTION_ID: &str = "x-warmslot-execution-id";
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Oversized bodies up to this size are read and discarded before the 413 (see `hook`).
 const DRAIN_CAP: u64 = 8 << 20;
 
@@ -100,7 +101,12 @@ pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: Arc<
             let engine = engine.clone();
             async move { Ok::<_, Infallible>(route(req, &engine).await) }
         });
-        let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+        // A client gets HEADER_TIMEOUT to send each request's headers (no slowloris pinning a permit).
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
@@ -292,6 +298,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
         _ => key,
     };
 
+    pipeline.arrived();
     let exec = Arc::new(engine.new_execution(&pipeline, key.map(String::into_boxed_str), received));
     pipeline.accepted_one();
     if let Err(job) = pipeline.ring.push(Job::new(exec.clone(), body, parts.headers)) {

@@ -26,6 +26,9 @@ pub const PHASES: [&str; 4] = ["queue", "run", "commit", "total"];
 
 pub struct PipelineMetrics {
     requests: [AtomicU64; REQUEST_STATUSES.len()],
+    /// Executions that ran (succeeded or failed) and their summed run time: the service time.
+    ran: AtomicU64,
+    run_us_sum: AtomicU64,
     latency: Mutex<[Histogram<u64>; 4]>,
 }
 
@@ -49,6 +52,8 @@ impl Default for PipelineMetrics {
     fn default() -> Self {
         PipelineMetrics {
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            ran: AtomicU64::new(0),
+            run_us_sum: AtomicU64::new(0),
             latency: Mutex::new(std::array::from_fn(|_| histogram())),
         }
     }
@@ -68,6 +73,10 @@ impl PipelineMetrics {
     /// Records a finished execution. Only successes enter the latency histograms: they are the
     /// executions that reached the state commit, the boundary the figures promise.
     pub(crate) fn record(&self, status: Status, t: &Timings) {
+        if t.run_us > 0 {
+            self.ran.fetch_add(1, Ordering::Relaxed);
+            self.run_us_sum.fetch_add(t.run_us, Ordering::Relaxed);
+        }
         match status {
             Status::Succeeded => {
                 self.count("succeeded");
@@ -79,6 +88,11 @@ impl PipelineMetrics {
             Status::TimedOut => self.count("timed_out"),
             _ => self.count("failed"),
         }
+    }
+
+    /// (executions that ran, their summed run time in µs), for service-time estimates.
+    pub fn service(&self) -> (u64, u64) {
+        (self.ran.load(Ordering::Relaxed), self.run_us_sum.load(Ordering::Relaxed))
     }
 
     pub fn quantiles(&self) -> [Quantiles; 4] {
@@ -112,6 +126,9 @@ pub struct PipelineGauges<'a> {
     pub slots_busy: usize,
     pub slots_max: usize,
     pub slots_min: usize,
+    pub slots_target: usize,
+    pub forecast_rps: f64,
+    pub arrivals: u64,
 }
 
 fn escape(label: &str) -> String {
@@ -166,6 +183,7 @@ pub fn render(pipelines: &[(PipelineGauges<'_>, &PipelineMetrics)]) -> String {
             ("idle", g.slots_warm.saturating_sub(g.slots_busy)),
             ("min", g.slots_min),
             ("max", g.slots_max),
+            ("target", g.slots_target),
         ] {
             let _ = writeln!(out, "warmslot_slots{{pipeline=\"{name}\",state=\"{state}\"}} {v}");
         }
@@ -175,6 +193,16 @@ pub fn render(pipelines: &[(PipelineGauges<'_>, &PipelineMetrics)]) -> String {
     );
     for (g, _) in pipelines {
         let _ = writeln!(out, "warmslot_ring_depth{{pipeline=\"{}\"}} {}", escape(g.name), g.ring_depth);
+    }
+    out.push_str("# HELP warmslot_arrivals_total Webhooks that reached admission.\n");
+    out.push_str("# TYPE warmslot_arrivals_total counter\n");
+    for (g, _) in pipelines {
+        let _ = writeln!(out, "warmslot_arrivals_total{{pipeline=\"{}\"}} {}", escape(g.name), g.arrivals);
+    }
+    out.push_str("# HELP warmslot_forecast_rps The predictor's arrival-rate forecast.\n");
+    out.push_str("# TYPE warmslot_forecast_rps gauge\n");
+    for (g, _) in pipelines {
+        let _ = writeln!(out, "warmslot_forecast_rps{{pipeline=\"{}\"}} {:.3}", escape(g.name), g.forecast_rps);
     }
     out.push_str(
         "# HELP warmslot_ring_capacity Capacity of the pipeline's ring.\n# TYPE warmslot_ring_capacity gauge\n",

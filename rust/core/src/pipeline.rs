@@ -1,6 +1,6 @@
 //! A pipeline's runtime: its configuration, ring, slot pool, state store and metrics.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::PipelineConfig;
@@ -20,6 +20,11 @@ pub struct Pipeline {
     pub metrics: PipelineMetrics,
     /// Accepted executions that have no outcome yet.
     inflight: AtomicUsize,
+    /// Webhooks that reached admission (accepted or refused with 429): the demand signal.
+    arrivals: AtomicU64,
+    /// Set by the predictor: the warm-slot target and the arrival rate it forecast (milli-req/s).
+    target_slots: AtomicUsize,
+    forecast_milli_rps: AtomicU64,
 }
 
 impl Pipeline {
@@ -32,6 +37,9 @@ impl Pipeline {
             store,
             metrics: PipelineMetrics::default(),
             inflight: AtomicUsize::new(0),
+            arrivals: AtomicU64::new(0),
+            target_slots: AtomicUsize::new(config.min_slots),
+            forecast_milli_rps: AtomicU64::new(0),
             config,
         }
     }
@@ -42,6 +50,28 @@ impl Pipeline {
 
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
+    }
+
+    pub fn arrivals(&self) -> u64 {
+        self.arrivals.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn arrived(&self) {
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the predictor's decision (shown in /metrics).
+    pub fn set_prediction(&self, target_slots: usize, forecast_rps: f64) {
+        self.target_slots.store(target_slots, Ordering::Relaxed);
+        self.forecast_milli_rps.store((forecast_rps.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    pub fn target_slots(&self) -> usize {
+        self.target_slots.load(Ordering::Relaxed)
+    }
+
+    pub fn forecast_rps(&self) -> f64 {
+        self.forecast_milli_rps.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
     pub(crate) fn accepted_one(&self) {

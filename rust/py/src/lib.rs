@@ -206,13 +206,24 @@ impl Core {
         self.engine.execution(id).map(|e| warmslot_core::ingress::execution_json(&e))
     }
 
-    /// Cheap per-pipeline load counters: (ring_depth, inflight, slots_warm, slots_busy).
-    fn load(&self) -> Vec<(usize, usize, usize, usize)> {
+    /// Cheap per-pipeline counters for the predictor: (ring_depth, inflight, slots_warm,
+    /// slots_busy, arrivals, executions_ran, run_us_sum).
+    fn load(&self) -> Vec<(usize, usize, usize, usize, u64, u64, u64)> {
         self.engine
             .pipelines()
             .iter()
-            .map(|p| (p.ring.len(), p.inflight(), p.slots.warm_count(), p.slots.busy_count()))
+            .map(|p| {
+                let (ran, run_us) = p.metrics.service();
+                (p.ring.len(), p.inflight(), p.slots.warm_count(), p.slots.busy_count(), p.arrivals(), ran, run_us)
+            })
             .collect()
+    }
+
+    /// Publishes the predictor's warm-slot target and forecast for /metrics.
+    fn set_prediction(&self, pipeline: usize, target_slots: usize, forecast_rps: f64) -> PyResult<()> {
+        let p = self.engine.pipelines().get(pipeline).ok_or_else(|| PyValueError::new_err("no such pipeline"))?;
+        p.set_prediction(target_slots, forecast_rps);
+        Ok(())
     }
 
     /// Per-pipeline counters and latency quantiles (microseconds).
