@@ -159,7 +159,7 @@ class App:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())
         try:
-            server.wait_ready(60.0)
+            server.wait_ready(60.0, stop)
             names = ", ".join(f"/hooks/{n}" for n in self.pipelines)
             print(f"warmslot: serving {names} on {server.url} (Ctrl-C to stop)", flush=True)
             while not stop.wait(0.5):
@@ -239,10 +239,12 @@ class Server:
     def is_ready(self) -> bool:
         return bool(self._core.is_ready())
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Blocks until every pipeline has its minimum of warm slots."""
+    def wait_ready(self, timeout: float = 60.0, stop: Optional[threading.Event] = None) -> None:
+        """Blocks until every pipeline has its minimum of warm slots (or `stop` is set)."""
         deadline = time.monotonic() + timeout
         while not self._core.is_ready():
+            if stop is not None and stop.is_set():
+                return
             errors = [e for rt in self.runtimes for e in rt.errors]
             if errors:
                 raise RuntimeError("; ".join(errors))
@@ -279,8 +281,9 @@ class Server:
         if self in self.app._servers:
             self.app._servers.remove(self)
         self._core.shutdown(self.app.drain_timeout if drain is None else drain)
+        deadline = time.monotonic() + 5.0  # one budget for all slot threads, not 5 s each
         for rt in self.runtimes:
-            rt.join(timeout=5.0)
+            rt.join(deadline)
         _running.discard(self)
 
     @property

@@ -1,5 +1,11 @@
 """Slot workers: threads (sync pipelines) or tasks on one event loop (async pipelines) that hold a
-pre-warmed pipeline instance and run the events the Rust scheduler hands them, in batches."""
+pre-warmed pipeline instance and run the events the Rust scheduler hands them, in batches.
+
+A slot must outlive anything a pipeline does: every per-event path ends in exactly one of
+``job.succeed`` / ``job.fail`` / ``job.time_out``, and nothing a pipeline raises (SystemExit,
+CancelledError, an exception whose ``str()`` fails) may end the worker, because a dead slot
+would strand the keys pinned to it.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +22,32 @@ from .spec import PipelineSpec
 log = logging.getLogger("warmslot")
 
 
+def _safe_text(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<unprintable exception>"
+    # Lone surrogates (bytes decoded with surrogateescape) cannot cross into Rust strings.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _error_message(exc: BaseException, debug: bool) -> str:
-    msg = f"{type(exc).__name__}: {exc}"
+    msg = f"{type(exc).__name__}: {_safe_text(exc)}"
     if debug:
-        msg += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return msg
+        try:
+            msg += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except BaseException:
+            pass
+    return msg.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _Raised:
+    """A BaseException caught inside an async pipeline, carried out of its task as a value."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 class PipelineRuntime:
@@ -34,13 +61,26 @@ class PipelineRuntime:
         self.spin_us = spin_us
         self.threads: List[threading.Thread] = []
         self.warm = 0
-        self.started = 0
         self.errors: List[str] = []
         self._lock = threading.Lock()
+        self._next_slot = 0  # slot indexes handed out so far
+        self._free: List[int] = []  # indexes of slots that failed to warm up or exited, for reuse
+        self._starting = 0
+        self._warned_unkeyed = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._async_grow: Optional[Callable[[int], None]] = None
+        self._async_start: Optional[Callable[[int], None]] = None
 
     # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def started(self) -> int:
+        """Slots warm or warming up."""
+        with self._lock:
+            return self._next_slot - len(self._free)
+
+    @property
+    def starting(self) -> int:
+        return self._starting
+
     def start(self) -> None:
         if self.spec.is_async:
             t = threading.Thread(target=self._async_main, name=f"warmslot-{self.spec.name}-loop", daemon=True)
@@ -49,90 +89,147 @@ class PipelineRuntime:
         else:
             self.grow(self.spec.min_slots)
 
-    def grow(self, target: int) -> int:
-        """Starts slots until `target` exist (at most max_slots). Returns how many were started."""
+    def _take_slots(self, target: int) -> List[int]:
         target = min(target, self.spec.max_slots)
+        new: List[int] = []
         with self._lock:
-            new = list(range(self.started, target))
-            self.started = max(self.started, target)
-        if self.spec.is_async:
-            if new and self._loop is not None and self._async_grow is not None:
-                for slot in new:
-                    self._loop.call_soon_threadsafe(self._async_grow, slot)
-            return len(new)
+            while self._next_slot - len(self._free) < target:
+                if self._free:
+                    new.append(self._free.pop())
+                elif self._next_slot < self.spec.max_slots:
+                    new.append(self._next_slot)
+                    self._next_slot += 1
+                else:
+                    break
+            self._starting += len(new)
+        return new
+
+    def grow(self, target: int) -> int:
+        """Starts slots until `target` are warm or warming (at most max_slots). Returns how many
+        were started."""
+        if self.spec.is_async and (self._loop is None or self._async_start is None):
+            return 0  # the loop starts min_slots itself once it runs
+        new = self._take_slots(target)
         for slot in new:
-            t = threading.Thread(
-                target=self._sync_slot, args=(slot,), name=f"warmslot-{self.spec.name}-{slot}", daemon=True
-            )
-            self.threads.append(t)
-            t.start()
+            if self.spec.is_async:
+                assert self._loop is not None and self._async_start is not None
+                try:
+                    self._loop.call_soon_threadsafe(self._async_start, slot)
+                except RuntimeError:  # the loop has closed (shutdown)
+                    self._slot_gone(slot, warm=False)
+            else:
+                t = threading.Thread(
+                    target=self._sync_slot, args=(slot,), name=f"warmslot-{self.spec.name}-{slot}", daemon=True
+                )
+                self.threads.append(t)
+                t.start()
         return len(new)
 
-    def join(self, timeout: float) -> None:
-        for t in self.threads:
-            t.join(timeout)
+    def join(self, deadline: float) -> None:
+        import time
 
-    def _warm_up(self, slot: int) -> Any:
-        target = self.spec.instantiate()
-        resources = self.spec.setup() if self.spec.setup is not None else None
-        return target, resources
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def _slot_failed(self, slot: int, exc: BaseException) -> None:
-        msg = f"slot {slot} of pipeline {self.spec.name!r} failed to warm up: {type(exc).__name__}: {exc}"
+        msg = f"slot {slot} of pipeline {self.spec.name!r} failed to warm up: {_error_message(exc, False)}"
         self.errors.append(msg)
         log.error(msg, exc_info=exc)
+        self._slot_gone(slot, warm=False)
+
+    def _slot_gone(self, slot: int, warm: bool) -> None:
+        with self._lock:
+            if warm:
+                self.warm -= 1
+            else:
+                self._starting -= 1
+            self._free.append(slot)
+        if warm:
+            self.core.mark_cold(self.index, slot)
 
     def _mark_warm(self, slot: int) -> None:
         with self._lock:
             self.warm += 1
+            self._starting -= 1
         self.core.mark_warm(self.index, slot)
-
-    def _mark_cold(self, slot: int) -> None:
-        with self._lock:
-            self.warm -= 1
-        self.core.mark_cold(self.index, slot)
 
     # -- one event ------------------------------------------------------------------------------
     def _prepare(self, job: Any, resources: Any) -> Optional[tuple]:
         try:
             raw_state = job.begin()
         except (TimeoutError, RuntimeError):
-            return None  # timed out while queued, or the state store failed: already answered
+            return None  # timed out while queued, state store failed, or shutting down: answered
         try:
             event = _json.loads(job.body)
             state = _json.loads(raw_state) if raw_state is not None else {}
         except Exception as exc:  # corrupt stored state; the body was validated in Rust
-            job.fail("state_error", f"cannot decode stored state: {exc}")
+            job.fail("state_error", f"cannot decode stored state: {_safe_text(exc)}")
             return None
         key = job.key if self.spec.keyed else None
+        if key is None and self.spec.keyed and not self._warned_unkeyed:
+            self._warned_unkeyed = True
+            log.warning(
+                "pipeline %r is keyed by %r but received an event without it: such events run "
+                "unordered and their ctx.state is not kept (ctx.key is None)",
+                self.spec.name,
+                self.spec.key if isinstance(self.spec.key, str) else "a callable",
+            )
         return event, Context(job, state, key, resources, self.spec.name)
 
     def _finish(self, job: Any, result: Any, ctx: Context) -> None:
         try:
             reply = _json.dumps(result)
         except Exception as exc:
-            job.fail("pipeline_error", f"the return value of pipeline {self.spec.name!r} is not JSON: {exc}")
+            job.fail("pipeline_error", f"the return value of pipeline {self.spec.name!r} is not JSON: {_safe_text(exc)}")
             return
         new_state = None
-        if self.spec.keyed:
+        if ctx.key is not None:
             if not isinstance(ctx.state, dict):
                 job.fail("pipeline_error", f"ctx.state must stay a dict, got {type(ctx.state).__name__}")
                 return
             try:
                 new_state = _json.dumps(ctx.state)
             except Exception as exc:
-                job.fail("pipeline_error", f"ctx.state of pipeline {self.spec.name!r} is not JSON: {exc}")
+                job.fail("pipeline_error", f"ctx.state of pipeline {self.spec.name!r} is not JSON: {_safe_text(exc)}")
                 return
         job.succeed(reply, new_state)
 
     def _failed(self, job: Any, exc: BaseException) -> None:
-        log.warning("pipeline %r raised on execution %s", self.spec.name, job.execution_id, exc_info=exc)
+        try:
+            log.warning("pipeline %r raised on execution %s", self.spec.name, job.execution_id, exc_info=exc)
+        except BaseException:
+            pass
         job.fail("pipeline_error", _error_message(exc, self.debug))
 
+    def _last_resort(self, job: Any, exc: BaseException) -> None:
+        """Our own handling failed: answer the job if it is still open, never raise."""
+        try:
+            log.error("warmslot could not finish execution of pipeline %r", self.spec.name, exc_info=exc)
+            if not job.done:
+                job.fail("pipeline_error", f"internal error while finishing the execution: {type(exc).__name__}")
+        except BaseException:
+            pass
+
     # -- sync slots: one thread each -------------------------------------------------------------
+    def _run_sync(self, job: Any, target: Any, resources: Any) -> None:
+        prepared = self._prepare(job, resources)
+        if prepared is None:
+            return
+        event, ctx = prepared
+        try:
+            result = target(event, ctx)
+            if asyncio.iscoroutine(result):
+                result.close()
+                raise TypeError("pipeline returned a coroutine; declare it with `async def`")
+        except BaseException as exc:
+            self._failed(job, exc)
+            return
+        self._finish(job, result, ctx)
+
     def _sync_slot(self, slot: int) -> None:
         try:
-            target, resources = self._warm_up(slot)
+            target = self.spec.instantiate()
+            resources = self.spec.setup() if self.spec.setup is not None else None
         except BaseException as exc:
             self._slot_failed(slot, exc)
             return
@@ -145,21 +242,12 @@ class PipelineRuntime:
                 if batch is None:
                     return
                 for job in batch:
-                    prepared = self._prepare(job, resources)
-                    if prepared is None:
-                        continue
-                    event, ctx = prepared
                     try:
-                        result = target(event, ctx)
-                        if asyncio.iscoroutine(result):
-                            result.close()
-                            raise TypeError("pipeline returned a coroutine; declare it with `async def`")
+                        self._run_sync(job, target, resources)
                     except BaseException as exc:
-                        self._failed(job, exc)
-                        continue
-                    self._finish(job, result, ctx)
+                        self._last_resort(job, exc)
         finally:
-            self._mark_cold(slot)
+            self._slot_gone(slot, warm=True)
 
     # -- async slots: tasks on one event loop ----------------------------------------------------
     def _async_main(self) -> None:
@@ -167,9 +255,13 @@ class PipelineRuntime:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._async_pool(loop))
+        except BaseException as exc:  # the pool itself broke: say so, the slots are marked cold
+            log.error("the event loop of pipeline %r stopped", self.spec.name, exc_info=exc)
         finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
 
     async def _async_pool(self, loop: asyncio.AbstractEventLoop) -> None:
         spec = self.spec
@@ -193,11 +285,17 @@ class PipelineRuntime:
                     job = await queue.get()
                     if job is None:
                         return
-                    await self._run_async(job, target, resources)
+                    try:
+                        await self._run_async(job, target, resources)
+                    except BaseException as exc:
+                        self._last_resort(job, exc)
             finally:
-                self._mark_cold(slot)
+                self._slot_gone(slot, warm=True)
 
         def start_worker(slot: int) -> None:
+            if closed.is_set():
+                self._slot_gone(slot, warm=False)
+                return
             workers.append(loop.create_task(worker(slot)))
 
         def deliver(batch: list) -> None:
@@ -213,24 +311,37 @@ class PipelineRuntime:
             mailbox = self.core.mailbox(self.index, 0)
             while True:
                 batch = mailbox.next_batch(spec.max_batch, 0.1, self.spin_us)
-                if batch is None:
-                    loop.call_soon_threadsafe(close)
+                try:
+                    if batch is None:
+                        loop.call_soon_threadsafe(close)
+                        return
+                    if batch:
+                        loop.call_soon_threadsafe(deliver, batch)
+                except RuntimeError:  # the loop is closed: dropping the jobs answers them (503)
                     return
-                if batch:
-                    loop.call_soon_threadsafe(deliver, batch)
 
         self._loop = loop
-        self._async_grow = start_worker
-        with self._lock:
-            self.started = spec.min_slots
-        for slot in range(spec.min_slots):
+        self._async_start = start_worker
+        for slot in self._take_slots(spec.min_slots):
             start_worker(slot)
         feeder = threading.Thread(target=feed, name=f"warmslot-{spec.name}-feeder", daemon=True)
         self.threads.append(feeder)
         feeder.start()
         await closed.wait()
-        if workers:
-            await asyncio.gather(*workers, return_exceptions=True)
+        while workers:
+            pending, workers[:] = list(workers), []
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    @staticmethod
+    async def _guarded(coro: Any) -> Any:
+        # Runs inside wait_for's task: a BaseException (SystemExit, KeyboardInterrupt) raised by
+        # the pipeline would otherwise escape the task and stop the whole event loop.
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            return _Raised(exc)
 
     async def _run_async(self, job: Any, target: Any, resources: Any) -> None:
         prepared = self._prepare(job, resources)
@@ -238,22 +349,32 @@ class PipelineRuntime:
             return
         event, ctx = prepared
         remaining = job.remaining()
-        try:
-            if remaining is not None and remaining <= 0:
-                job.time_out()
-                return
-            coro = target(event, ctx)
-            if asyncio.iscoroutine(coro) or isinstance(coro, asyncio.Future):
-                result = await (asyncio.wait_for(coro, remaining) if remaining is not None else coro)
-            else:
-                result = coro
-        except asyncio.TimeoutError:
+        if remaining is not None and remaining <= 0:
             job.time_out()
             return
-        except asyncio.CancelledError:
-            job.fail("shutting_down", "the execution was cancelled")
-            raise
+        try:
+            result = target(event, ctx)
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                if remaining is None:
+                    result = await self._guarded(result)
+                else:
+                    result = await asyncio.wait_for(self._guarded(result), remaining)
+        except asyncio.TimeoutError as exc:
+            # Our deadline, or a TimeoutError the pipeline raised itself (the same class on 3.11).
+            left = job.remaining()
+            if left is not None and left <= 0.001:
+                job.time_out()
+            else:
+                self._failed(job, exc)
+            return
+        except asyncio.CancelledError as exc:
+            # Nothing cancels the slot's worker, so this came from inside the pipeline.
+            self._failed(job, exc)
+            return
         except BaseException as exc:
             self._failed(job, exc)
+            return
+        if isinstance(result, _Raised):
+            self._failed(job, result.exc)
             return
         self._finish(job, result, ctx)

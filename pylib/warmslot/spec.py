@@ -68,9 +68,9 @@ def _takes_ctx(target: Any) -> bool:
     except (TypeError, ValueError):
         return True
     params = list(sig.parameters.values())
-    if inspect.isclass(target) and params and params[0].name == "self":
-        params = params[1:]
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
+    if inspect.isclass(target) and params:
+        params = params[1:]  # the instance, whatever it is called
+    if any(p.kind is p.VAR_POSITIONAL for p in params) or any(p.name == "ctx" for p in params):
         return True
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(positional) != 1

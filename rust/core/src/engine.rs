@@ -250,20 +250,31 @@ impl Engine {
     }
 
     /// Stops taking webhooks (503), waits up to `drain` for accepted executions to finish, then
-    /// fails what is still queued, stops the scheduler (disconnecting the slots once their
-    /// mailboxes are empty) and closes the ingress. Blocks; call it without holding any lock that
-    /// the slots need.
+    /// fails what has not started (503 `shutting_down`), stops the scheduler (disconnecting the
+    /// slots once their mailboxes are empty) and closes the ingress. Blocks; call it without
+    /// holding any lock that the slots need.
     pub fn shutdown(&self, drain: Duration) {
         let Some(running) = self.running.lock().unwrap().take() else { return };
-        self.accepting.store(false, Ordering::Release);
-        let deadline = Instant::now() + drain;
-        while Instant::now() < deadline && self.pipelines.iter().any(|p| p.inflight() > 0) {
-            std::thread::sleep(Duration::from_millis(2));
+        self.accepting.store(false, Ordering::SeqCst);
+        let wait_idle = |limit: Duration| {
+            let deadline = Instant::now() + limit;
+            while Instant::now() < deadline && self.pipelines.iter().any(|p| p.inflight() > 0) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        wait_idle(drain);
+        // Drain is over: whatever has not started fails with `shutting_down` (503) from here on,
+        // whether it sits in a ring (the scheduler abandons it on exit), in a slot's mailbox
+        // (`Job::begin` refuses it) or is being pushed right now (the ingress re-checks `closed`).
+        for p in &self.pipelines {
+            p.close();
         }
         running.stop_scheduler.store(true, Ordering::Release);
         self.waker.wake();
         running.scheduler.thread().unpark();
         let _ = running.scheduler.join();
+        // Let the slots answer what their mailboxes still hold before the connections close.
+        wait_idle(Duration::from_secs(2));
         running.stop_io.notify_one();
         let _ = running.io.join();
     }

@@ -185,6 +185,9 @@ pub enum BeginError {
     TimedOut,
     /// Loading the key's state failed; the execution is now `failed`.
     State(String),
+    /// The server stopped waiting for queued work (drain expired); the execution is now `failed`
+    /// with `shutting_down` and its client is answered 503.
+    Closed,
 }
 
 /// An event on its way to a slot. Dropping a job that never finished fails its execution, so an
@@ -214,6 +217,10 @@ impl Job {
 
     /// Moves the execution to `running` and loads the key's state (None when the key has none yet).
     pub fn begin(&mut self) -> Result<Option<Bytes>, BeginError> {
+        if self.exec.pipeline.is_closed() {
+            self.exec.abandon("shutting_down", "the server stopped before this execution could run".into());
+            return Err(BeginError::Closed);
+        }
         if !self.exec.transition(Status::Queued, Status::Running) {
             return Err(BeginError::TimedOut);
         }

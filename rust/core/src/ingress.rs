@@ -243,8 +243,12 @@ fn reply(exec: &Execution, outcome: &Outcome) -> HttpResponse {
     resp
 }
 
+/// `Prefer: respond-async` (RFC 7240: comma-separated preferences, names case-insensitive).
 fn wants_async(req: &Request<Incoming>) -> bool {
-    req.headers().get_all("prefer").iter().any(|v| v.to_str().is_ok_and(|s| s.contains("respond-async")))
+    req.headers().get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',')
+            .any(|pref| pref.split(';').next().is_some_and(|name| name.trim().eq_ignore_ascii_case("respond-async")))
+    })
 }
 
 async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engine>) -> HttpResponse {
@@ -264,7 +268,12 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     if let Some(len) = declared.filter(|&len| len > limit as u64) {
         // Read and discard a moderately oversized body so the client sees the 413 instead of a
         // reset while it is still sending; past DRAIN_CAP, answer at once and let hyper close.
-        if len <= DRAIN_CAP {
+        // With `Expect: 100-continue` the client has not sent the body yet: answer at once.
+        let expects_continue = parts
+            .headers
+            .get(hyper::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if len <= DRAIN_CAP && !expects_continue {
             let _ = Limited::new(body, DRAIN_CAP as usize).collect().await;
         }
         return refuse("payload_too_large", too_large());
@@ -275,6 +284,9 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
         Err(e) => return refuse("bad_request", format!("could not read the request body: {e}")),
     };
     let received = Instant::now();
+    if !engine.is_accepting() {
+        return refuse("shutting_down", "the server is shutting down".into());
+    }
 
     if let Some(spec) = &cfg.signature {
         if let Err(e) = signature::verify(spec, &parts.headers, &body) {
@@ -311,6 +323,12 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     }
     engine.wake_scheduler();
     engine.remember(exec.clone());
+    // Pairs with `Engine::shutdown`: it closes the pipeline, then the scheduler drains the ring.
+    // Either that drain sees this job, or we see `closed` here and answer it ourselves.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    if pipeline.is_closed() {
+        exec.abandon("shutting_down", "the server is shutting down".into());
+    }
 
     if is_async {
         if let Some(deadline) = exec.deadline {

@@ -1,6 +1,6 @@
 //! A pipeline's runtime: its configuration, ring, slot pool, state store and metrics.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::PipelineConfig;
@@ -25,6 +25,8 @@ pub struct Pipeline {
     /// Set by the predictor: the warm-slot target and the arrival rate it forecast (milli-req/s).
     target_slots: AtomicUsize,
     forecast_milli_rps: AtomicU64,
+    /// Set at shutdown once the drain period is over: queued jobs are failed instead of run.
+    closed: AtomicBool,
 }
 
 impl Pipeline {
@@ -40,6 +42,7 @@ impl Pipeline {
             arrivals: AtomicU64::new(0),
             target_slots: AtomicUsize::new(config.min_slots),
             forecast_milli_rps: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             config,
         }
     }
@@ -50,6 +53,14 @@ impl Pipeline {
 
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     pub fn arrivals(&self) -> u64 {

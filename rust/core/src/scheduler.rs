@@ -104,8 +104,16 @@ impl Route {
                 (Some(k), true) => Some(self.hasher.hash_one(k.as_bytes())),
                 _ => None,
             };
-            let target = self.target(h);
-            let Some(slot) = target.filter(|&s| self.pipeline.slots.slots[s].outstanding() < max_batch) else {
+            let has_room = |s: &usize| self.pipeline.slots.slots[*s].outstanding() < max_batch;
+            let mut target = self.target(h).filter(has_room);
+            if target.is_none() {
+                // Announce the backlog before the last look, so a slot that completes a job either
+                // is seen by that look or sees `backlogged` and wakes us (pairs with `job_left`).
+                self.pipeline.slots.backlogged.store(true, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                target = self.target(h).filter(has_room);
+            }
+            let Some(slot) = target else {
                 self.held = Some(job);
                 break;
             };

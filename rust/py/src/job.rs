@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyString};
 use warmslot_core::{BeginError, Bytes, Job};
 
 #[pyclass(name = "Job", module = "warmslot._core")]
@@ -83,9 +83,14 @@ impl PyJob {
     }
 
     /// Marks the execution running and returns the key's committed state (JSON bytes) or None.
-    /// Raises TimeoutError when the deadline passed while it waited (then skip the run).
+    /// Raises TimeoutError when the deadline passed while it waited, RuntimeError when the state
+    /// could not be loaded or the server stopped first (then skip the run: it is answered).
     fn begin<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        match self.job_mut()?.begin() {
+        let job = self.job_mut()?;
+        // NOTE: the in-memory store answers in well under a microsecond, less than a detach and
+        // re-attach cost; a store that does I/O (SQLite) runs without the GIL so other slots go on.
+        let result = if job.exec.pipeline.store.kind() == "memory" { job.begin() } else { py.detach(|| job.begin()) };
+        match result {
             Ok(state) => Ok(state.map(|s| PyBytes::new(py, &s))),
             Err(BeginError::TimedOut) => {
                 self.job = None;
@@ -95,21 +100,31 @@ impl PyJob {
                 self.job = None;
                 Err(PyRuntimeError::new_err(m))
             }
+            Err(BeginError::Closed) => {
+                self.job = None;
+                Err(PyRuntimeError::new_err("the server is shutting down"))
+            }
         }
     }
 
     /// Commits `state` (ignored for unkeyed events) and sends `reply` (JSON bytes).
     /// Returns False when the deadline had already answered the request (nothing committed).
     #[pyo3(signature = (reply, state=None))]
-    fn succeed(&mut self, reply: &[u8], state: Option<&[u8]>) -> PyResult<bool> {
+    fn succeed(&mut self, py: Python<'_>, reply: &[u8], state: Option<&[u8]>) -> PyResult<bool> {
         let mut job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
-        Ok(job.succeed(Bytes::copy_from_slice(reply), state.map(Bytes::copy_from_slice)))
+        let (reply, state) = (Bytes::copy_from_slice(reply), state.map(Bytes::copy_from_slice));
+        if job.exec.pipeline.store.kind() == "memory" {
+            Ok(job.succeed(reply, state))
+        } else {
+            Ok(py.detach(move || job.succeed(reply, state)))
+        }
     }
 
-    /// Fails the execution with an error code of the contract; commits nothing.
-    fn fail(&mut self, code: &str, message: String) -> PyResult<bool> {
+    /// Fails the execution with an error code of the contract; commits nothing. The message is
+    /// taken lossily (an exception text with lone surrogates must not fail the failure path).
+    fn fail(&mut self, code: &str, message: &Bound<'_, PyString>) -> PyResult<bool> {
         let mut job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
-        Ok(job.fail(as_static(code), message))
+        Ok(job.fail(as_static(code), message.to_string_lossy().into_owned()))
     }
 
     /// Times the execution out (an async run cancelled at its deadline).
