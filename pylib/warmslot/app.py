@@ -28,8 +28,8 @@ def _stop_all() -> None:
 
 
 def _parse_state(state: str) -> Optional[str]:
-    """Returns None for the in-memory store, or the SQLite database path."""
-    if state in ("memory", "memory://", ""):
+    """Returns None for the in-memory and Redis stores, or the SQLite database path."""
+    if state in ("memory", "memory://", "") or state.startswith("redis://"):
         return None
     if state.startswith("sqlite://"):
         # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db,
@@ -37,13 +37,9 @@ def _parse_state(state: str) -> Optional[str]:
         rest = state[len("sqlite://") :]
         path = rest[1:] if rest.startswith("/") else rest
         return path or ":memory:"
-    scheme = state.split(":", 1)[0]
-    if scheme == "redis":
-        raise ValueError(
-            f"state={state!r}: the redis store is not available in this version of warmslot; "
-            "use 'memory' or 'sqlite:///path.db'"
-        )
-    raise ValueError(f"state={state!r} is not a known store; use 'memory' or 'sqlite:///path.db'")
+    raise ValueError(
+        f"state={state!r} is not a known store; use 'memory', 'sqlite:///path.db' or 'redis://host:6379/0'"
+    )
 
 
 class App:
@@ -51,7 +47,9 @@ class App:
 
     ``state``: where per-key state lives: ``"memory"`` (the default, lost at exit) or
     ``"sqlite:///state.db"`` (durable, one SQLite file; relative to the working directory, or
-    absolute with four slashes: ``"sqlite:////var/lib/bots/state.db"``). ``debug=True`` puts
+    absolute with four slashes: ``"sqlite:////var/lib/bots/state.db"``), or ``"redis://host:6379/0"``
+    (cluster mode: several warmslot processes share state; a per-key lease keeps one key's events
+    from running in two processes at once). ``debug=True`` puts
     tracebacks into error bodies. ``max_records``: executions kept for ``GET /executions/<id>``.
     ``spin_us``: how long idle threads spin for the next event before parking (lower latency at
     low load against some CPU; 0 parks at once). ``io_threads``: tokio threads for HTTP (1 runs a
@@ -216,6 +214,7 @@ class Server:
             "max_connections": app.max_connections,
             "spin_us": app.spin_us,
             "sqlite_path": app.sqlite_path,
+            "redis_url": app.state if app.state.startswith("redis://") else None,
         }
         key_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
             _key_fn(s.key) if callable(s.key) else None for s in specs

@@ -201,13 +201,26 @@ pub struct Job {
     pub(crate) assigned: bool,
     /// False for a job the ring refused: it was never accepted, so dropping it reports nothing.
     live: bool,
+    /// `begin` loaded the key's state and nothing has committed it yet: a store that locks keys
+    /// (Redis) must be told when the job ends without a commit.
+    holds_state: bool,
     started: Option<Instant>,
     timings: Timings,
 }
 
 impl Job {
     pub fn new(exec: Arc<Execution>, body: Bytes, headers: HeaderMap) -> Self {
-        Job { exec, body, headers, slot: 0, assigned: false, live: true, started: None, timings: Timings::default() }
+        Job {
+            exec,
+            body,
+            headers,
+            slot: 0,
+            assigned: false,
+            live: true,
+            holds_state: false,
+            started: None,
+            timings: Timings::default(),
+        }
     }
 
     /// Forgets a job that was refused at admission (ring full): its execution never existed.
@@ -227,13 +240,17 @@ impl Job {
         let now = Instant::now();
         self.started = Some(now);
         self.timings.queue_us = now.duration_since(self.exec.received).as_micros() as u64;
-        match &self.exec.key {
-            Some(key) => self.exec.pipeline.store.load(key).map_err(|e| {
+        let Some(key) = &self.exec.key else { return Ok(None) };
+        match self.exec.pipeline.store.load(key) {
+            Ok(state) => {
+                self.holds_state = true;
+                Ok(state)
+            }
+            Err(e) => {
                 let message = e.to_string();
                 self.fail("state_error", message.clone());
-                BeginError::State(message)
-            }),
-            None => Ok(None),
+                Err(BeginError::State(message))
+            }
         }
     }
 
@@ -252,6 +269,7 @@ impl Job {
         }
         let commit_start = Instant::now();
         if let (Some(key), Some(state)) = (&self.exec.key, state) {
+            self.holds_state = false; // a commit ends the lease, whether it succeeds or not
             if let Err(e) = self.exec.pipeline.store.commit(key, state) {
                 self.exec.finish(
                     Status::Failed,
@@ -294,6 +312,11 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
+        if self.holds_state {
+            if let Some(key) = &self.exec.key {
+                self.exec.pipeline.store.release(key);
+            }
+        }
         if self.live && matches!(self.exec.status(), Status::Queued | Status::Running) {
             self.exec.abandon(
                 "shutting_down",

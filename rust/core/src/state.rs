@@ -25,6 +25,9 @@ impl std::error::Error for StoreError {}
 pub trait StateStore: Send + Sync {
     fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     fn commit(&self, key: &str, state: Bytes) -> Result<(), StoreError>;
+    /// Ends an execution that `load`ed `key` but will not `commit` (it failed or timed out).
+    /// Stores that lock keys across processes release the lock here.
+    fn release(&self, _key: &str) {}
     /// Human-readable kind, for logs and metrics.
     fn kind(&self) -> &'static str;
 }

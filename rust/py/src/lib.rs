@@ -8,8 +8,8 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use warmslot_core::{
-    AppConfig, Engine, EngineError, KeyFn, KeySpec, MemoryStore, PipelineConfig, SignatureScheme, SignatureSpec,
-    SqliteDb, StateStore,
+    AppConfig, Engine, EngineError, KeyFn, KeySpec, MemoryStore, PipelineConfig, RedisDb, SignatureScheme,
+    SignatureSpec, SqliteDb, StateStore,
 };
 
 mod job;
@@ -136,7 +136,20 @@ impl Core {
         }
         let key_fn: Option<Arc<dyn KeyFn>> =
             if key_fns.iter().any(Option::is_some) { Some(Arc::new(PyKeyFn { callables: key_fns })) } else { None };
+        // A key's Redis lease outlives its execution's deadline, so only a hung run loses it.
+        let leases: std::collections::HashMap<String, Duration> = config
+            .pipelines
+            .iter()
+            .map(|p| (p.name.clone(), p.timeout.map_or(Duration::from_secs(60), |t| t + Duration::from_secs(5))))
+            .collect();
+        let redis_url = get::<String>(app, "redis_url")?;
         let engine = match get::<String>(app, "sqlite_path")? {
+            _ if redis_url.is_some() => {
+                let url = redis_url.unwrap_or_default();
+                let db = RedisDb::open(&url).map_err(|e| PyOSError::new_err(e.to_string()))?;
+                let store_for = move |name: &str| Ok(db.store(name, leases[name]));
+                Engine::new(config, &store_for, key_fn)
+            }
             Some(path) => {
                 let db = SqliteDb::open(&path).map_err(|e| PyOSError::new_err(e.to_string()))?;
                 let store_for = move |name: &str| Ok(db.store(name));

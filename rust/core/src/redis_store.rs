@@ -1,0 +1,258 @@
+//! Cluster mode: per-key state in Redis, shared by every warmslot process that points at it.
+//!
+//! Within a process the scheduler keeps a key's events in order; across processes a lease lock
+//! keeps them from running at once. `load` takes the lease (`SET lock token NX PX lease`, waiting
+//! while another process holds it) and reads the state; `commit` writes the state and drops the
+//! lease in one Lua script that first checks the token, so a process whose lease expired (its
+//! pipeline overran the lease) cannot overwrite what the next holder committed. `release` drops the
+//! lease without writing, for executions that fail or time out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::{Commands, Connection, Script};
+
+use crate::state::{StateStore, StoreError};
+
+const COMMIT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+fn err(e: redis::RedisError) -> StoreError {
+    StoreError(format!("redis: {e}"))
+}
+
+/// A Redis server and a small pool of connections to it.
+pub struct RedisDb {
+    client: redis::Client,
+    url: String,
+    pool: Mutex<Vec<Connection>>,
+    node: String,
+    tokens: AtomicU64,
+    commit: Script,
+    release: Script,
+}
+
+impl RedisDb {
+    /// Connects to `url` (`redis://host:port/db`) and checks the server answers.
+    pub fn open(url: &str) -> Result<Arc<RedisDb>, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError(format!("invalid redis URL {url:?}: {e}")))?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(|e| StoreError(format!("cannot reach redis at {url}: {e}")))?;
+        redis::cmd("PING").query::<String>(&mut conn).map_err(|e| StoreError(format!("redis at {url}: {e}")))?;
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        Ok(Arc::new(RedisDb {
+            client,
+            url: url.to_string(),
+            pool: Mutex::new(vec![conn]),
+            node: format!("{:x}-{:x}", std::process::id(), seed),
+            tokens: AtomicU64::new(0),
+            commit: Script::new(COMMIT),
+            release: Script::new(RELEASE),
+        }))
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs `f` on a pooled connection; a connection that errored is dropped, not reused.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, StoreError> {
+        let pooled = self.pool.lock().unwrap().pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.client.get_connection_with_timeout(Duration::from_secs(5)).map_err(err)?,
+        };
+        let out = f(&mut conn).map_err(err)?;
+        self.pool.lock().unwrap().push(conn);
+        Ok(out)
+    }
+
+    /// The store of one pipeline; `lease` bounds how long one execution may hold a key.
+    pub fn store(self: &Arc<Self>, pipeline: &str, lease: Duration) -> Arc<dyn StateStore> {
+        Arc::new(RedisStore {
+            db: self.clone(),
+            prefix: format!("warmslot:{pipeline}"),
+            lease,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+pub struct RedisStore {
+    db: Arc<RedisDb>,
+    prefix: String,
+    lease: Duration,
+    /// Key → the token of the lease this process holds on it (one execution per key at a time).
+    held: Mutex<HashMap<String, String>>,
+}
+
+impl RedisStore {
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}:lock:{key}", self.prefix)
+    }
+
+    fn state_key(&self, key: &str) -> String {
+        format!("{}:state:{key}", self.prefix)
+    }
+}
+
+impl StateStore for RedisStore {
+    fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let token = format!("{}-{}", self.db.node, self.db.tokens.fetch_add(1, Ordering::Relaxed));
+        let (lock, state) = (self.lock_key(key), self.state_key(key));
+        let lease_ms = self.lease.as_millis().max(1) as u64;
+        let started = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let opts = redis::SetOptions::default()
+                .conditional_set(redis::ExistenceCheck::NX)
+                .with_expiration(redis::SetExpiry::PX(lease_ms));
+            let got: Option<String> = self.db.with_conn(|c| c.set_options(&lock, &token, opts))?;
+            if got.is_some() {
+                break;
+            }
+            if started.elapsed() > self.lease {
+                return Err(StoreError(format!("key {key:?} stayed locked by another process for over {lease_ms} ms")));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+        let value = self.db.with_conn(|c| c.get::<_, Option<Vec<u8>>>(&state));
+        match value {
+            Ok(v) => {
+                self.held.lock().unwrap().insert(key.to_string(), token);
+                Ok(v.map(Bytes::from))
+            }
+            Err(e) => {
+                let _ = self.db.with_conn(|c| self.db.release.key(&lock).arg(&token).invoke::<i64>(c));
+                Err(e)
+            }
+        }
+    }
+
+    fn commit(&self, key: &str, value: Bytes) -> Result<(), StoreError> {
+        let Some(token) = self.held.lock().unwrap().remove(key) else {
+            return Err(StoreError(format!("no lease held on key {key:?}")));
+        };
+        let (lock, state) = (self.lock_key(key), self.state_key(key));
+        let ok: i64 =
+            self.db.with_conn(|c| self.db.commit.key(&lock).key(&state).arg(&token).arg(&value[..]).invoke(c))?;
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(StoreError(format!(
+                "the lease on key {key:?} expired before the commit (run longer than {} ms); nothing committed",
+                self.lease.as_millis()
+            )))
+        }
+    }
+
+    fn release(&self, key: &str) {
+        if let Some(token) = self.held.lock().unwrap().remove(key) {
+            let lock = self.lock_key(key);
+            let _ = self.db.with_conn(|c| self.db.release.key(&lock).arg(&token).invoke::<i64>(c));
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A private redis-server on a free loopback port, stopped on drop.
+    pub(crate) struct RedisServer {
+        child: Child,
+        pub url: String,
+    }
+
+    impl RedisServer {
+        pub(crate) fn start() -> RedisServer {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed for these tests (apt-get install -y redis-server)");
+            let url = format!("redis://127.0.0.1:{port}/0");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while RedisDb::open(&url).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            RedisServer { child, url }
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn two_processes_never_hold_a_key_at_once_and_lose_no_update() {
+        let server = RedisServer::start();
+        // Two RedisDb handles stand for two warmslot processes sharing one Redis.
+        let nodes: Vec<_> =
+            (0..2).map(|_| RedisDb::open(&server.url).unwrap().store("p", Duration::from_secs(5))).collect();
+        let handles: Vec<_> = nodes
+            .into_iter()
+            .map(|store| {
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        let n: u64 =
+                            store.load("k").unwrap().map_or(0, |b| std::str::from_utf8(&b).unwrap().parse().unwrap());
+                        store.commit("k", Bytes::from((n + 1).to_string())).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let store = RedisDb::open(&server.url).unwrap().store("p", Duration::from_secs(5));
+        assert_eq!(store.load("k").unwrap().unwrap(), Bytes::from("200"));
+        store.release("k");
+    }
+
+    #[test]
+    fn an_expired_lease_cannot_commit_and_release_frees_the_key() {
+        let server = RedisServer::start();
+        let db = RedisDb::open(&server.url).unwrap();
+        let slow = db.store("p", Duration::from_millis(50));
+        slow.load("k").unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        let other = db.store("p", Duration::from_secs(5));
+        other.load("k").unwrap(); // the lease expired: the other process gets the key
+        assert!(slow.commit("k", Bytes::from_static(b"late")).unwrap_err().0.contains("expired"));
+        other.commit("k", Bytes::from_static(b"fresh")).unwrap();
+        let third = db.store("p", Duration::from_secs(5));
+        assert_eq!(third.load("k").unwrap().unwrap(), Bytes::from_static(b"fresh"));
+        third.release("k");
+        assert_eq!(other.load("k").unwrap().unwrap(), Bytes::from_static(b"fresh"), "release freed the key");
+        other.release("k");
+        assert!(RedisDb::open("redis://127.0.0.1:1/0").err().unwrap().0.contains("cannot reach redis"));
+    }
+}
