@@ -14,7 +14,11 @@ What the users do:
   then polls ``GET /executions/<id>`` until ``succeeded``/``failed``/``timed_out``;
   its end-to-end time is reported as ``ASYNC <pipeline> end-to-end``;
 - every reply is validated: ``reply == "echo: " + text`` and ``turn`` is an
-  int in 1..10 (the bot keeps the last 10 messages).  A 429 is a failure.
+  int in 1..10 (the bot keeps the last 10 messages).  A 429 is a failure;
+- ``SignedWebhookUser`` (a share ``WARMSLOT_SIGNED_SHARE`` of the users) delivers
+  GitHub-style webhooks to ``/hooks/github``, signed with HMAC-SHA256
+  (``X-Hub-Signature-256``); one delivery in ten carries a wrong signature
+  and must be refused with 401 ``bad_signature``.
 
 Environment:
   WARMSLOT_PIPELINE       pipeline name (default ``support``)
@@ -25,7 +29,12 @@ Environment:
   WARMSLOT_POLL_TIMEOUT   seconds an async execution may take (default 10)
   WARMSLOT_CHECK_EXECUTION_ID  0 to not require the x-warmslot-execution-id
                           header (to point the sync users at a peer bot)
+  WARMSLOT_SIGNED_SHARE   share of users sending signed webhooks (default 0.1;
+                          0 for peer bots, which have no /hooks/github)
+  WARMSLOT_WEBHOOK_SECRET the signing secret (default ``loadtest-secret``)
 """
+import hashlib
+import hmac
 import itertools
 import json
 import math
@@ -46,6 +55,8 @@ WAIT_MIN = float(os.environ.get("WARMSLOT_WAIT_MIN", "0"))
 WAIT_MAX = float(os.environ.get("WARMSLOT_WAIT_MAX", "0.05"))
 POLL_TIMEOUT = float(os.environ.get("WARMSLOT_POLL_TIMEOUT", "10"))
 CHECK_EXEC_ID = os.environ.get("WARMSLOT_CHECK_EXECUTION_ID", "1") != "0"
+SIGNED_SHARE = min(1.0, max(0.0, float(os.environ.get("WARMSLOT_SIGNED_SHARE", "0.1"))))
+SECRET = os.environ.get("WARMSLOT_WEBHOOK_SECRET", "loadtest-secret").encode()
 MIN_BYTES, MAX_BYTES = 250, 4096
 HISTORY_LEN = 10
 TERMINAL = {"succeeded", "failed", "timed_out"}
@@ -228,7 +239,48 @@ class AsyncBotUser(FastHttpUser):
             delay = min(delay * 2, 0.1)
 
 
+class SignedWebhookUser(FastHttpUser):
+    """Delivers signed GitHub-style webhooks; a tenth are forged and must get 401."""
+    weight = max(0, round(100 * SIGNED_SHARE))
+    wait_time = _wait()
+
+    def on_start(self):
+        self.rng = random.Random()
+
+    @task
+    def deliver(self):
+        repo = f"acme/{pick_conversation(self.rng)}"
+        event = {"action": self.rng.choice(("opened", "closed", "synchronize")),
+                 "repository": {"full_name": repo}, "sender": {"login": "octocat"},
+                 "number": next(_seq)}
+        body = json.dumps(event).encode()
+        forged = self.rng.random() < 0.1
+        sig = hmac.new(b"wrong" if forged else SECRET, body, hashlib.sha256).hexdigest()
+        headers = {"Content-Type": "application/json", "X-GitHub-Event": "pull_request",
+                   "X-Hub-Signature-256": "sha256=" + sig}
+        name = "/hooks/github (forged)" if forged else "/hooks/github"
+        with self.client.post("/hooks/github", data=body, headers=headers, name=name, catch_response=True) as resp:
+            if forged:
+                if resp.status_code != 401 or _brief(resp.text) != "bad_signature":
+                    resp.failure(f"forged signature got {resp.status_code}: {_brief(resp.text)}")
+                else:
+                    resp.success()
+                return
+            if resp.status_code != 200:
+                resp.failure(f"status {resp.status_code}: {_brief(resp.text)}")
+                return
+            try:
+                reply = resp.json()
+            except ValueError:
+                resp.failure("reply is not valid JSON")
+                return
+            if reply.get("repository") != repo or not isinstance(reply.get("seen"), int):
+                resp.failure("reply does not name the repository and count")
+
+
 # A zero weight would make locust refuse the class; drop it instead.
+if SignedWebhookUser.weight == 0:
+    del SignedWebhookUser
 if AsyncBotUser.weight == 0:
     del AsyncBotUser
 elif SyncBotUser.weight == 0:

@@ -97,7 +97,7 @@ def test_locust_users_against_warmslot(warmslot_server, tmp_path):
     out = tmp_path / "locust.json"
     r = subprocess.run(
         [sys.executable, os.path.join(LOADTESTS, "run_locust.py"), "--host", warmslot_server,
-         "--seconds", "4", "--users", "10", "--json", str(out)],
+         "--seconds", "4", "--users", "20", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.exists(), f"run_locust.py wrote no summary (rc={r.returncode}):\n{r.stdout}\n{r.stderr}"
     summary = json.loads(out.read_text())
@@ -109,6 +109,8 @@ def test_locust_users_against_warmslot(warmslot_server, tmp_path):
     names = set(summary["by_name"])
     assert "POST /hooks/support" in names, names
     assert "ASYNC support end-to-end" in names, names
+    # signed webhooks were delivered (HMAC checked in Rust) and forged ones refused with 401
+    assert "POST /hooks/github" in names, names
 
 
 def test_bench_warmslot_vs_uvicorn_json(tmp_path):
