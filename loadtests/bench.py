@@ -16,6 +16,7 @@ measure, stop it.  Figures (see loadtests/README.md):
 
 Results: a markdown table on stdout, ``--json PATH``, ``--plot PATH`` (PNG).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,6 +65,7 @@ def log(*args) -> None:
 
 # ---------------------------------------------------------------- tools / install
 
+
 def cargo_bin(name: str) -> Optional[str]:
     found = shutil.which(name)
     if found:
@@ -92,15 +94,19 @@ def ensure_tools(systems: list, need_oha: bool, need_plot: bool, install: bool, 
         apt_needed["nginx"] = "nginx"
     if "celery" in systems:
         apt_needed["redis-server"] = "redis-server"
-    missing_apt = [pkg for exe, pkg in apt_needed.items()
-                   if not (shutil.which(exe) or os.path.exists(f"/usr/sbin/{exe}"))]
+    missing_apt = [
+        pkg for exe, pkg in apt_needed.items() if not (shutil.which(exe) or os.path.exists(f"/usr/sbin/{exe}"))
+    ]
     if missing_apt and install:
         apt = ["apt-get"] if os.geteuid() == 0 else (["sudo", "-n", "apt-get"] if shutil.which("sudo") else None)
         if apt:
             env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
             _timed(apt + ["update", "-q"], env=env, stdout=subprocess.DEVNULL)
-            _timed(apt + ["install", "-y", "-q", "--no-install-recommends"] + missing_apt, env=env,
-                   stdout=subprocess.DEVNULL)
+            _timed(
+                apt + ["install", "-y", "-q", "--no-install-recommends"] + missing_apt,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
         else:
             log("cannot apt-get install (not root, no sudo):", missing_apt)
 
@@ -149,6 +155,7 @@ def tool_version(cmd: list) -> str:
 
 # ---------------------------------------------------------------- processes
 
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -167,8 +174,15 @@ class ProcessGroup:
         logf = open(logpath, "ab")
         logf.write(("$ " + " ".join(cmd) + "\n").encode())
         logf.flush()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         logf.close()
         proc.logpath = logpath  # type: ignore[attr-defined]
         proc.name = name  # type: ignore[attr-defined]
@@ -203,8 +217,7 @@ def log_tail(path: str, n: int = 15) -> str:
         return ""
 
 
-def http_request(port: int, method: str, path: str, body: Optional[bytes] = None,
-                 timeout: float = 2.0) -> tuple:
+def http_request(port: int, method: str, path: str, body: Optional[bytes] = None, timeout: float = 2.0) -> tuple:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -223,8 +236,7 @@ def wait_ready(port: int, procs: list, timeout: float, probe_body: bytes, check_
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
-                raise RuntimeError(f"{p.name} exited with code {p.returncode} before ready:\n"
-                                   + log_tail(p.logpath))
+                raise RuntimeError(f"{p.name} exited with code {p.returncode} before ready:\n" + log_tail(p.logpath))
         try:
             if stage == "healthz":
                 status, _ = http_request(port, "GET", "/healthz", timeout=1.0)
@@ -250,6 +262,7 @@ def wait_ready(port: int, procs: list, timeout: float, probe_body: bytes, check_
 
 # ---------------------------------------------------------------- systems
 
+
 @dataclass
 class Ctx:
     logdir: str
@@ -266,18 +279,39 @@ def _peer_env(extra=None) -> dict:
 
 
 def _uvicorn_cmd(target: str, port: int) -> list:
-    return [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
-            "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--workers", "1",
-            "--log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+    ]
 
 
 def start_warmslot(ctx: Ctx, port: int) -> list:
     if not _py_has("warmslot"):
-        raise RuntimeError("warmslot is not installed (`python -c 'import warmslot'` fails); "
-                           "build it first, e.g. `maturin develop --release` or `pip install .`")
+        raise RuntimeError(
+            "warmslot is not installed (`python -c 'import warmslot'` fails); "
+            "build it first, e.g. `maturin develop --release` or `pip install .`"
+        )
     exe = os.path.join(os.path.dirname(sys.executable), "warmslot")
-    cmd = [exe] if os.access(exe, os.X_OK) else ([shutil.which("warmslot")] if shutil.which("warmslot")
-                                                   else [sys.executable, "-m", "warmslot"])
+    cmd = (
+        [exe]
+        if os.access(exe, os.X_OK)
+        else ([shutil.which("warmslot")] if shutil.which("warmslot") else [sys.executable, "-m", "warmslot"])
+    )
     cmd += ["run", "loadtests/bots/warmslot_bot.py:app", "--host", "127.0.0.1", "--port", str(port)]
     return [ctx.pg.start("warmslot", cmd, ctx.logdir)]
 
@@ -287,9 +321,25 @@ def start_uvicorn(ctx: Ctx, port: int) -> list:
 
 
 def start_granian(ctx: Ctx, port: int) -> list:
-    cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--workers", "1", "--http", "1",
-           "--no-ws", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-           "asgi_bot:app"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--workers",
+        "1",
+        "--http",
+        "1",
+        "--no-ws",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "asgi_bot:app",
+    ]
     return [ctx.pg.start("granian", cmd, ctx.logdir, env=_peer_env(), cwd=BOTS)]
 
 
@@ -303,9 +353,27 @@ def start_celery(ctx: Ctx, port: int) -> list:
         raise RuntimeError("redis-server not found (apt-get install -y redis-server)")
     rport = free_port()
     rdir = tempfile.mkdtemp(prefix="redis-", dir=ctx.logdir)
-    redis = ctx.pg.start("redis", [redis_server, "--bind", "127.0.0.1", "--port", str(rport),
-                                   "--save", "", "--appendonly", "no", "--dir", rdir,
-                                   "--daemonize", "no", "--loglevel", "warning"], ctx.logdir)
+    redis = ctx.pg.start(
+        "redis",
+        [
+            redis_server,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(rport),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            rdir,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
+        ctx.logdir,
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -319,10 +387,27 @@ def start_celery(ctx: Ctx, port: int) -> list:
             raise RuntimeError("redis-server did not start:\n" + log_tail(redis.logpath))
         time.sleep(0.05)
     env = _peer_env({"CELERY_REDIS_URL": f"redis://127.0.0.1:{rport}/0"})
-    worker = ctx.pg.start("celery-worker", [
-        sys.executable, "-m", "celery", "-A", "celery_tasks", "worker", "--pool=solo",
-        "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
-        "-n", f"bench{port}@%h"], ctx.logdir, env=env, cwd=BOTS)
+    worker = ctx.pg.start(
+        "celery-worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_tasks",
+            "worker",
+            "--pool=solo",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=WARNING",
+            "-n",
+            f"bench{port}@%h",
+        ],
+        ctx.logdir,
+        env=env,
+        cwd=BOTS,
+    )
     front = ctx.pg.start("celery-front", _uvicorn_cmd("celery_bot:app", port), ctx.logdir, env=env)
     return [redis, worker, front]
 
@@ -374,35 +459,69 @@ STARTERS: dict = {
 
 # ---------------------------------------------------------------- generators
 
+
 class ToolError(RuntimeError):
     pass
 
 
-def run_wrk(wrk: str, port: int, connections: int, duration: float, bodies: str, logdir: str,
-            tag: str) -> dict:
+def run_wrk(wrk: str, port: int, connections: int, duration: float, bodies: str, logdir: str, tag: str) -> dict:
     secs = max(1, int(round(duration)))
-    cmd = [wrk, "-t1", f"-c{connections}", f"-d{secs}s", "--latency", "--timeout", "5s",
-           "-s", LUA, f"http://127.0.0.1:{port}{HOOK_PATH}", "--", bodies]
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{secs}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        LUA,
+        f"http://127.0.0.1:{port}{HOOK_PATH}",
+        "--",
+        bodies,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30)
     with open(os.path.join(logdir, f"wrk-{tag}.log"), "a") as f:
         f.write("$ " + " ".join(cmd) + "\n" + r.stdout + r.stderr + "\n")
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if r.returncode != 0 or line is None:
         raise ToolError(f"wrk failed (rc={r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
-    data = json.loads(line[len("WRKJSON "):])
+    data = json.loads(line[len("WRKJSON ") :])
     data["rps"] = data["requests"] / (data["duration_us"] / 1e6) if data["duration_us"] else 0.0
     data["error_count"] = sum(data["errors"].values())
     data["connections"] = connections
     return data
 
 
-def run_oha(oha: str, port: int, rate: float, duration: float, connections: int, bodies: str,
-            logdir: str, tag: str) -> dict:
+def run_oha(
+    oha: str, port: int, rate: float, duration: float, connections: int, bodies: str, logdir: str, tag: str
+) -> dict:
     secs = max(1, int(round(duration)))
-    cmd = [oha, "--no-tui", "--output-format", "json", "-z", f"{secs}s", "-q", f"{rate:.0f}",
-           "-c", str(connections), "--worker-threads", "1", "--latency-correction", "-w", "-t", "5s",
-           "-m", "POST", "-H", "Content-Type: application/json", "-Z", bodies,
-           f"http://127.0.0.1:{port}{HOOK_PATH}"]
+    cmd = [
+        oha,
+        "--no-tui",
+        "--output-format",
+        "json",
+        "-z",
+        f"{secs}s",
+        "-q",
+        f"{rate:.0f}",
+        "-c",
+        str(connections),
+        "--worker-threads",
+        "1",
+        "--latency-correction",
+        "-w",
+        "-t",
+        "5s",
+        "-m",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-Z",
+        bodies,
+        f"http://127.0.0.1:{port}{HOOK_PATH}",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60)
     with open(os.path.join(logdir, f"oha-{tag}.log"), "a") as f:
         f.write("$ " + " ".join(cmd) + "\n" + r.stderr + "\n")
@@ -429,12 +548,17 @@ def run_oha(oha: str, port: int, rate: float, duration: float, connections: int,
         "status_codes": codes,
         "errors": errs,
         "error_count": sum(v for k, v in codes.items() if k != "200") + sum(errs.values()),
-        "p50_us": us("p50"), "p90_us": us("p90"), "p95_us": us("p95"), "p99_us": us("p99"),
-        "p999_us": us("p99.9"), "max_us": None if s.get("slowest") is None else round(s["slowest"] * 1e6, 1),
+        "p50_us": us("p50"),
+        "p90_us": us("p90"),
+        "p95_us": us("p95"),
+        "p99_us": us("p99"),
+        "p999_us": us("p99.9"),
+        "max_us": None if s.get("slowest") is None else round(s["slowest"] * 1e6, 1),
     }
 
 
 # ---------------------------------------------------------------- benchmark
+
 
 def median(values):
     values = [v for v in values if v is not None]
@@ -464,8 +588,11 @@ def bench_system(name: str, ctx: Ctx, args, bodies: str, probe: bytes, shared: d
         for i in range(args.repeat):
             runs.append(run_wrk(wrk, port, 64, args.duration, bodies, ctx.logdir, f"{name}-c64"))
             log(f"{name}: c64 run {i + 1}: {runs[-1]['rps']:.0f} req/s, errors {runs[-1]['error_count']}")
-        res["throughput"] = {"rps": median([r["rps"] for r in runs]),
-                             "errors": sum(r["error_count"] for r in runs), "runs": runs}
+        res["throughput"] = {
+            "rps": median([r["rps"] for r in runs]),
+            "errors": sum(r["error_count"] for r in runs),
+            "runs": runs,
+        }
         if shared.get("rate_base") is None and res["throughput"]["rps"]:
             shared["rate_base"] = {"system": name, "rps": res["throughput"]["rps"]}
 
@@ -479,7 +606,8 @@ def bench_system(name: str, ctx: Ctx, args, bodies: str, probe: bytes, shared: d
             "p95_us": median([r["latency_us"]["p95"] for r in runs]),
             "p99_us": median([r["latency_us"]["p99"] for r in runs]),
             "rps": median([r["rps"] for r in runs]),
-            "errors": sum(r["error_count"] for r in runs), "runs": runs,
+            "errors": sum(r["error_count"] for r in runs),
+            "runs": runs,
         }
 
         res["open_loop"] = open_loop(name, ctx, args, port, bodies, res, shared.get("rate_base"))
@@ -514,16 +642,23 @@ def open_loop(name, ctx, args, port, bodies, res, rate_base) -> list:
         if not oha:
             entry["error"] = "oha not found (cargo install oha --locked)"
         elif own_max and rate > args.max_overload * own_max:
-            entry["skipped"] = (f"over capacity: {rate:.0f} req/s offered > {args.max_overload:g} x this "
-                                f"system's closed-loop max ({own_max:.0f} req/s)")
+            entry["skipped"] = (
+                f"over capacity: {rate:.0f} req/s offered > {args.max_overload:g} x this "
+                f"system's closed-loop max ({own_max:.0f} req/s)"
+            )
         else:
             runs = []
             try:
                 for _ in range(args.repeat):
-                    runs.append(run_oha(oha, port, rate, args.duration, args.open_connections, bodies,
-                                        ctx.logdir, f"{name}-q{pct}"))
-                    log(f"{name}: open loop {pct}% ({rate:.0f} req/s): p50 {runs[-1]['p50_us']} us, "
-                        f"p99 {runs[-1]['p99_us']} us, errors {runs[-1]['error_count']}")
+                    runs.append(
+                        run_oha(
+                            oha, port, rate, args.duration, args.open_connections, bodies, ctx.logdir, f"{name}-q{pct}"
+                        )
+                    )
+                    log(
+                        f"{name}: open loop {pct}% ({rate:.0f} req/s): p50 {runs[-1]['p50_us']} us, "
+                        f"p99 {runs[-1]['p99_us']} us, errors {runs[-1]['error_count']}"
+                    )
                 for key in ("p50_us", "p95_us", "p99_us", "achieved_rps"):
                     entry[key] = median([r[key] for r in runs])
                 entry["errors"] = sum(r["error_count"] for r in runs)
@@ -535,6 +670,7 @@ def open_loop(name, ctx, args, port, bodies, res, rate_base) -> list:
 
 
 # ---------------------------------------------------------------- report
+
 
 def fmt_us(us) -> str:
     if us is None:
@@ -559,8 +695,7 @@ def ratios(results: dict) -> dict:
         if name == "uvicorn" or r.get("status") != "ok":
             continue
         tp = r["throughput"]["rps"] / base["throughput"]["rps"] if base["throughput"]["rps"] else None
-        p50 = (r["latency_c1"]["p50_us"] / base["latency_c1"]["p50_us"]
-               if base["latency_c1"]["p50_us"] else None)
+        p50 = r["latency_c1"]["p50_us"] / base["latency_c1"]["p50_us"] if base["latency_c1"]["p50_us"] else None
         out[name] = {"throughput_x": tp, "p50_c1_x": p50}
     return out
 
@@ -603,13 +738,16 @@ def markdown(results: dict, order: list, rates: list, rate_base) -> str:
         tp = w["throughput_x"]
         p50 = w["p50_c1_x"]
         lines.append("")
-        lines.append(f"warmslot / uvicorn: throughput {tp:.2f}× (aim ≥ 2×), "
-                     f"p50 at 1 connection {p50:.2f}× (aim ≤ 1×, lower is better)")
+        lines.append(
+            f"warmslot / uvicorn: throughput {tp:.2f}× (aim ≥ 2×), "
+            f"p50 at 1 connection {p50:.2f}× (aim ≤ 1×, lower is better)"
+        )
     return "\n".join(lines)
 
 
 def plot(results: dict, order: list, path: str, rate_base) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -657,22 +795,33 @@ def plot(results: dict, order: list, path: str, rate_base) -> None:
 
 # ---------------------------------------------------------------- main
 
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--systems", default=",".join(ALL_SYSTEMS),
-                    help=f"comma-separated subset of {','.join(ALL_SYSTEMS)} (default: all)")
-    ap.add_argument("--quick", action="store_true",
-                    help="whole run under 2 minutes: 2 s per figure, 1 s warm-up, one run each")
+    ap.add_argument(
+        "--systems",
+        default=",".join(ALL_SYSTEMS),
+        help=f"comma-separated subset of {','.join(ALL_SYSTEMS)} (default: all)",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="whole run under 2 minutes: 2 s per figure, 1 s warm-up, one run each"
+    )
     ap.add_argument("--duration", type=float, help="seconds per measurement (default 10, quick 2)")
     ap.add_argument("--warmup", type=float, help="seconds of wrk -c64 warm-up (default 3, quick 1)")
     ap.add_argument("--repeat", type=int, help="runs of each figure (default 2, quick 1)")
-    ap.add_argument("--rates", default="25,50,75",
-                    help="open-loop rates, %% of uvicorn's max req/s in this run ('' to skip)")
-    ap.add_argument("--base-rps", type=float,
-                    help="base for --rates when uvicorn is not run (default: first system's max)")
+    ap.add_argument(
+        "--rates", default="25,50,75", help="open-loop rates, %% of uvicorn's max req/s in this run ('' to skip)"
+    )
+    ap.add_argument(
+        "--base-rps", type=float, help="base for --rates when uvicorn is not run (default: first system's max)"
+    )
     ap.add_argument("--open-connections", type=int, default=64, help="oha connections (default 64)")
-    ap.add_argument("--max-overload", type=float, default=1.0,
-                    help="skip open-loop rates above this multiple of the system's own max (default 1.0)")
+    ap.add_argument(
+        "--max-overload",
+        type=float,
+        default=1.0,
+        help="skip open-loop rates above this multiple of the system's own max (default 1.0)",
+    )
     ap.add_argument("--start-timeout", type=float, default=30.0)
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--plot", metavar="PATH")
@@ -709,8 +858,9 @@ def main(argv=None) -> int:
     if args.install_only:  # everything bench.py, run_locust.py and the tests use
         tools = ensure_tools(ALL_SYSTEMS, need_oha=True, need_plot=True, install=True, need_locust=True)
     else:
-        tools = ensure_tools(args.systems, need_oha=bool(args.rates), need_plot=bool(args.plot),
-                             install=not args.no_install)
+        tools = ensure_tools(
+            args.systems, need_oha=bool(args.rates), need_plot=bool(args.plot), install=not args.no_install
+        )
     if args.install_only:
         print(json.dumps(tools, indent=2))
         return 0 if all(tools.values()) else 1
@@ -743,13 +893,20 @@ def main(argv=None) -> int:
     report = {
         "meta": {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "host": platform.node(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
             "platform": platform.platform(),
             "wrk": tool_version([tools["wrk"], "-v"]) if tools["wrk"] else None,
             "oha": tool_version([tools["oha"], "--version"]) if tools["oha"] else None,
-            "duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat,
-            "rates_pct": args.rates, "open_connections": args.open_connections,
-            "quick": args.quick, "logs": logdir, "interrupted": interrupted,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "repeat": args.repeat,
+            "rates_pct": args.rates,
+            "open_connections": args.open_connections,
+            "quick": args.quick,
+            "logs": logdir,
+            "interrupted": interrupted,
             "elapsed_s": round(time.monotonic() - t_start, 1),
         },
         "rate_base": rate_base,

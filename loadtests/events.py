@@ -5,6 +5,7 @@
 system is driven with the same requests: round-robin over ``count`` events,
 one conversation per event index modulo ``conversations``.
 """
+
 import json
 
 _TEXTS = [

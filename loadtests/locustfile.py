@@ -33,6 +33,7 @@ Environment:
                           0 for peer bots, which have no /hooks/github)
   WARMSLOT_WEBHOOK_SECRET the signing secret (default ``loadtest-secret``)
 """
+
 import hashlib
 import hmac
 import itertools
@@ -66,9 +67,27 @@ _HEADERS = {"Content-Type": "application/json"}
 _ASYNC_HEADERS = {"Content-Type": "application/json", "Prefer": "respond-async"}
 
 # Zipf-like key popularity: weight(rank k) = 1 / k**s, sampled by bisection on the CDF.
-_CUM = list(itertools.accumulate(1.0 / (k ** ZIPF_S) for k in range(1, CONVERSATIONS + 1)))
-_WORDS = ("order", "refund", "delivery", "account", "password", "invoice", "plan", "card",
-          "please", "thanks", "help", "when", "where", "broken", "late", "twice", "again", "why")
+_CUM = list(itertools.accumulate(1.0 / (k**ZIPF_S) for k in range(1, CONVERSATIONS + 1)))
+_WORDS = (
+    "order",
+    "refund",
+    "delivery",
+    "account",
+    "password",
+    "invoice",
+    "plan",
+    "card",
+    "please",
+    "thanks",
+    "help",
+    "when",
+    "where",
+    "broken",
+    "late",
+    "twice",
+    "again",
+    "why",
+)
 _seq = itertools.count()
 
 
@@ -137,6 +156,7 @@ def _wait():
 
 class SyncBotUser(FastHttpUser):
     """Posts messages and reads the reply from the response."""
+
     weight = max(0, round(100 * (1 - ASYNC_SHARE)))
     wait_time = _wait()
 
@@ -146,8 +166,7 @@ class SyncBotUser(FastHttpUser):
     @task
     def send_message(self):
         event = make_event(self.rng)
-        with self.client.post(HOOK, data=json.dumps(event), headers=_HEADERS,
-                              name=HOOK, catch_response=True) as resp:
+        with self.client.post(HOOK, data=json.dumps(event), headers=_HEADERS, name=HOOK, catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"status {resp.status_code}: {_brief(resp.text)}")
                 return
@@ -163,6 +182,7 @@ class SyncBotUser(FastHttpUser):
 
 class AsyncBotUser(FastHttpUser):
     """Posts with ``Prefer: respond-async`` and polls the execution until it ends."""
+
     weight = max(0, round(100 * ASYNC_SHARE))
     wait_time = _wait()
 
@@ -171,19 +191,27 @@ class AsyncBotUser(FastHttpUser):
 
     def _fire(self, start: float, exc=None, length: int = 0):
         self.environment.events.request.fire(
-            request_type="ASYNC", name=f"{PIPELINE} end-to-end",
-            response_time=(time.perf_counter() - start) * 1000.0, response_length=length,
-            exception=exc, context={})
+            request_type="ASYNC",
+            name=f"{PIPELINE} end-to-end",
+            response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=length,
+            exception=exc,
+            context={},
+        )
 
     @task
     def send_message_async(self):
         event = make_event(self.rng)
         start = time.perf_counter()
-        with self.client.post(HOOK, data=json.dumps(event), headers=_ASYNC_HEADERS,
-                              name=f"{HOOK} (async)", catch_response=True) as resp:
+        with self.client.post(
+            HOOK, data=json.dumps(event), headers=_ASYNC_HEADERS, name=f"{HOOK} (async)", catch_response=True
+        ) as resp:
             if resp.status_code != 202:
-                resp.failure("status 200, expected 202 (Prefer: respond-async ignored)" if resp.status_code == 200
-                             else f"status {resp.status_code}, expected 202: {_brief(resp.text)}")
+                resp.failure(
+                    "status 200, expected 202 (Prefer: respond-async ignored)"
+                    if resp.status_code == 200
+                    else f"status {resp.status_code}, expected 202: {_brief(resp.text)}"
+                )
                 return
             try:
                 exec_id = resp.json()["execution_id"]
@@ -197,8 +225,7 @@ class AsyncBotUser(FastHttpUser):
         delay = 0.002
         deadline = start + POLL_TIMEOUT
         while True:
-            with self.client.get(f"/executions/{exec_id}", name="/executions/[id]",
-                                 catch_response=True) as poll:
+            with self.client.get(f"/executions/{exec_id}", name="/executions/[id]", catch_response=True) as poll:
                 if poll.status_code != 200:
                     poll.failure(f"status {poll.status_code}: {_brief(poll.text)}")
                     self._fire(start, RuntimeError(f"poll status {poll.status_code}"))
@@ -241,6 +268,7 @@ class AsyncBotUser(FastHttpUser):
 
 class SignedWebhookUser(FastHttpUser):
     """Delivers signed GitHub-style webhooks; a tenth are forged and must get 401."""
+
     weight = max(0, round(100 * SIGNED_SHARE))
     wait_time = _wait()
 
@@ -250,14 +278,20 @@ class SignedWebhookUser(FastHttpUser):
     @task
     def deliver(self):
         repo = f"acme/{pick_conversation(self.rng)}"
-        event = {"action": self.rng.choice(("opened", "closed", "synchronize")),
-                 "repository": {"full_name": repo}, "sender": {"login": "octocat"},
-                 "number": next(_seq)}
+        event = {
+            "action": self.rng.choice(("opened", "closed", "synchronize")),
+            "repository": {"full_name": repo},
+            "sender": {"login": "octocat"},
+            "number": next(_seq),
+        }
         body = json.dumps(event).encode()
         forged = self.rng.random() < 0.1
         sig = hmac.new(b"wrong" if forged else SECRET, body, hashlib.sha256).hexdigest()
-        headers = {"Content-Type": "application/json", "X-GitHub-Event": "pull_request",
-                   "X-Hub-Signature-256": "sha256=" + sig}
+        headers = {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "pull_request",
+            "X-Hub-Signature-256": "sha256=" + sig,
+        }
         name = "/hooks/github (forged)" if forged else "/hooks/github"
         with self.client.post("/hooks/github", data=body, headers=headers, name=name, catch_response=True) as resp:
             if forged:
@@ -285,4 +319,3 @@ if AsyncBotUser.weight == 0:
     del AsyncBotUser
 elif SyncBotUser.weight == 0:
     del SyncBotUser
-

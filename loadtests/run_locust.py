@@ -9,6 +9,7 @@ when the overall p99 is above ``--p99-ms``.  ``--json PATH`` writes the
 summary.  Pass-through env for the locustfile: WARMSLOT_PIPELINE,
 WARMSLOT_ASYNC_SHARE, ... (see the locustfile's docstring).
 """
+
 import argparse
 import csv
 import json
@@ -51,8 +52,10 @@ def read_failures(prefix: str) -> list:
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        return [{"method": r["Method"], "name": r["Name"], "error": r["Error"], "count": int(r["Occurrences"])}
-                for r in csv.DictReader(f)]
+        return [
+            {"method": r["Method"], "name": r["Name"], "error": r["Error"], "count": int(r["Occurrences"])}
+            for r in csv.DictReader(f)
+        ]
 
 
 def main(argv=None) -> int:
@@ -68,10 +71,31 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="locust-") as tmp:
         prefix = os.path.join(tmp, "run")
-        cmd = [sys.executable, "-m", "locust", "-f", args.locustfile, "--headless",
-               "--host", args.host, "-u", str(args.users), "-r", str(args.spawn_rate or args.users),
-               "-t", f"{max(1, round(args.seconds))}s", "--stop-timeout", "5", "--csv", prefix,
-               "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            args.locustfile,
+            "--headless",
+            "--host",
+            args.host,
+            "-u",
+            str(args.users),
+            "-r",
+            str(args.spawn_rate or args.users),
+            "-t",
+            f"{max(1, round(args.seconds))}s",
+            "--stop-timeout",
+            "5",
+            "--csv",
+            prefix,
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "--exit-code-on-error",
+            "0",
+        ]
         print("$", " ".join(cmd), flush=True)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -94,10 +118,14 @@ def main(argv=None) -> int:
     agg = stats.get("Aggregated", {"requests": 0, "failures": 0})
     print(f"{'request':48} {'reqs':>8} {'fails':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>9}")
     for name, s in stats.items():
+
         def f(v):
             return "-" if v is None else f"{v:.0f}"
-        print(f"{name[:48]:48} {s['requests']:>8} {s['failures']:>6} {f(s['p50_ms']):>8} {f(s['p95_ms']):>8} "
-              f"{f(s['p99_ms']):>8} {s['rps'] or 0:>9.1f}")
+
+        print(
+            f"{name[:48]:48} {s['requests']:>8} {s['failures']:>6} {f(s['p50_ms']):>8} {f(s['p95_ms']):>8} "
+            f"{f(s['p99_ms']):>8} {s['rps'] or 0:>9.1f}"
+        )
     for fl in failures:
         print(f"FAILURE x{fl['count']}: {fl['method']} {fl['name']}: {fl['error']}")
 
@@ -108,12 +136,22 @@ def main(argv=None) -> int:
         problems.append(f"{agg['failures']} failed requests")
     if args.p99_ms is not None and (agg.get("p99_ms") is None or agg["p99_ms"] > args.p99_ms):
         problems.append(f"p99 {agg.get('p99_ms')} ms > {args.p99_ms} ms")
-    print(f"\nsummary: requests={agg['requests']} failures={agg['failures']} "
-          f"throughput={agg.get('rps') or 0:.1f} req/s p50={agg.get('p50_ms')} ms "
-          f"p95={agg.get('p95_ms')} ms p99={agg.get('p99_ms')} ms")
-    summary = {"host": args.host, "seconds": args.seconds, "users": args.users, "p99_ms_limit": args.p99_ms,
-               "aggregated": agg, "by_name": stats, "failures": failures, "problems": problems,
-               "ok": not problems}
+    print(
+        f"\nsummary: requests={agg['requests']} failures={agg['failures']} "
+        f"throughput={agg.get('rps') or 0:.1f} req/s p50={agg.get('p50_ms')} ms "
+        f"p95={agg.get('p95_ms')} ms p99={agg.get('p99_ms')} ms"
+    )
+    summary = {
+        "host": args.host,
+        "seconds": args.seconds,
+        "users": args.users,
+        "p99_ms_limit": args.p99_ms,
+        "aggregated": agg,
+        "by_name": stats,
+        "failures": failures,
+        "problems": problems,
+        "ok": not problems,
+    }
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=2)

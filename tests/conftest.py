@@ -3,10 +3,10 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from typing import Any, Dict, Iterator, Optional, Tuple
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-
 import warmslot
 
 
@@ -45,6 +45,34 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def concurrently(n: int, fn: Callable[[int], Any]) -> List[Any]:
+    """Runs fn(0..n-1) in n threads at once; returns the results in order, re-raising the first
+    error a thread hit (so an assertion inside a client thread fails the test)."""
+    results: List[Any] = [None] * n
+    errors: List[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = fn(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 @pytest.fixture

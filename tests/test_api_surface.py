@@ -7,7 +7,6 @@ import os
 import threading
 
 import pytest
-
 import warmslot
 from warmslot import _core
 

@@ -55,7 +55,9 @@ def test_async_failures_and_timeouts_are_recorded(serve):
         ids[name] = body["execution_id"]
     time.sleep(0.5)
     _, _, rec = c.get("/executions/" + ids["bad"])
-    assert rec["status"] == "failed" and rec["error"]["code"] == "pipeline_error" and "KeyError" in rec["error"]["message"]
+    assert (
+        rec["status"] == "failed" and rec["error"]["code"] == "pipeline_error" and "KeyError" in rec["error"]["message"]
+    )
     _, _, rec = c.get("/executions/" + ids["late"])
     assert rec["status"] == "timed_out" and rec["error"]["code"] == "pipeline_timeout"
 
@@ -108,7 +110,7 @@ def test_metrics_exposition(serve):
     # Every sample line parses as Prometheus text: name{labels} value
     for line in text.splitlines():
         if line and not line.startswith("#"):
-            assert re.fullmatch(r'[a-z_]+(\{[^}]*\})? -?[0-9.e+]+', line), line
+            assert re.fullmatch(r"[a-z_]+(\{[^}]*\})? -?[0-9.e+]+", line), line
     stats = {s["name"]: s for s in server.stats()}
     assert stats["echo"]["requests"]["succeeded"] == 5
     assert stats["echo"]["latency"]["total"]["count"] == 5

@@ -13,7 +13,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,10 +7,9 @@ import threading
 import time
 
 import pytest
-
 import warmslot
+from conftest import Client, concurrently
 from warmslot import _core
-from conftest import Client
 
 
 def make_app(**kw):
@@ -102,7 +101,9 @@ def test_payload_too_large_413_with_and_without_content_length(serve):
         chunk = b"x" * 150
         s.sendall(
             b"POST /hooks/small HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-            + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n"
+            + f"{len(chunk):x}\r\n".encode()
+            + chunk
+            + b"\r\n0\r\n\r\n"
         )
         data = s.recv(65536)
     assert data.startswith(b"HTTP/1.1 413")
@@ -125,7 +126,9 @@ def test_bad_signature_401(serve):
     body = b'{"action":"opened"}'
     good = "sha256=" + _core.hmac_sha256_hex(b"s3cret", [body])
     assert c.post("signed", body, {"X-Hub-Signature-256": good}, raw=True)[0] == 200
-    msg, _ = error_of(c.post("signed", body, {"X-Hub-Signature-256": "sha256=" + "0" * 64}, raw=True), 401, "bad_signature")
+    msg, _ = error_of(
+        c.post("signed", body, {"X-Hub-Signature-256": "sha256=" + "0" * 64}, raw=True), 401, "bad_signature"
+    )
     assert "does not match" in msg
     msg, _ = error_of(c.post("signed", body, raw=True), 401, "bad_signature")
     assert "missing" in msg
@@ -203,22 +206,16 @@ def test_overload_429_with_retry_after_and_nothing_accepted_is_lost(serve):
         return {"i": event["i"]}
 
     server, _ = serve(app)
-    results = {}
 
     def client(i):
-        c = Client(server.host, server.port)
-        results[i] = c.post("narrow", {"i": i})
-        c.close()
+        with Client(server.host, server.port) as c:
+            return c.post("narrow", {"i": i})
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    refused = [r for r in results.values() if r[0] == 429]
-    accepted = [i for i, r in results.items() if r[0] == 200]
+    results = concurrently(16, client)
+    refused = [r for r in results if r[0] == 429]
+    accepted = [i for i, r in enumerate(results) if r[0] == 200]
     assert refused, "a full ring must refuse early"
-    for status, headers, body in refused:
+    for _, headers, body in refused:
         assert headers["retry-after"] == "1"
         assert body["error"]["code"] == "overloaded"
     assert len(refused) + len(accepted) == 16
@@ -249,6 +246,7 @@ def test_healthz_is_503_until_slots_are_warm():
         assert status == 503 and body["status"] == "warming"
         # A webhook sent while warming waits in the ring and runs once the slot is warm.
         result = {}
+
         def send():
             other = Client(server.host, server.port)
             result["r"] = other.post("heavy", {})

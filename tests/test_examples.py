@@ -9,7 +9,6 @@ import json
 import os
 
 import pytest
-
 from conftest import Client
 from warmslot.loader import load_app
 

@@ -3,9 +3,11 @@ and a tiny bench run (warmslot vs uvicorn) that must produce complete JSON.
 
 Needs warmslot installed and the load tools present; a missing tool is a
 failure with the command that installs it, never a skip:
-    python loadtests/bench.py --install-only   # apt wrk nginx redis-server, pip -r loadtests/requirements.txt, cargo oha
+    python loadtests/bench.py --install-only
+(apt wrk nginx redis-server, pip -r loadtests/requirements.txt, cargo oha)
 Runtime: about 25-35 s on 2 cores.
 """
+
 import json
 import os
 import shutil
@@ -32,15 +34,16 @@ def _free_port() -> int:
 def _require_module(name: str) -> None:
     r = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.fail(f"python module {name!r} is missing ({r.stderr.strip().splitlines()[-1:]}); "
-                    + ("build/install warmslot first (maturin develop --release)" if name == "warmslot"
-                       else INSTALL_HINT))
+        pytest.fail(
+            f"python module {name!r} is missing ({r.stderr.strip().splitlines()[-1:]}); "
+            + ("build/install warmslot first (maturin develop --release)" if name == "warmslot" else INSTALL_HINT)
+        )
 
 
 def _require_tool(name: str) -> str:
     path = shutil.which(name) or next(
-        (p for p in (os.path.expanduser(f"~/.cargo/bin/{name}"), f"/usr/sbin/{name}") if os.access(p, os.X_OK)),
-        None)
+        (p for p in (os.path.expanduser(f"~/.cargo/bin/{name}"), f"/usr/sbin/{name}") if os.access(p, os.X_OK)), None
+    )
     if not path:
         pytest.fail(f"tool {name!r} is not installed; {INSTALL_HINT}")
     return path
@@ -60,14 +63,21 @@ def warmslot_server(tmp_path):
     log = open(tmp_path / "warmslot.log", "wb")
     proc = subprocess.Popen(
         _warmslot_cmd() + ["run", "loadtests/bots/warmslot_bot.py:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"warmslot exited with {proc.returncode}:\n"
-                            + (tmp_path / "warmslot.log").read_text(errors="replace")[-2000:])
+                pytest.fail(
+                    f"warmslot exited with {proc.returncode}:\n"
+                    + (tmp_path / "warmslot.log").read_text(errors="replace")[-2000:]
+                )
             try:
                 with urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
                     if resp.status == 200:
@@ -75,8 +85,10 @@ def warmslot_server(tmp_path):
             except (OSError, urllib.error.URLError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("warmslot did not answer GET /healthz within 20 s:\n"
-                            + (tmp_path / "warmslot.log").read_text(errors="replace")[-2000:])
+                pytest.fail(
+                    "warmslot did not answer GET /healthz within 20 s:\n"
+                    + (tmp_path / "warmslot.log").read_text(errors="replace")[-2000:]
+                )
             time.sleep(0.05)
         yield url
     finally:
@@ -96,9 +108,23 @@ def test_locust_users_against_warmslot(warmslot_server, tmp_path):
     _require_module("locust")
     out = tmp_path / "locust.json"
     r = subprocess.run(
-        [sys.executable, os.path.join(LOADTESTS, "run_locust.py"), "--host", warmslot_server,
-         "--seconds", "4", "--users", "20", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            os.path.join(LOADTESTS, "run_locust.py"),
+            "--host",
+            warmslot_server,
+            "--seconds",
+            "4",
+            "--users",
+            "20",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.exists(), f"run_locust.py wrote no summary (rc={r.returncode}):\n{r.stdout}\n{r.stderr}"
     summary = json.loads(out.read_text())
     agg = summary["aggregated"]
@@ -121,9 +147,25 @@ def test_bench_warmslot_vs_uvicorn_json(tmp_path):
     _require_tool("oha")
     out = tmp_path / "bench.json"
     r = subprocess.run(
-        [sys.executable, os.path.join(LOADTESTS, "bench.py"), "--systems", "warmslot,uvicorn", "--quick",
-         "--duration", "1", "--no-install", "--json", str(out), "--logs", str(tmp_path / "logs")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            os.path.join(LOADTESTS, "bench.py"),
+            "--systems",
+            "warmslot,uvicorn",
+            "--quick",
+            "--duration",
+            "1",
+            "--no-install",
+            "--json",
+            str(out),
+            "--logs",
+            str(tmp_path / "logs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert out.exists(), r.stdout + r.stderr
     report = json.loads(out.read_text())

@@ -7,7 +7,7 @@ import threading
 import time
 
 import warmslot
-from conftest import Client
+from conftest import Client, concurrently
 
 
 def test_echo_reply_state_and_execution_id(serve):
@@ -82,18 +82,13 @@ def test_per_key_order_and_no_lost_updates_under_8_concurrent_clients(serve):
     errors = []
 
     def client(i: int) -> None:
-        c = Client(server.host, server.port)
-        for seq in range(per_client):
-            status, _, body = c.post("ledger", {"account": accounts[seq % 3], "amount": 1, "client": i, "seq": seq})
-            if status != 200:
-                errors.append((status, body))
-        c.close()
+        with Client(server.host, server.port) as c:
+            for seq in range(per_client):
+                status, _, body = c.post("ledger", {"account": accounts[seq % 3], "amount": 1, "client": i, "seq": seq})
+                if status != 200:
+                    errors.append((status, body))
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    concurrently(8, client)
     assert errors == []
     assert overlaps == [], f"same key ran concurrently: {overlaps[:5]}"
     assert max_parallel[0] >= 2, "different keys should run in parallel on different slots"
@@ -187,18 +182,12 @@ def test_async_pipeline_runs_concurrently_on_one_loop(serve):
         return {"answer": event["q"] * 2}
 
     server, _ = serve(app)
-    results = []
 
     def client(i):
-        c = Client(server.host, server.port)
-        results.append(c.post("llm", {"q": i}))
-        c.close()
+        with Client(server.host, server.port) as c:
+            return c.post("llm", {"q": i})
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = concurrently(8, client)
     assert sorted(r[2]["answer"] for r in results) == [i * 2 for i in range(8)]
     assert all(r[0] == 200 for r in results)
     assert state["max"] >= 4, "async slots should overlap their awaits"
@@ -280,17 +269,12 @@ def test_pool_grows_to_max_slots_under_load(serve):
     server, _ = serve(app)
     assert len(inits) == 1
 
-    def client():
-        c = Client(server.host, server.port)
-        for _ in range(10):
-            assert c.post("io", {})[0] == 200
-        c.close()
+    def client(i):
+        with Client(server.host, server.port) as c:
+            for _ in range(10):
+                assert c.post("io", {})[0] == 200
 
-    threads = [threading.Thread(target=client) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    concurrently(6, client)
     assert len(inits) == 4, "the pool should grow to max_slots while every slot is busy and events wait"
     c = Client(server.host, server.port)
     _, _, health = c.get("/healthz")

@@ -25,9 +25,7 @@ class Feed:
         done = int(rate * TICK)
         self.ran += done
         self.run_us += int(done * self.service * 1e6)
-        return self.pred.observe(
-            Sample(self.t, depth, inflight, warm, busy, int(self.arrivals), self.ran, self.run_us)
-        )
+        return self.pred.observe(Sample(self.t, depth, inflight, warm, busy, int(self.arrivals), self.ran, self.run_us))
 
 
 def test_steady_load_targets_littles_law_with_headroom():

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
-
 import warmslot
-from conftest import Client, free_port
+from conftest import Client, concurrently, free_port
 
 
 @pytest.fixture
@@ -60,18 +58,13 @@ def test_two_servers_share_state_without_losing_updates(redis_url):
 
         def client(i):
             node = nodes[i % 2]
-            c = Client(node.host, node.port)
-            for n in range(25):
-                status, _, body = c.post("ledger", {"account": "acct-%d" % (n % 2), "amount": 1})
-                if status != 200:
-                    errors.append((status, body))
-            c.close()
+            with Client(node.host, node.port) as c:
+                for n in range(25):
+                    status, _, body = c.post("ledger", {"account": "acct-%d" % (n % 2), "amount": 1})
+                    if status != 200:
+                        errors.append((status, body))
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        concurrently(8, client)
         assert errors == []
         c = Client(nodes[1].host, nodes[1].port)
         totals = [c.post("ledger", {"account": f"acct-{k}", "amount": 0})[2] for k in (0, 1)]

@@ -7,7 +7,7 @@ import threading
 import time
 
 import warmslot
-from conftest import Client
+from conftest import Client, concurrently
 
 
 class Unprintable(Exception):
@@ -81,17 +81,12 @@ def test_pool_still_grows_after_a_failed_warm_up(serve):
 
     server, _ = serve(app)
 
-    def client():
-        c = Client(server.host, server.port)
-        for _ in range(10):
-            assert c.post("io", {})[0] == 200
-        c.close()
+    def client(i):
+        with Client(server.host, server.port) as c:
+            for _ in range(10):
+                assert c.post("io", {})[0] == 200
 
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    concurrently(8, client)
     assert server.stats()[0]["slots_warm"] == 4, "a failed slot's place is reused"
     assert len(calls) == 5
 

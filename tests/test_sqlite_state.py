@@ -6,7 +6,6 @@ import os
 import sqlite3
 
 import pytest
-
 import warmslot
 from conftest import Client
 

@@ -5,6 +5,7 @@
 
 Routes: ``POST /hooks/support`` (JSON event -> JSON reply) and ``GET /healthz``.
 """
+
 import json
 
 from botlogic import support
@@ -16,11 +17,13 @@ _loads = json.loads
 
 
 async def _send(send, status, body):
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": _JSON_HEADERS + [(b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": _JSON_HEADERS + [(b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

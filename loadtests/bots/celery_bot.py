@@ -7,10 +7,10 @@ Redis and waits for its result (the classic "web app + task queue" design).
 The endpoint is a plain ``def``: FastAPI runs it in its thread pool, and each
 thread gets its own (thread-local) Celery result backend connection.
 """
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict
 
 from celery_tasks import support_task
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict
 
 RESULT_TIMEOUT_S = 10.0
 

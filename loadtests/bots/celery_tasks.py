@@ -8,11 +8,11 @@ state (kept in the worker's memory, like warmslot keeps it in its slot).
     CELERY_REDIS_URL=redis://127.0.0.1:6379/0 \
         celery -A celery_tasks worker --pool=solo --without-gossip --without-mingle --without-heartbeat
 """
+
 import os
 
-from celery import Celery
-
 from botlogic import support
+from celery import Celery
 
 REDIS_URL = os.environ.get("CELERY_REDIS_URL", "redis://127.0.0.1:6379/0")
 

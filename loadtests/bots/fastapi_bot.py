@@ -1,11 +1,11 @@
 """FastAPI support bot, served by uvicorn (1 worker).
 
-    uvicorn fastapi_bot:app --http httptools --loop uvloop --no-access-log
+uvicorn fastapi_bot:app --http httptools --loop uvloop --no-access-log
 """
-from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict
 
 from botlogic import support
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict
 
 app = FastAPI()
 

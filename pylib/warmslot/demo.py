@@ -69,14 +69,26 @@ def _client_process(host: str, port: int, pipelines: List[str], seconds: float, 
     return out
 
 
-def drive(server: Server, pipelines: List[str], seconds: float, clients: int) -> Tuple[int, int, Dict[str, List[float]]]:
+def drive(
+    server: Server, pipelines: List[str], seconds: float, clients: int
+) -> Tuple[int, int, Dict[str, List[float]]]:
     """Drives load from two child processes, so the load generator does not share our GIL."""
     procs = []
     per = [clients // 2 + clients % 2, clients // 2]
     for seed, n in enumerate(per):
         if n == 0:
             continue
-        cmd = [sys.executable, "-m", "warmslot.demo", server.host, str(server.port), ",".join(pipelines), str(seconds), str(n), str(seed)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "warmslot.demo",
+            server.host,
+            str(server.port),
+            ",".join(pipelines),
+            str(seconds),
+            str(n),
+            str(seed),
+        ]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE))
     ok = errors = 0
     rtts: Dict[str, List[float]] = {p: [] for p in pipelines}
@@ -104,7 +116,8 @@ def report(server: Server, seconds: float, ok: int, errors: int, rtts: Dict[str,
         f"drove {ok + errors} requests in {seconds:.1f}s: {ok / seconds:,.0f} req/s, {errors} errors",
         "",
         "server-side latency, request read -> state committed (µs); client round trip p50 (µs)",
-        f"{'pipeline':<10} {'requests':>9} {'p50':>7} {'p95':>7} {'p99':>7} {'queue p50':>10} {'run p50':>8} {'rtt p50':>8}",
+        f"{'pipeline':<10} {'requests':>9} {'p50':>7} {'p95':>7} {'p99':>7} "
+        f"{'queue p50':>10} {'run p50':>8} {'rtt p50':>8}",
     ]
     for s in server.stats():
         total, queue, run = s["latency"]["total"], s["latency"]["queue"], s["latency"]["run"]
@@ -128,7 +141,7 @@ def run_demo(host: str, port: int, seconds: float, clients: int, keep_serving: b
         ok, errors, rtts = drive(server, names, seconds, clients)
         print(report(server, seconds, ok, errors, rtts), flush=True)
         if keep_serving:
-            example = f"curl -s -XPOST {server.url}/hooks/echo -d '{{\"user\":\"me\",\"text\":\"hi\"}}'"
+            example = f'curl -s -XPOST {server.url}/hooks/echo -d \'{{"user":"me","text":"hi"}}\''
             print(f"\nstill serving on {server.url}; try: {example}\nCtrl-C to stop.", flush=True)
             while True:
                 time.sleep(0.5)

@@ -180,7 +180,9 @@ class PipelineRuntime:
         try:
             reply = _json.dumps(result)
         except Exception as exc:
-            job.fail("pipeline_error", f"the return value of pipeline {self.spec.name!r} is not JSON: {_safe_text(exc)}")
+            job.fail(
+                "pipeline_error", f"the return value of pipeline {self.spec.name!r} is not JSON: {_safe_text(exc)}"
+            )
             return
         new_state = None
         if ctx.key is not None:

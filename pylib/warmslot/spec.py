@@ -53,16 +53,23 @@ def stripe_signature(secret: Union[str, bytes], tolerance: float = 300.0) -> Sig
     return Signature(_secret(secret), "stripe", tolerance=tolerance)
 
 
+def _class_call(cls: type) -> Any:
+    """The ``__call__`` a class defines itself (not ``object``'s or ``type``'s), or None."""
+    for klass in cls.__mro__:
+        if klass is not object and "__call__" in vars(klass):
+            return vars(klass)["__call__"]
+    return None
+
+
 def _is_async(target: Any) -> bool:
     if inspect.isclass(target):
-        call = getattr(target, "__call__", None)
-        return inspect.iscoroutinefunction(call)
-    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(getattr(target, "__call__", None))
+        return inspect.iscoroutinefunction(_class_call(target))
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(_class_call(type(target)))
 
 
 def _takes_ctx(target: Any) -> bool:
     """True unless the pipeline's call accepts exactly one positional argument (the event)."""
-    call = target.__call__ if inspect.isclass(target) else target
+    call = _class_call(target) if inspect.isclass(target) else target
     try:
         sig = inspect.signature(call)
     except (TypeError, ValueError):
@@ -99,7 +106,7 @@ class PipelineSpec:
         self.is_class = inspect.isclass(self.target)
         self.is_async = _is_async(self.target)
         self.takes_ctx = _takes_ctx(self.target)
-        if self.is_class and not callable(getattr(self.target, "__call__", None)):
+        if self.is_class and _class_call(self.target) is None:
             raise TypeError(f"pipeline class {self.target.__name__} needs a __call__(self, event, ctx) method")
         if self.key is not None and not isinstance(self.key, str) and not callable(self.key):
             raise TypeError(f"pipeline {self.name!r}: key must be a field name or a callable(event) -> str")
