@@ -13,9 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redis::{Commands, Connection, Script};
+use redis::{Connection, Script};
 
 use crate::state::{StateStore, StoreError};
+
+// Takes the lease and reads the state in one round trip: {1, state or false}, or {0, false}.
+const ACQUIRE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('GET', KEYS[2])}
+end
+return {0, false}";
 
 const COMMIT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -42,6 +49,7 @@ pub struct RedisDb {
     pool: Mutex<Vec<Connection>>,
     node: String,
     tokens: AtomicU64,
+    acquire: Script,
     commit: Script,
     release: Script,
 }
@@ -62,6 +70,7 @@ impl RedisDb {
             pool: Mutex::new(vec![conn]),
             node: format!("{:x}-{:x}", std::process::id(), seed),
             tokens: AtomicU64::new(0),
+            acquire: Script::new(ACQUIRE),
             commit: Script::new(COMMIT),
             release: Script::new(RELEASE),
         }))
@@ -120,29 +129,17 @@ impl StateStore for RedisStore {
         let started = Instant::now();
         let mut pause = Duration::from_micros(200);
         loop {
-            let opts = redis::SetOptions::default()
-                .conditional_set(redis::ExistenceCheck::NX)
-                .with_expiration(redis::SetExpiry::PX(lease_ms));
-            let got: Option<String> = self.db.with_conn(|c| c.set_options(&lock, &token, opts))?;
-            if got.is_some() {
-                break;
+            let (got, value): (i64, Option<Vec<u8>>) =
+                self.db.with_conn(|c| self.db.acquire.key(&lock).key(&state).arg(&token).arg(lease_ms).invoke(c))?;
+            if got == 1 {
+                self.held.lock().unwrap().insert(key.to_string(), token);
+                return Ok(value.map(Bytes::from));
             }
             if started.elapsed() > self.lease {
                 return Err(StoreError(format!("key {key:?} stayed locked by another process for over {lease_ms} ms")));
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
-        }
-        let value = self.db.with_conn(|c| c.get::<_, Option<Vec<u8>>>(&state));
-        match value {
-            Ok(v) => {
-                self.held.lock().unwrap().insert(key.to_string(), token);
-                Ok(v.map(Bytes::from))
-            }
-            Err(e) => {
-                let _ = self.db.with_conn(|c| self.db.release.key(&lock).arg(&token).invoke::<i64>(c));
-                Err(e)
-            }
         }
     }
 
