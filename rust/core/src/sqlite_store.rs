@@ -2,9 +2,10 @@
 //! pipeline of the app.
 //!
 //! `synchronous=NORMAL` in WAL mode: a commit survives a crash of the process; the last commits
-//! before a power loss may be lost. One connection behind a mutex: events of one key are already
+//! before a power loss may be lost. A background connection checkpoints the WAL every 200 ms. One connection behind a mutex: events of one key are already
 //! serialised by the scheduler, and a commit is a single-row upsert.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -19,7 +20,17 @@ fn err(e: rusqlite::Error) -> StoreError {
 pub struct SqliteDb {
     conn: Mutex<Connection>,
     path: String,
+    /// Stops the background checkpoint thread when the database is dropped.
+    stop: Arc<AtomicBool>,
 }
+
+impl Drop for SqliteDb {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl SqliteDb {
     /// Opens (creating if needed) the database at `path` (`:memory:` for a private in-memory one).
@@ -39,7 +50,29 @@ impl SqliteDb {
              ) WITHOUT ROWID;",
         )
         .map_err(|e| StoreError(format!("cannot prepare state database {path:?}: {e}")))?;
-        Ok(Arc::new(SqliteDb { conn: Mutex::new(conn), path: path.to_string() }))
+        let stop = Arc::new(AtomicBool::new(false));
+        if path != ":memory:" && !path.is_empty() {
+            // NOTE: with SQLite's automatic checkpoints, the commit that crosses 1000 WAL pages
+            // copies them back into the database and fsyncs, inside the request: wrk -c1 against
+            // the support bot saw p99 of 3.9-4.1 ms (p50 66-116 µs). Checkpointing from a
+            // background connection takes that off the request path: p99 579-649 µs (p50 89-104
+            // µs), for some throughput at 64 connections (16.0-16.4k req/s against 18.1-19.3k).
+            conn.pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(|e| StoreError(format!("cannot configure state database {path:?}: {e}")))?;
+            let checkpointer =
+                Connection::open(path).map_err(|e| StoreError(format!("cannot open state database {path:?}: {e}")))?;
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("warmslot-sqlite-checkpoint".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(CHECKPOINT_EVERY);
+                        let _ = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
+                    }
+                })
+                .map_err(|e| StoreError(format!("cannot start the checkpoint thread: {e}")))?;
+        }
+        Ok(Arc::new(SqliteDb { conn: Mutex::new(conn), path: path.to_string(), stop }))
     }
 
     pub fn path(&self) -> &str {
