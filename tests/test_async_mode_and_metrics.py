@@ -114,3 +114,21 @@ def test_metrics_exposition(serve):
     stats = {s["name"]: s for s in server.stats()}
     assert stats["echo"]["requests"]["succeeded"] == 5
     assert stats["echo"]["latency"]["total"]["count"] == 5
+
+
+def test_pipeline_declared_async_replies_202_without_prefer(serve):
+    app = warmslot.App()
+
+    @app.pipeline("stripe", reply="async", key="customer")
+    def stripe(event, ctx):
+        ctx.state["n"] = ctx.state.get("n", 0) + 1
+        return {"n": ctx.state["n"]}
+
+    server, c = serve(app)
+    status, headers, body = c.post("stripe", {"customer": "cus_1"})
+    assert status == 202 and headers["location"] == "/executions/" + body["execution_id"]
+    deadline = time.time() + 5
+    rec = {}
+    while rec.get("status") != "succeeded" and time.time() < deadline:
+        rec = c.get(headers["location"])[2]
+    assert rec["result"] == {"n": 1}

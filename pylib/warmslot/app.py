@@ -95,6 +95,7 @@ class App:
         queue_size: int = 4096,
         max_batch: int = 64,
         signature: Optional[Signature] = None,
+        reply: str = "sync",
     ) -> Callable[[Any], Any]:
         """Registers a function or class as the pipeline ``name`` (default: its ``__name__``).
 
@@ -102,7 +103,9 @@ class App:
         field (or callable(event) -> str) whose events run one at a time, in order, sharing
         ``ctx.state``; ``timeout``: seconds from receipt to answer (504 after); ``setup``: called
         once per slot, its result is ``ctx.resources``; ``queue_size``: events that may wait
-        before 429; ``signature``: a webhook signature check (see ``warmslot.github_signature``).
+        before 429; ``signature``: a webhook signature check (see ``warmslot.github_signature``);
+        ``reply="async"`` answers every webhook 202 at once (providers that want a fast 2xx), as
+        ``Prefer: respond-async`` does per request.
         """
 
         def register(target: Any) -> Any:
@@ -128,6 +131,7 @@ class App:
                 queue_size=queue_size,
                 max_batch=max_batch,
                 signature=signature,
+                reply=reply,
             )
             return target
 

@@ -96,6 +96,7 @@ class PipelineSpec:
     queue_size: int
     max_batch: int
     signature: Optional[Signature]
+    reply: str = "sync"
     is_async: bool = field(init=False)
     is_class: bool = field(init=False)
     takes_ctx: bool = field(init=False)
@@ -114,6 +115,8 @@ class PipelineSpec:
             raise ValueError(
                 f"pipeline {self.name!r}: need 1 <= min_slots <= max_slots (got {self.min_slots}, {self.max_slots})"
             )
+        if self.reply not in ("sync", "async"):
+            raise ValueError(f"pipeline {self.name!r}: reply must be 'sync' or 'async', got {self.reply!r}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"pipeline {self.name!r}: timeout must be positive seconds or None")
 
@@ -149,4 +152,5 @@ class PipelineSpec:
             "max_batch": self.max_batch,
             "shared_mailbox": self.is_async,
             "signature": self.signature.as_config() if self.signature else None,
+            "reply_async": self.reply == "async",
         }

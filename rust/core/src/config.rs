@@ -48,6 +48,8 @@ pub struct PipelineConfig {
     /// All slots of an async pipeline share one mailbox that a single event-loop feeder drains.
     pub shared_mailbox: bool,
     pub signature: Option<SignatureSpec>,
+    /// Answer every webhook `202` at once (as if it carried `Prefer: respond-async`).
+    pub reply_async: bool,
 }
 
 impl PipelineConfig {
@@ -63,6 +65,7 @@ impl PipelineConfig {
             max_batch: 64,
             shared_mailbox: false,
             signature: None,
+            reply_async: false,
         }
     }
 }

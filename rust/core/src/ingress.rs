@@ -263,7 +263,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     let limit = cfg.max_body_bytes;
     let too_large = || format!("request body exceeds the {limit}-byte limit of pipeline {:?}", cfg.name);
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let is_async = wants_async(&req);
+    let is_async = cfg.reply_async || wants_async(&req);
     let (parts, body) = req.into_parts();
     if let Some(len) = declared.filter(|&len| len > limit as u64) {
         // Read and discard a moderately oversized body so the client sees the 413 instead of a

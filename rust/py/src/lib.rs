@@ -64,6 +64,7 @@ fn pipeline_config(d: &Bound<'_, PyDict>) -> PyResult<PipelineConfig> {
         p.max_batch = v;
     }
     p.shared_mailbox = get(d, "shared_mailbox")?.unwrap_or(false);
+    p.reply_async = get(d, "reply_async")?.unwrap_or(false);
     if let Some(sig) = get::<Bound<'_, PyDict>>(d, "signature")? {
         let secret: Vec<u8> = get(&sig, "secret")?.ok_or_else(|| PyValueError::new_err("signature needs a secret"))?;
         let tolerance = seconds(get(&sig, "tolerance")?)?.unwrap_or(Duration::from_secs(300));
