@@ -322,3 +322,20 @@ def test_serve_in_a_thread_stops_with_app_stop():
     t.join(10)
     assert not t.is_alive()
     assert app.server is None
+
+
+def test_multi_thread_io_runtime(serve):
+    app = warmslot.App(io_threads=2, spin_us=0)
+
+    @app.pipeline("echo", key="user", slots=2)
+    def echo(event, ctx):
+        ctx.state["n"] = ctx.state.get("n", 0) + 1
+        return ctx.state["n"]
+
+    server, _ = serve(app)
+
+    def client(i):
+        with Client(server.host, server.port) as c:
+            return [c.post("echo", {"user": f"u{i}"})[2] for _ in range(20)]
+
+    assert concurrently(4, client) == [list(range(1, 21))] * 4
