@@ -80,6 +80,7 @@ def test_unknown_pipeline_404_and_unknown_route(serve):
     msg, _ = error_of(c.post("nope", {}), 404, "unknown_pipeline")
     assert "nope" in msg
     error_of(c.get("/nowhere"), 404, "not_found")
+    assert c.request("POST", "/hooks/echo/?source=github", {"user": "t"})[0] == 200, "trailing slash, query"
     error_of(c.get("/executions/00000000000000000000"), 404, "unknown_execution")
     still_serving(c)
 

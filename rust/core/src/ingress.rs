@@ -120,6 +120,8 @@ pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: Arc<
 async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
     let path = req.uri().path();
     if let Some(name) = path.strip_prefix("/hooks/") {
+        // Webhook providers are often configured with a trailing slash: accept `/hooks/<name>/`.
+        let name = name.strip_suffix('/').unwrap_or(name);
         let Some(pipeline) = engine.pipeline(name) else {
             return error(StatusCode::NOT_FOUND, "unknown_pipeline", &format!("no pipeline named {name:?}"));
         };
