@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::config::{AppConfig, KeySpec};
 use crate::execution::{Execution, Job};
+use crate::ids::IdGenerator;
 use crate::metrics::{self, PipelineGauges, Quantiles};
 use crate::pipeline::Pipeline;
 use crate::records::Records;
@@ -81,7 +82,7 @@ pub struct Engine {
     records: Records,
     waker: Arc<SchedulerWaker>,
     node: u32,
-    next_id: AtomicU64,
+    ids: IdGenerator,
     key_fn: Option<Arc<dyn KeyFn>>,
     accepting: AtomicBool,
     running: Mutex<Option<Running>>,
@@ -131,7 +132,7 @@ impl Engine {
             by_name,
             waker,
             node,
-            next_id: AtomicU64::new(1),
+            ids: IdGenerator::default(),
             key_fn,
             accepting: AtomicBool::new(false),
             running: Mutex::new(None),
@@ -169,7 +170,7 @@ impl Engine {
         key: Option<Box<str>>,
         received: Instant,
     ) -> Execution {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.ids.next();
         let id_str = format!("{:08x}{:012x}", self.node, id).into_boxed_str();
         Execution::new(id, id_str, pipeline.clone(), key, received)
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod execution;
+pub mod ids;
 pub mod ingress;
 pub mod metrics;
 pub mod pipeline;
