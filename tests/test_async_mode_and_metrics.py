@@ -132,3 +132,34 @@ def test_pipeline_declared_async_replies_202_without_prefer(serve):
     while rec.get("status") != "succeeded" and time.time() < deadline:
         rec = c.get(headers["location"])[2]
     assert rec["result"] == {"n": 1}
+
+
+def test_metrics_parse_with_the_prometheus_client(serve):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    app = warmslot.App()
+
+    @app.pipeline("echo", key="user")
+    def echo(event, ctx):
+        return {}
+
+    server, c = serve(app)
+    for _ in range(3):
+        c.post("echo", {"user": "a"})
+    families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics")[2])}
+    assert families["warmslot_requests"].type == "counter"
+    assert families["warmslot_latency_seconds"].type == "summary"
+    assert families["warmslot_slots"].type == "gauge"
+    assert families["warmslot_ring_depth"].type == "gauge"
+    ok = [
+        s
+        for s in families["warmslot_requests"].samples
+        if s.labels == {"pipeline": "echo", "status": "succeeded"} and s.name == "warmslot_requests_total"
+    ]
+    assert ok and ok[0].value == 3
+    quantiles = {
+        s.labels["quantile"]
+        for s in families["warmslot_latency_seconds"].samples
+        if s.labels.get("phase") == "total" and "quantile" in s.labels
+    }
+    assert quantiles == {"0.5", "0.95", "0.99"}
