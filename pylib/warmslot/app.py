@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional
 
 from . import _core, _json
 from .predictor import Autoscaler
@@ -301,6 +301,3 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<warmslot.Server {self.url} pipelines={list(self.app.pipelines)}>"
-
-
-SignatureLike = Union[Signature, None]
