@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -20,56 +20,14 @@ use tokio::sync::{Notify, Semaphore};
 use crate::config::KeySpec;
 use crate::engine::Engine;
 use crate::event::{self, EventError};
-use crate::execution::{Execution, Job, Outcome, Status, Timings};
+use crate::execution::{Job, Status};
 use crate::pipeline::Pipeline;
+use crate::responses::{error, execution, healthz, json, json_str, reply, status_for, HttpResponse, EXECUTION_ID};
 use crate::signature;
 
-pub type HttpResponse = Response<Full<Bytes>>;
-
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
-const EXECUTION_ID: &str = "x-warmslot-execution-id";
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Oversized bodies up to this size are read and discarded before the 413 (see `hook`).
 const DRAIN_CAP: u64 = 8 << 20;
-
-/// Escapes `s` as a JSON string literal.
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
-}
-
-/// `{"error": {"code": ..., "message": ...}}` with the given status.
-pub fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    let body = format!("{{\"error\":{{\"code\":{},\"message\":{}}}}}", json_str(code), json_str(message));
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, JSON);
-    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    resp
-}
-
-fn json(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, JSON);
-    resp
-}
-
-/// Maps an error code of the contract to its HTTP status.
-pub fn status_for(code: &str) -> StatusCode {
-    match code {
-        "invalid_json" | "invalid_key" | "bad_request" => StatusCode::BAD_REQUEST,
-        "bad_signature" => StatusCode::UNAUTHORIZED,
-        "unknown_pipeline" | "not_found" => StatusCode::NOT_FOUND,
-        "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
-        "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "overloaded" => StatusCode::TOO_MANY_REQUESTS,
-        "pipeline_timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
 
 /// Accepts connections until `stop` fires, then lets open connections finish their current
 /// request (hyper's graceful shutdown) for at most `grace`.
@@ -162,87 +120,6 @@ async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
             None => error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
         },
     }
-}
-
-fn healthz(engine: &Engine) -> HttpResponse {
-    let mut body = String::from("{\"status\":");
-    let ready = engine.is_ready();
-    body.push_str(if ready { "\"ok\"" } else { "\"warming\"" });
-    body.push_str(",\"pipelines\":{");
-    for (i, p) in engine.pipelines().iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&format!(
-            "{}:{{\"warm_slots\":{},\"min_slots\":{},\"ready\":{}}}",
-            json_str(p.name()),
-            p.slots.warm_count(),
-            p.config.min_slots,
-            p.is_ready()
-        ));
-    }
-    body.push_str("}}");
-    json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
-}
-
-fn timings_json(t: &Timings) -> String {
-    format!(
-        "{{\"queue_us\":{},\"run_us\":{},\"commit_us\":{},\"total_us\":{}}}",
-        t.queue_us, t.run_us, t.commit_us, t.total_us
-    )
-}
-
-/// The record of one execution as JSON.
-pub fn execution_json(exec: &Execution) -> String {
-    let status = exec.status();
-    let mut s = format!(
-        "{{\"id\":{},\"pipeline\":{},\"key\":{},\"status\":\"{}\",\"received_at\":{}",
-        json_str(&exec.id_str),
-        json_str(exec.pipeline.name()),
-        exec.key.as_deref().map_or_else(|| "null".to_string(), json_str),
-        status.as_str(),
-        exec.received_unix,
-    );
-    match exec.outcome().filter(|_| status.is_final()) {
-        Some((Outcome::Succeeded(reply), t)) => {
-            s.push_str(",\"result\":");
-            s.push_str(std::str::from_utf8(reply).unwrap_or("null"));
-            s.push_str(",\"timings\":");
-            s.push_str(&timings_json(t));
-        }
-        Some((Outcome::Failed { code, message }, t)) => {
-            s.push_str(&format!(",\"error\":{{\"code\":{},\"message\":{}}}", json_str(code), json_str(message)));
-            s.push_str(",\"timings\":");
-            s.push_str(&timings_json(t));
-        }
-        Some((Outcome::TimedOut { message }, t)) => {
-            s.push_str(&format!(",\"error\":{{\"code\":\"pipeline_timeout\",\"message\":{}}}", json_str(message)));
-            s.push_str(",\"timings\":");
-            s.push_str(&timings_json(t));
-        }
-        None => s.push_str(",\"timings\":null"),
-    }
-    s.push('}');
-    s
-}
-
-fn execution(engine: &Engine, id: &str) -> HttpResponse {
-    match engine.execution(id) {
-        Some(exec) => json(StatusCode::OK, execution_json(&exec)),
-        None => error(StatusCode::NOT_FOUND, "unknown_execution", &format!("no execution {id:?} (unknown or evicted)")),
-    }
-}
-
-fn reply(exec: &Execution, outcome: &Outcome) -> HttpResponse {
-    let mut resp = match outcome {
-        Outcome::Succeeded(body) => json(StatusCode::OK, body.clone()),
-        Outcome::Failed { code, message } => error(status_for(code), code, message),
-        Outcome::TimedOut { message } => error(StatusCode::GATEWAY_TIMEOUT, "pipeline_timeout", message),
-    };
-    if let Ok(v) = HeaderValue::from_str(&exec.id_str) {
-        resp.headers_mut().insert(EXECUTION_ID, v);
-    }
-    resp
 }
 
 /// `Prefer: respond-async` (RFC 7240: comma-separated preferences, names case-insensitive).

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod records;
 pub mod redis_store;
+pub mod responses;
 pub mod ring;
 pub mod scheduler;
 pub mod signature;

@@ -217,7 +217,7 @@ impl Core {
 
     /// The record of an execution as JSON text, or None if unknown or evicted.
     fn execution(&self, id: &str) -> Option<String> {
-        self.engine.execution(id).map(|e| warmslot_core::ingress::execution_json(&e))
+        self.engine.execution(id).map(|e| warmslot_core::responses::execution_json(&e))
     }
 
     /// Cheap per-pipeline counters for the predictor: (ring_depth, inflight, slots_warm,
