@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
@@ -34,6 +35,17 @@ def redis_url():
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+def redis_command(url: str, *args: str):
+    """Sends one command over RESP to the test's redis-server and returns the raw reply."""
+    import socket
+
+    host, port = url[len("redis://") :].split("/")[0].split(":")
+    payload = f"*{len(args)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(payload)
+        return sock.recv(65536)
 
 
 def make_app(url: str) -> warmslot.App:
@@ -92,3 +104,52 @@ def test_state_survives_a_restart_of_the_server(redis_url):
 def test_unreachable_redis_is_a_clear_error():
     with pytest.raises(OSError, match="cannot reach redis"):
         make_app(f"redis://127.0.0.1:{free_port()}/0").start("127.0.0.1", 0)
+
+
+def test_dead_pooled_connections_are_replaced(redis_url):
+    with make_app(redis_url).start("127.0.0.1", 0) as server, Client(server.host, server.port) as c:
+        assert c.post("ledger", {"account": "k", "amount": 1})[2] == 1
+        # Every warmslot connection to Redis dies (as after a Redis restart or an idle-client kill).
+        assert redis_command(redis_url, "CLIENT", "KILL", "TYPE", "normal").startswith(b":")
+        assert c.post("ledger", {"account": "k", "amount": 1})[0:3:2] == (200, 2)
+        assert c.post("ledger", {"account": "k", "amount": 1})[0:3:2] == (200, 3)
+
+
+def test_a_run_whose_deadline_passed_waiting_for_the_lease_does_not_run(redis_url):
+    app = warmslot.App(state=redis_url)
+    ran = []
+
+    @app.pipeline("p", key="k", timeout=0.3)
+    def p(event, ctx):
+        ran.append(event["n"])
+        ctx.state["n"] = event["n"]
+        return ctx.state
+
+    @app.pipeline("a", key="k", slots=4, timeout=5.0)
+    async def a(event, ctx):
+        return {"k": ctx.key}
+
+    with app.start("127.0.0.1", 0) as server, Client(server.host, server.port) as c:
+        # Another process holds key x for 1 s.
+        redis_command(redis_url, "SET", "warmslot:p:lock:x", "other-node", "PX", "1000")
+        status, _, body = c.post("p", {"k": "x", "n": 1})
+        assert status == 504 and body["error"]["code"] == "pipeline_timeout"
+        time.sleep(1.0)
+        assert ran == [], "a pipeline whose client was already answered 504 must not run"
+        assert c.post("p", {"k": "x", "n": 2})[0:3:2] == (200, {"n": 2})
+        # On an async pipeline, a key locked elsewhere does not hold up the other keys.
+        redis_command(redis_url, "SET", "warmslot:a:lock:busy", "other-node", "PX", "1500")
+        results = {}
+
+        def slow():
+            with Client(server.host, server.port) as other:
+                results["busy"] = other.post("a", {"k": "busy"})[0]
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        assert c.post("a", {"k": "free"})[0:3:2] == (200, {"k": "free"})
+        assert time.monotonic() - t0 < 0.8, "the event loop must not wait for another key's lease"
+        t.join(5)
+        assert results["busy"] == 200

@@ -139,3 +139,34 @@ def test_prefer_header_is_parsed_case_insensitively(serve):
     assert c.post("p", {}, {"Prefer": "Respond-Async"})[0] == 202
     assert c.post("p", {}, {"Prefer": "wait=10, respond-async"})[0] == 202
     assert c.post("p", {}, {"Prefer": 'handling=lenient; foo="respond-async"'})[0] == 200
+
+
+def test_a_run_still_going_at_shutdown_is_answered_503_and_commits_nothing():
+    app = warmslot.App()
+    done = threading.Event()
+
+    @app.pipeline("long", key="k", timeout=None)
+    def long(event, ctx):
+        ctx.state["touched"] = True
+        time.sleep(3.5)
+        done.set()
+        return {}
+
+    server = app.start("127.0.0.1", 0)
+    result = {}
+
+    def client():
+        with Client(server.host, server.port) as c:
+            try:
+                result["r"] = c.post("long", {"k": "a"})
+            except Exception as exc:
+                result["r"] = repr(exc)
+
+    t = threading.Thread(target=client)
+    t.start()
+    time.sleep(0.2)
+    server.stop(drain=0.2)
+    t.join(10)
+    status, _, body = result["r"]
+    assert status == 503 and body["error"]["code"] == "shutting_down", result
+    done.wait(5)

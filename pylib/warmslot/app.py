@@ -227,7 +227,10 @@ class Server:
         self.host, self.port = self._core.start()
         self._stopped = False
         self._lock = threading.Lock()
-        self.runtimes = [PipelineRuntime(self._core, i, s, app.debug, app.spin_us) for i, s in enumerate(specs)]
+        blocking = app.state != "memory" and (app.sqlite_path is not None or app.state.startswith("redis://"))
+        self.runtimes = [
+            PipelineRuntime(self._core, i, s, app.debug, app.spin_us, blocking) for i, s in enumerate(specs)
+        ]
         for rt in self.runtimes:
             rt.start()
         self.autoscaler = Autoscaler(self._core, self.runtimes)

@@ -153,7 +153,7 @@ class Autoscaler:
         for i, (rt, pred, counters) in enumerate(zip(self.runtimes, self.predictors, self.core.load())):
             target = pred.observe(Sample(now, *counters))
             self.core.set_prediction(i, target, pred.forecast)
-            if target > rt.started and rt.starting <= 0:
+            if target > rt.started and rt.starting <= 0 and not rt.growth_paused():
                 # One batch of new slots at a time: the next tick sees them warm (or failing).
                 rt.grow(target)
 

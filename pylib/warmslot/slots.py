@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import traceback
 from typing import Any, Callable, List, Optional
 
@@ -41,6 +42,9 @@ def _error_message(exc: BaseException, debug: bool) -> str:
     return msg.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+_SKIP = object()
+
+
 class _Raised:
     """A BaseException caught inside an async pipeline, carried out of its task as a value."""
 
@@ -53,12 +57,18 @@ class _Raised:
 class PipelineRuntime:
     """The slots of one pipeline inside a running server."""
 
-    def __init__(self, core: Any, index: int, spec: PipelineSpec, debug: bool, spin_us: int = 50) -> None:
+    def __init__(
+        self, core: Any, index: int, spec: PipelineSpec, debug: bool, spin_us: int = 50, blocking_store: bool = False
+    ) -> None:
         self.core = core
         self.index = index
         self.spec = spec
         self.debug = debug
         self.spin_us = spin_us
+        # The state store does I/O (SQLite, Redis): event-loop slots run its calls in a thread.
+        self.blocking_store = blocking_store
+        self._failed_at = 0.0  # monotonic time of the last failed warm-up
+        self._failures = 0
         self.threads: List[threading.Thread] = []
         self.warm = 0
         self.errors: List[str] = []
@@ -126,39 +136,54 @@ class PipelineRuntime:
         return len(new)
 
     def join(self, deadline: float) -> None:
-        import time
-
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
     def _slot_failed(self, slot: int, exc: BaseException) -> None:
         msg = f"slot {slot} of pipeline {self.spec.name!r} failed to warm up: {_error_message(exc, False)}"
-        self.errors.append(msg)
+        if len(self.errors) < 20:
+            self.errors.append(msg)
         log.error(msg, exc_info=exc)
+        with self._lock:
+            self._failures += 1
+            self._failed_at = time.monotonic()
         self._slot_gone(slot, warm=False)
 
+    def growth_paused(self) -> bool:
+        """After failed warm-ups, wait 0.5 s, doubling per failure up to 30 s, before growing."""
+        if not self._failures:
+            return False
+        backoff = min(30.0, 0.5 * 2 ** min(self._failures - 1, 6))
+        return time.monotonic() - self._failed_at < backoff
+
     def _slot_gone(self, slot: int, warm: bool) -> None:
+        if warm:
+            self.core.mark_cold(self.index, slot)  # before the index can be reused
         with self._lock:
             if warm:
                 self.warm -= 1
             else:
                 self._starting -= 1
             self._free.append(slot)
-        if warm:
-            self.core.mark_cold(self.index, slot)
 
     def _mark_warm(self, slot: int) -> None:
         with self._lock:
             self.warm += 1
             self._starting -= 1
+            self._failures = 0
         self.core.mark_warm(self.index, slot)
 
     # -- one event ------------------------------------------------------------------------------
-    def _prepare(self, job: Any, resources: Any) -> Optional[tuple]:
+    @staticmethod
+    def _begin(job: Any) -> Any:
+        """The key's committed state (bytes or None), or _SKIP when the job is already answered
+        (timed out while queued, state store failure, shutting down)."""
         try:
-            raw_state = job.begin()
+            return job.begin()
         except (TimeoutError, RuntimeError):
-            return None  # timed out while queued, state store failed, or shutting down: answered
+            return _SKIP
+
+    def _prepare(self, job: Any, resources: Any, raw_state: Any) -> Optional[tuple]:
         try:
             event = _json.loads(job.body)
             state = _json.loads(raw_state) if raw_state is not None else {}
@@ -176,25 +201,25 @@ class PipelineRuntime:
             )
         return event, Context(job, state, key, resources, self.spec.name)
 
-    def _finish(self, job: Any, result: Any, ctx: Context) -> None:
+    def _encode(self, job: Any, result: Any, ctx: Context) -> Optional[tuple]:
+        """(reply, new_state) as JSON bytes, or None after failing the job (not JSON)."""
         try:
             reply = _json.dumps(result)
         except Exception as exc:
-            job.fail(
-                "pipeline_error", f"the return value of pipeline {self.spec.name!r} is not JSON: {_safe_text(exc)}"
-            )
-            return
+            name = self.spec.name
+            job.fail("pipeline_error", f"the return value of pipeline {name!r} is not JSON: {_safe_text(exc)}")
+            return None
         new_state = None
         if ctx.key is not None:
             if not isinstance(ctx.state, dict):
                 job.fail("pipeline_error", f"ctx.state must stay a dict, got {type(ctx.state).__name__}")
-                return
+                return None
             try:
                 new_state = _json.dumps(ctx.state)
             except Exception as exc:
                 job.fail("pipeline_error", f"ctx.state of pipeline {self.spec.name!r} is not JSON: {_safe_text(exc)}")
-                return
-        job.succeed(reply, new_state)
+                return None
+        return reply, new_state
 
     def _failed(self, job: Any, exc: BaseException) -> None:
         try:
@@ -214,7 +239,10 @@ class PipelineRuntime:
 
     # -- sync slots: one thread each -------------------------------------------------------------
     def _run_sync(self, job: Any, target: Any, resources: Any) -> None:
-        prepared = self._prepare(job, resources)
+        raw_state = self._begin(job)
+        if raw_state is _SKIP:
+            return
+        prepared = self._prepare(job, resources, raw_state)
         if prepared is None:
             return
         event, ctx = prepared
@@ -226,7 +254,9 @@ class PipelineRuntime:
         except BaseException as exc:
             self._failed(job, exc)
             return
-        self._finish(job, result, ctx)
+        encoded = self._encode(job, result, ctx)
+        if encoded is not None:
+            job.succeed(*encoded)
 
     def _sync_slot(self, slot: int) -> None:
         try:
@@ -346,7 +376,14 @@ class PipelineRuntime:
             return _Raised(exc)
 
     async def _run_async(self, job: Any, target: Any, resources: Any) -> None:
-        prepared = self._prepare(job, resources)
+        loop = asyncio.get_running_loop()
+        if self.blocking_store:
+            raw_state = await loop.run_in_executor(None, self._begin, job)
+        else:
+            raw_state = self._begin(job)
+        if raw_state is _SKIP:
+            return
+        prepared = self._prepare(job, resources, raw_state)
         if prepared is None:
             return
         event, ctx = prepared
@@ -379,4 +416,10 @@ class PipelineRuntime:
         if isinstance(result, _Raised):
             self._failed(job, result.exc)
             return
-        self._finish(job, result, ctx)
+        encoded = self._encode(job, result, ctx)
+        if encoded is None:
+            return
+        if self.blocking_store:
+            await loop.run_in_executor(None, job.succeed, *encoded)
+        else:
+            job.succeed(*encoded)

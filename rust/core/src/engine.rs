@@ -181,7 +181,7 @@ impl Engine {
 
     /// Looks up an execution by its public id.
     pub fn execution(&self, id: &str) -> Option<Arc<Execution>> {
-        if id.len() != 20 || !id.is_ascii() {
+        if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return None;
         }
         let node = u32::from_str_radix(&id[..8], 16).ok()?;
@@ -276,6 +276,11 @@ impl Engine {
         let _ = running.scheduler.join();
         // Let the slots answer what their mailboxes still hold before the connections close.
         wait_idle(Duration::from_secs(2));
+        // A run still going now (a slow sync pipeline) cannot be interrupted: answer its client
+        // 503 while the connection is open; its late result is discarded, nothing committed.
+        for exec in self.records.unfinished() {
+            exec.abandon("shutting_down", "the server stopped before this execution finished".into());
+        }
         running.stop_io.notify_one();
         let _ = running.io.join();
     }

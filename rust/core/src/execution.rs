@@ -167,9 +167,19 @@ impl Execution {
         }
     }
 
-    /// Fails an execution that will never run (shutdown with events still queued).
+    /// Fails an execution that will not be answered otherwise (shutdown): a queued one, or one
+    /// still running past the drain (its late result is then discarded, nothing committed).
     pub fn abandon(&self, code: &'static str, message: String) -> bool {
-        if !self.claim(&[Status::Queued, Status::Running]) {
+        self.abandon_from(&[Status::Queued, Status::Running], code, message)
+    }
+
+    /// Fails an execution only if no slot has started it yet.
+    pub fn abandon_queued(&self, code: &'static str, message: String) -> bool {
+        self.abandon_from(&[Status::Queued], code, message)
+    }
+
+    fn abandon_from(&self, from: &[Status], code: &'static str, message: String) -> bool {
+        if !self.claim(from) {
             return false;
         }
         let total_us = self.received.elapsed().as_micros() as u64;
@@ -231,7 +241,7 @@ impl Job {
     /// Moves the execution to `running` and loads the key's state (None when the key has none yet).
     pub fn begin(&mut self) -> Result<Option<Bytes>, BeginError> {
         if self.exec.pipeline.is_closed() {
-            self.exec.abandon("shutting_down", "the server stopped before this execution could run".into());
+            self.exec.abandon_queued("shutting_down", "the server stopped before this execution could run".into());
             return Err(BeginError::Closed);
         }
         if !self.exec.transition(Status::Queued, Status::Running) {
@@ -244,6 +254,11 @@ impl Job {
         match self.exec.pipeline.store.load(key) {
             Ok(state) => {
                 self.holds_state = true;
+                if self.exec.status() != Status::Running {
+                    // The deadline passed while the store waited (a key locked by another
+                    // process): do not run a pipeline whose client was already answered 504.
+                    return Err(BeginError::TimedOut); // dropping the job releases the lease
+                }
                 Ok(state)
             }
             Err(e) => {

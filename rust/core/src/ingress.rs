@@ -206,7 +206,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     // Either that drain sees this job, or we see `closed` here and answer it ourselves.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     if pipeline.is_closed() {
-        exec.abandon("shutting_down", "the server is shutting down".into());
+        exec.abandon_queued("shutting_down", "the server is shutting down".into());
     }
 
     if is_async {

@@ -36,6 +36,12 @@ impl Records {
         self.inner.lock().unwrap().by_id.get(&id).cloned()
     }
 
+    /// Recorded executions without a final outcome yet.
+    pub fn unfinished(&self) -> Vec<Arc<Execution>> {
+        let inner = self.inner.lock().unwrap();
+        inner.by_id.values().filter(|e| !e.status().is_final()).cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap().order.len()
     }

@@ -18,8 +18,10 @@ use redis::{Connection, Script};
 use crate::state::{StateStore, StoreError};
 
 // Takes the lease and reads the state in one round trip: {1, state or false}, or {0, false}.
+// Holding the lease already counts (a retry after a lost reply).
 const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('GET', KEYS[1]) == ARGV[1] or redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, redis.call('GET', KEYS[2])}
 end
 return {0, false}";
@@ -30,6 +32,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return 1
 end
+if redis.call('GET', KEYS[2]) == ARGV[2] then
+  return 2
+end
 return 0";
 
 const RELEASE: &str = r"
@@ -37,6 +42,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0";
+
+/// Connect, read and write timeout of every Redis call.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn err(e: redis::RedisError) -> StoreError {
     StoreError(format!("redis: {e}"))
@@ -59,7 +67,7 @@ impl RedisDb {
     pub fn open(url: &str) -> Result<Arc<RedisDb>, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError(format!("invalid redis URL {url:?}: {e}")))?;
         let mut conn = client
-            .get_connection_with_timeout(Duration::from_secs(5))
+            .get_connection_with_timeout(IO_TIMEOUT)
             .map_err(|e| StoreError(format!("cannot reach redis at {url}: {e}")))?;
         redis::cmd("PING").query::<String>(&mut conn).map_err(|e| StoreError(format!("redis at {url}: {e}")))?;
         let seed =
@@ -80,14 +88,32 @@ impl RedisDb {
         &self.url
     }
 
-    /// Runs `f` on a pooled connection; a connection that errored is dropped, not reused.
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, StoreError> {
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let conn = self.client.get_connection_with_timeout(IO_TIMEOUT).map_err(err)?;
+        // A Redis that stops answering must not hold a slot forever.
+        conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(err)?;
+        conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(err)?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a pooled connection. A pooled connection that turns out dead (server restarted,
+    /// idle client killed) is dropped and `f` runs once more on a fresh one; every script here is
+    /// safe to repeat (see `ACQUIRE` and `COMMIT`). Connections that errored are never reused.
+    fn with_conn<T>(&self, mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>) -> Result<T, StoreError> {
         let pooled = self.pool.lock().unwrap().pop();
+        let was_pooled = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
-            None => self.client.get_connection_with_timeout(Duration::from_secs(5)).map_err(err)?,
+            None => self.connect()?,
         };
-        let out = f(&mut conn).map_err(err)?;
+        let out = match f(&mut conn) {
+            Ok(v) => v,
+            Err(e) if was_pooled && (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout() => {
+                conn = self.connect()?;
+                f(&mut conn).map_err(err)?
+            }
+            Err(e) => return Err(err(e)),
+        };
         self.pool.lock().unwrap().push(conn);
         Ok(out)
     }
@@ -148,15 +174,19 @@ impl StateStore for RedisStore {
             return Err(StoreError(format!("no lease held on key {key:?}")));
         };
         let (lock, state) = (self.lock_key(key), self.state_key(key));
-        let ok: i64 =
-            self.db.with_conn(|c| self.db.commit.key(&lock).key(&state).arg(&token).arg(&value[..]).invoke(c))?;
-        if ok == 1 {
-            Ok(())
-        } else {
-            Err(StoreError(format!(
+        let outcome: Result<i64, StoreError> =
+            self.db.with_conn(|c| self.db.commit.key(&lock).key(&state).arg(&token).arg(&value[..]).invoke(c));
+        match outcome {
+            Ok(1 | 2) => Ok(()),
+            Ok(_) => Err(StoreError(format!(
                 "the lease on key {key:?} expired before the commit (run longer than {} ms); nothing committed",
                 self.lease.as_millis()
-            )))
+            ))),
+            Err(e) => {
+                // Do not leave the key locked for the rest of the lease.
+                let _ = self.db.with_conn(|c| self.db.release.key(&lock).arg(&token).invoke::<i64>(c));
+                Err(e)
+            }
         }
     }
 
