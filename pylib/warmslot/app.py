@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _core, _json
 from .predictor import Autoscaler
@@ -27,16 +27,18 @@ def _stop_all() -> None:
         server.stop(drain=1.0)
 
 
-def _parse_state(state: str) -> Optional[str]:
-    """Returns None for the in-memory and Redis stores, or the SQLite database path."""
-    if state in ("memory", "memory://", "") or state.startswith("redis://"):
-        return None
+def _parse_state(state: str) -> Tuple[Optional[str], Optional[str]]:
+    """(SQLite database path, Redis URL); both None for the in-memory store."""
+    if state in ("memory", "memory://", ""):
+        return None, None
+    if state.startswith("redis://"):
+        return None, state
     if state.startswith("sqlite://"):
         # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db,
         # and plain sqlite:// for a private in-memory database.
         rest = state[len("sqlite://") :]
         path = rest[1:] if rest.startswith("/") else rest
-        return path or ":memory:"
+        return path or ":memory:", None
     raise ValueError(
         f"state={state!r} is not a known store; use 'memory', 'sqlite:///path.db' or 'redis://host:6379/0'"
     )
@@ -69,7 +71,7 @@ class App:
         spin_us: int = 50,
     ) -> None:
         self.state = state
-        self.sqlite_path = _parse_state(state)
+        self.sqlite_path, self.redis_url = _parse_state(state)
         self.debug = debug
         self.max_body_bytes = max_body_bytes
         self.max_records = max_records
@@ -218,7 +220,7 @@ class Server:
             "max_connections": app.max_connections,
             "spin_us": app.spin_us,
             "sqlite_path": app.sqlite_path,
-            "redis_url": app.state if app.state.startswith("redis://") else None,
+            "redis_url": app.redis_url,
         }
         key_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
             _key_fn(s.key) if callable(s.key) else None for s in specs
@@ -227,7 +229,7 @@ class Server:
         self.host, self.port = self._core.start()
         self._stopped = False
         self._lock = threading.Lock()
-        blocking = app.state != "memory" and (app.sqlite_path is not None or app.state.startswith("redis://"))
+        blocking = app.sqlite_path is not None or app.redis_url is not None  # stores that do I/O
         self.runtimes = [
             PipelineRuntime(self._core, i, s, app.debug, app.spin_us, blocking) for i, s in enumerate(specs)
         ]

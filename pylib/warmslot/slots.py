@@ -70,7 +70,6 @@ class PipelineRuntime:
         self._failed_at = 0.0  # monotonic time of the last failed warm-up
         self._failures = 0
         self.threads: List[threading.Thread] = []
-        self.warm = 0
         self.errors: List[str] = []
         self._lock = threading.Lock()
         self._next_slot = 0  # slot indexes handed out so far
@@ -160,15 +159,12 @@ class PipelineRuntime:
         if warm:
             self.core.mark_cold(self.index, slot)  # before the index can be reused
         with self._lock:
-            if warm:
-                self.warm -= 1
-            else:
+            if not warm:
                 self._starting -= 1
             self._free.append(slot)
 
     def _mark_warm(self, slot: int) -> None:
         with self._lock:
-            self.warm += 1
             self._starting -= 1
             self._failures = 0
         self.core.mark_warm(self.index, slot)
@@ -184,6 +180,9 @@ class PipelineRuntime:
             return _SKIP
 
     def _prepare(self, job: Any, resources: Any, raw_state: Any) -> Optional[tuple]:
+        """(event, ctx) from what `_begin` returned, or None when there is nothing to run."""
+        if raw_state is _SKIP:
+            return None
         try:
             event = _json.loads(job.body)
             state = _json.loads(raw_state) if raw_state is not None else {}
@@ -239,10 +238,7 @@ class PipelineRuntime:
 
     # -- sync slots: one thread each -------------------------------------------------------------
     def _run_sync(self, job: Any, target: Any, resources: Any) -> None:
-        raw_state = self._begin(job)
-        if raw_state is _SKIP:
-            return
-        prepared = self._prepare(job, resources, raw_state)
+        prepared = self._prepare(job, resources, self._begin(job))
         if prepared is None:
             return
         event, ctx = prepared
@@ -381,8 +377,6 @@ class PipelineRuntime:
             raw_state = await loop.run_in_executor(None, self._begin, job)
         else:
             raw_state = self._begin(job)
-        if raw_state is _SKIP:
-            return
         prepared = self._prepare(job, resources, raw_state)
         if prepared is None:
             return

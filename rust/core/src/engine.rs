@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 use tokio::sync::Notify;
 
-use crate::config::{AppConfig, KeySpec};
+use crate::config::{AppConfig, KeySpec, PipelineConfig};
 use crate::execution::{Execution, Job};
 use crate::ids::IdGenerator;
 use crate::metrics::{self, PipelineGauges, Quantiles};
@@ -20,8 +20,8 @@ use crate::records::Records;
 use crate::scheduler::{Scheduler, SchedulerWaker};
 use crate::state::StateStore;
 
-/// Opens the state store of the pipeline with the given name.
-pub type StoreFactory = dyn Fn(&str) -> Result<Arc<dyn StateStore>, String>;
+/// Opens the state store of a pipeline (a store may size per-pipeline limits from its config).
+pub type StoreFactory = dyn Fn(&PipelineConfig) -> Result<Arc<dyn StateStore>, String>;
 
 /// Computes ordering keys that the configuration cannot express as a field (a host-language
 /// callable). Runs on the ingress thread, so it should be quick.
@@ -120,7 +120,7 @@ impl Engine {
                     p.name
                 )));
             }
-            let store = store_for(&p.name).map_err(EngineError::Config)?;
+            let store = store_for(p).map_err(EngineError::Config)?;
             pipelines.push(Arc::new(Pipeline::new(i, p.clone(), store, waker.clone())));
         }
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
@@ -357,7 +357,7 @@ mod tests {
         let mut p = PipelineConfig::new("count");
         p.key = KeySpec::Field("user".into());
         let config = AppConfig { port: 0, pipelines: vec![p], ..AppConfig::default() };
-        let store = |_: &str| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
+        let store = |_: &PipelineConfig| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
         let engine = Engine::new(config, &store, None).unwrap();
         let addr = engine.start().unwrap();
         assert_eq!(request(addr, "GET", "/healthz", "").0, 503, "no warm slot yet");

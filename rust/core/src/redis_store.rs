@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redis::{Connection, Script};
 
+use crate::config::PipelineConfig;
 use crate::state::{StateStore, StoreError};
 
 // Takes the lease and reads the state in one round trip: {1, state or false}, or {0, false}.
@@ -45,6 +46,12 @@ return 0";
 
 /// Connect, read and write timeout of every Redis call.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one execution of `pipeline` may hold a key: past its deadline (so only a hung run
+/// loses the lease), or 60 s for pipelines without a timeout.
+pub fn lease_for(pipeline: &PipelineConfig) -> Duration {
+    pipeline.timeout.map_or(Duration::from_secs(60), |t| t + Duration::from_secs(5))
+}
 
 fn err(e: redis::RedisError) -> StoreError {
     StoreError(format!("redis: {e}"))
@@ -145,6 +152,12 @@ impl RedisStore {
     fn state_key(&self, key: &str) -> String {
         format!("{}:state:{key}", self.prefix)
     }
+
+    /// Drops our lease on `key` if we still hold it (the script checks the token).
+    fn release_lease(&self, key: &str, token: &str) {
+        let lock = self.lock_key(key);
+        let _ = self.db.with_conn(|c| self.db.release.key(&lock).arg(token).invoke::<i64>(c));
+    }
 }
 
 impl StateStore for RedisStore {
@@ -184,7 +197,7 @@ impl StateStore for RedisStore {
             ))),
             Err(e) => {
                 // Do not leave the key locked for the rest of the lease.
-                let _ = self.db.with_conn(|c| self.db.release.key(&lock).arg(&token).invoke::<i64>(c));
+                self.release_lease(key, &token);
                 Err(e)
             }
         }
@@ -192,8 +205,7 @@ impl StateStore for RedisStore {
 
     fn release(&self, key: &str) {
         if let Some(token) = self.held.lock().unwrap().remove(key) {
-            let lock = self.lock_key(key);
-            let _ = self.db.with_conn(|c| self.db.release.key(&lock).arg(&token).invoke::<i64>(c));
+            self.release_lease(key, &token);
         }
     }
 

@@ -29,6 +29,14 @@ impl PyJob {
     }
 }
 
+/// Whether the job's state store does I/O (SQLite, Redis): then its calls run without the GIL so
+/// other slots go on.
+// NOTE: the in-memory store answers in well under a microsecond, less than a detach and re-attach
+// costs, so it keeps the GIL.
+fn store_does_io(job: &Job) -> bool {
+    job.exec.pipeline.store.kind() != "memory"
+}
+
 fn as_static(code: &str) -> &'static str {
     match code {
         "pipeline_error" => "pipeline_error",
@@ -87,9 +95,7 @@ impl PyJob {
     /// could not be loaded or the server stopped first (then skip the run: it is answered).
     fn begin<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let job = self.job_mut()?;
-        // NOTE: the in-memory store answers in well under a microsecond, less than a detach and
-        // re-attach cost; a store that does I/O (SQLite) runs without the GIL so other slots go on.
-        let result = if job.exec.pipeline.store.kind() == "memory" { job.begin() } else { py.detach(|| job.begin()) };
+        let result = if store_does_io(job) { py.detach(|| job.begin()) } else { job.begin() };
         match result {
             Ok(state) => Ok(state.map(|s| PyBytes::new(py, &s))),
             Err(BeginError::TimedOut) => {
@@ -113,10 +119,10 @@ impl PyJob {
     fn succeed(&mut self, py: Python<'_>, reply: &[u8], state: Option<&[u8]>) -> PyResult<bool> {
         let mut job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
         let (reply, state) = (Bytes::copy_from_slice(reply), state.map(Bytes::copy_from_slice));
-        if job.exec.pipeline.store.kind() == "memory" {
-            Ok(job.succeed(reply, state))
-        } else {
+        if store_does_io(&job) {
             Ok(py.detach(move || job.succeed(reply, state)))
+        } else {
+            Ok(job.succeed(reply, state))
         }
     }
 

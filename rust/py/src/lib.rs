@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
+use warmslot_core::redis_store::lease_for;
 use warmslot_core::{
     AppConfig, Engine, EngineError, KeyFn, KeySpec, MemoryStore, PipelineConfig, RedisDb, SignatureScheme,
     SignatureSpec, SqliteDb, StateStore,
@@ -137,27 +138,20 @@ impl Core {
         }
         let key_fn: Option<Arc<dyn KeyFn>> =
             if key_fns.iter().any(Option::is_some) { Some(Arc::new(PyKeyFn { callables: key_fns })) } else { None };
-        // A key's Redis lease outlives its execution's deadline, so only a hung run loses it.
-        let leases: std::collections::HashMap<String, Duration> = config
-            .pipelines
-            .iter()
-            .map(|p| (p.name.clone(), p.timeout.map_or(Duration::from_secs(60), |t| t + Duration::from_secs(5))))
-            .collect();
-        let redis_url = get::<String>(app, "redis_url")?;
-        let engine = match get::<String>(app, "sqlite_path")? {
-            _ if redis_url.is_some() => {
-                let url = redis_url.unwrap_or_default();
-                let db = RedisDb::open(&url).map_err(|e| PyOSError::new_err(e.to_string()))?;
-                let store_for = move |name: &str| Ok(db.store(name, leases[name]));
+        let store_err = |e: warmslot_core::StoreError| PyOSError::new_err(e.to_string());
+        let engine = match (get::<String>(app, "redis_url")?, get::<String>(app, "sqlite_path")?) {
+            (Some(url), _) => {
+                let db = RedisDb::open(&url).map_err(store_err)?;
+                let store_for = move |p: &PipelineConfig| Ok(db.store(&p.name, lease_for(p)));
                 Engine::new(config, &store_for, key_fn)
             }
-            Some(path) => {
-                let db = SqliteDb::open(&path).map_err(|e| PyOSError::new_err(e.to_string()))?;
-                let store_for = move |name: &str| Ok(db.store(name));
+            (None, Some(path)) => {
+                let db = SqliteDb::open(&path).map_err(store_err)?;
+                let store_for = move |p: &PipelineConfig| Ok(db.store(&p.name));
                 Engine::new(config, &store_for, key_fn)
             }
-            None => {
-                let store_for = |_: &str| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
+            (None, None) => {
+                let store_for = |_: &PipelineConfig| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
                 Engine::new(config, &store_for, key_fn)
             }
         }
