@@ -12,12 +12,12 @@ use crossbeam_channel::Receiver;
 use tokio::sync::Notify;
 
 use crate::config::{AppConfig, KeySpec, PipelineConfig};
-use crate::execution::{Execution, Job};
-use crate::ids::IdGenerator;
-use crate::metrics::{self, PipelineGauges, Quantiles};
-use crate::pipeline::Pipeline;
-use crate::records::Records;
-use crate::scheduler::{Scheduler, SchedulerWaker};
+use crate::observe::metrics::{self, PipelineGauges, Quantiles};
+use crate::observe::records::Records;
+use crate::runtime::execution::{Execution, Job};
+use crate::runtime::ids::IdGenerator;
+use crate::runtime::pipeline::Pipeline;
+use crate::runtime::scheduler::{Scheduler, SchedulerWaker};
 use crate::state::StateStore;
 
 /// Opens the state store of a pipeline (a store may size per-pipeline limits from its config).
@@ -234,7 +234,7 @@ impl Engine {
             .spawn(move || {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => crate::ingress::serve(l, engine, stop, Duration::from_secs(2)).await,
+                        Ok(l) => crate::http::ingress::serve(l, engine, stop, Duration::from_secs(2)).await,
                         Err(e) => eprintln!("warmslot: cannot register the listener: {e}"),
                     }
                 });
@@ -279,7 +279,10 @@ impl Engine {
         // A run still going now (a slow sync pipeline) cannot be interrupted: answer its client
         // 503 while the connection is open; its late result is discarded, nothing committed.
         for exec in self.records.unfinished() {
-            exec.abandon("shutting_down", "the server stopped before this execution finished".into());
+            exec.abandon(
+                crate::error::ErrorCode::ShuttingDown,
+                "the server stopped before this execution finished".into(),
+            );
         }
         running.stop_io.notify_one();
         let _ = running.io.join();

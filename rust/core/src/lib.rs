@@ -1,32 +1,26 @@
 //! warmslot-core: the engine behind warmslot, free of any Python binding.
 //!
-//! Data path: [`ingress`] (tokio + hyper) → [`ring`] per pipeline (crossbeam `ArrayQueue`) →
-//! [`scheduler`] thread (per-key order, micro-batches) → [`slots`] (mailboxes of pre-warmed
-//! workers) → the worker runs the pipeline and finishes the [`execution::Job`], which commits the
-//! key's state in a [`state`] store and wakes the waiting request.
+//! Subsystems, each depending only on those after it:
+//! - [`http`]: the ingress (tokio + hyper), its answers, webhook signatures, the body check;
+//! - [`runtime`]: pipelines, their intake (ring → per-key lanes), slots and the execution lifecycle;
+//! - [`state`]: per-key state stores (memory, SQLite, Redis);
+//! - [`observe`]: counters, latency histograms, Prometheus text, execution records.
+//!
+//! [`engine`] wires them together; [`config`] and [`error`] are shared by all.
 
 pub mod config;
 pub mod engine;
-pub mod event;
-pub mod execution;
-pub mod ids;
-pub mod ingress;
-pub mod metrics;
-pub mod pipeline;
-pub mod records;
-pub mod redis_store;
-pub mod responses;
-pub mod ring;
-pub mod scheduler;
-pub mod signature;
-pub mod slots;
-pub mod sqlite_store;
+pub mod error;
+pub mod http;
+pub mod observe;
+pub mod runtime;
 pub mod state;
 
 pub use bytes::Bytes;
 pub use config::{AppConfig, KeySpec, PipelineConfig, SignatureScheme, SignatureSpec};
 pub use engine::{Engine, EngineError, KeyFn, PipelineStats};
-pub use execution::{BeginError, Job, Outcome, Status, Timings};
-pub use redis_store::RedisDb;
-pub use sqlite_store::SqliteDb;
+pub use error::ErrorCode;
+pub use runtime::execution::{BeginError, Job, Outcome, Status, Timings};
+pub use state::redis::RedisDb;
+pub use state::sqlite::SqliteDb;
 pub use state::{MemoryStore, StateStore, StoreError};

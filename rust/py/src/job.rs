@@ -6,7 +6,7 @@ use std::time::Instant;
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
-use warmslot_core::{BeginError, Bytes, Job};
+use warmslot_core::{BeginError, Bytes, ErrorCode, Job};
 
 #[pyclass(name = "Job", module = "warmslot._core")]
 pub struct PyJob {
@@ -35,17 +35,6 @@ impl PyJob {
 // costs, so it keeps the GIL.
 fn store_does_io(job: &Job) -> bool {
     job.exec.pipeline.store.kind() != "memory"
-}
-
-fn as_static(code: &str) -> &'static str {
-    match code {
-        "pipeline_error" => "pipeline_error",
-        "pipeline_timeout" => "pipeline_timeout",
-        "shutting_down" => "shutting_down",
-        "state_error" => "state_error",
-        "bad_request" => "bad_request",
-        _ => "pipeline_error",
-    }
 }
 
 #[pymethods]
@@ -130,7 +119,7 @@ impl PyJob {
     /// taken lossily (an exception text with lone surrogates must not fail the failure path).
     fn fail(&mut self, code: &str, message: &Bound<'_, PyString>) -> PyResult<bool> {
         let mut job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
-        Ok(job.fail(as_static(code), message.to_string_lossy().into_owned()))
+        Ok(job.fail(ErrorCode::parse(code).unwrap_or(ErrorCode::PipelineError), message.to_string_lossy().into_owned()))
     }
 
     /// Times the execution out (an async run cancelled at its deadline).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use warmslot_core::redis_store::lease_for;
+use warmslot_core::state::redis::lease_for;
 use warmslot_core::{
     AppConfig, Engine, EngineError, KeyFn, KeySpec, MemoryStore, PipelineConfig, RedisDb, SignatureScheme,
     SignatureSpec, SqliteDb, StateStore,
@@ -211,7 +211,7 @@ impl Core {
 
     /// The record of an execution as JSON text, or None if unknown or evicted.
     fn execution(&self, id: &str) -> Option<String> {
-        self.engine.execution(id).map(|e| warmslot_core::responses::execution_json(&e))
+        self.engine.execution(id).map(|e| warmslot_core::http::responses::execution_json(&e))
     }
 
     /// Cheap per-pipeline counters for the predictor: (ring_depth, inflight, slots_warm,
@@ -335,7 +335,7 @@ impl Mailbox {
 #[pyfunction]
 fn hmac_sha256_hex(secret: &[u8], parts: Vec<Vec<u8>>) -> String {
     let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    warmslot_core::signature::sign_hex(secret, &parts)
+    warmslot_core::http::signature::sign_hex(secret, &parts)
 }
 
 #[pymodule(gil_used = false)]

@@ -4,11 +4,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::PipelineConfig;
-use crate::execution::Job;
-use crate::metrics::PipelineMetrics;
-use crate::ring::Ring;
-use crate::scheduler::SchedulerWaker;
-use crate::slots::SlotPool;
+use crate::observe::metrics::PipelineMetrics;
+use crate::runtime::execution::Job;
+use crate::runtime::ring::Ring;
+use crate::runtime::scheduler::SchedulerWaker;
+use crate::runtime::slots::SlotPool;
 use crate::state::StateStore;
 
 pub struct Pipeline {

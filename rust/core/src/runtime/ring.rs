@@ -9,7 +9,7 @@
 //!   the ingress pushes an event only after its request body was read, and the scheduler is the
 //!   only consumer.
 //! - `ArrayQueue` has no waker. The consumer (the scheduler thread) spins, yields, then parks on its
-//!   own; producers wake it through [`crate::scheduler::SchedulerWaker`] after a successful push.
+//!   own; producers wake it through [`crate::runtime::scheduler::SchedulerWaker`] after a successful push.
 
 use crossbeam_queue::ArrayQueue;
 

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
 
-use crate::execution::{Status, Timings};
+use crate::error::ErrorCode;
+use crate::runtime::execution::{Status, Timings};
 
 /// Every `status` label of `warmslot_requests_total`.
 pub const REQUEST_STATUSES: [&str; 9] = [
@@ -60,10 +61,15 @@ impl Default for PipelineMetrics {
 }
 
 impl PipelineMetrics {
-    pub fn count(&self, status: &str) {
+    fn count(&self, status: &str) {
         if let Some(i) = REQUEST_STATUSES.iter().position(|s| *s == status) {
             self.requests[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a webhook refused before admission (its `status` label is the error code).
+    pub fn refused(&self, code: ErrorCode) {
+        self.count(code.as_str());
     }
 
     pub fn requests(&self, status: &str) -> u64 {

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use hyper::HeaderMap;
 use tokio::sync::Notify;
 
-use crate::pipeline::Pipeline;
+use crate::error::ErrorCode;
+use crate::runtime::pipeline::Pipeline;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -68,9 +69,8 @@ pub struct Timings {
 pub enum Outcome {
     /// The pipeline's reply, already JSON.
     Succeeded(Bytes),
-    /// `code` is an error code of the contract (`pipeline_error`, `shutting_down`, ...).
     Failed {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
     },
     TimedOut {
@@ -169,16 +169,16 @@ impl Execution {
 
     /// Fails an execution that will not be answered otherwise (shutdown): a queued one, or one
     /// still running past the drain (its late result is then discarded, nothing committed).
-    pub fn abandon(&self, code: &'static str, message: String) -> bool {
+    pub fn abandon(&self, code: ErrorCode, message: String) -> bool {
         self.abandon_from(&[Status::Queued, Status::Running], code, message)
     }
 
     /// Fails an execution only if no slot has started it yet.
-    pub fn abandon_queued(&self, code: &'static str, message: String) -> bool {
+    pub fn abandon_queued(&self, code: ErrorCode, message: String) -> bool {
         self.abandon_from(&[Status::Queued], code, message)
     }
 
-    fn abandon_from(&self, from: &[Status], code: &'static str, message: String) -> bool {
+    fn abandon_from(&self, from: &[Status], code: ErrorCode, message: String) -> bool {
         if !self.claim(from) {
             return false;
         }
@@ -241,7 +241,8 @@ impl Job {
     /// Moves the execution to `running` and loads the key's state (None when the key has none yet).
     pub fn begin(&mut self) -> Result<Option<Bytes>, BeginError> {
         if self.exec.pipeline.is_closed() {
-            self.exec.abandon_queued("shutting_down", "the server stopped before this execution could run".into());
+            self.exec
+                .abandon_queued(ErrorCode::ShuttingDown, "the server stopped before this execution could run".into());
             return Err(BeginError::Closed);
         }
         if !self.exec.transition(Status::Queued, Status::Running) {
@@ -263,7 +264,7 @@ impl Job {
             }
             Err(e) => {
                 let message = e.to_string();
-                self.fail("state_error", message.clone());
+                self.fail(ErrorCode::StateError, message.clone());
                 Err(BeginError::State(message))
             }
         }
@@ -288,7 +289,7 @@ impl Job {
             if let Err(e) = self.exec.pipeline.store.commit(key, state) {
                 self.exec.finish(
                     Status::Failed,
-                    Outcome::Failed { code: "state_error", message: e.to_string() },
+                    Outcome::Failed { code: ErrorCode::StateError, message: e.to_string() },
                     self.final_timings(commit_start),
                 );
                 return false;
@@ -299,7 +300,7 @@ impl Job {
     }
 
     /// Fails the execution with `code`; commits nothing. Returns false if it had already ended.
-    pub fn fail(&mut self, code: &'static str, message: String) -> bool {
+    pub fn fail(&mut self, code: ErrorCode, message: String) -> bool {
         self.run_done();
         if !self.exec.claim(&[Status::Running]) {
             return false;
@@ -334,7 +335,7 @@ impl Drop for Job {
         }
         if self.live && matches!(self.exec.status(), Status::Queued | Status::Running) {
             self.exec.abandon(
-                "shutting_down",
+                ErrorCode::ShuttingDown,
                 format!("execution {} was not run: the server is shutting down", self.exec.id_str),
             );
         }

@@ -19,11 +19,12 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::KeySpec;
 use crate::engine::Engine;
-use crate::event::{self, EventError};
-use crate::execution::{Job, Status};
-use crate::pipeline::Pipeline;
-use crate::responses::{error, execution, healthz, json, json_str, reply, status_for, HttpResponse, EXECUTION_ID};
-use crate::signature;
+use crate::error::ErrorCode;
+use crate::http::body::{self, EventError};
+use crate::http::responses::{error, execution, healthz, json, json_str, reply, HttpResponse, EXECUTION_ID};
+use crate::http::signature;
+use crate::runtime::execution::{Job, Status};
+use crate::runtime::pipeline::Pipeline;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Oversized bodies up to this size are read and discarded before the 413 (see `hook`).
@@ -81,12 +82,11 @@ async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
         // Webhook providers are often configured with a trailing slash: accept `/hooks/<name>/`.
         let name = name.strip_suffix('/').unwrap_or(name);
         let Some(pipeline) = engine.pipeline(name) else {
-            return error(StatusCode::NOT_FOUND, "unknown_pipeline", &format!("no pipeline named {name:?}"));
+            return error(ErrorCode::UnknownPipeline, &format!("no pipeline named {name:?}"));
         };
         if req.method() != Method::POST {
             let mut resp = error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 &format!("{} {path} is not allowed; webhooks are POSTed", req.method()),
             );
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
@@ -99,11 +99,8 @@ async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
         if req.method() == Method::GET || req.method() == Method::HEAD {
             resp
         } else {
-            let mut resp = error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                &format!("{} {path} is not allowed; use GET", req.method()),
-            );
+            let mut resp =
+                error(ErrorCode::MethodNotAllowed, &format!("{} {path} is not allowed; use GET", req.method()));
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
             resp
         }
@@ -117,7 +114,7 @@ async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
         }),
         _ => match path.strip_prefix("/executions/") {
             Some(id) => get_only(execution(engine, id)),
-            None => error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
+            None => error(ErrorCode::NotFound, &format!("no route for {path}")),
         },
     }
 }
@@ -132,12 +129,12 @@ fn wants_async(req: &Request<Incoming>) -> bool {
 
 async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engine>) -> HttpResponse {
     let cfg = &pipeline.config;
-    let refuse = |code: &'static str, message: String| {
-        pipeline.metrics.count(code);
-        error(status_for(code), code, &message)
+    let refuse = |code: ErrorCode, message: String| {
+        pipeline.metrics.refused(code);
+        error(code, &message)
     };
     if !engine.is_accepting() {
-        return refuse("shutting_down", "the server is shutting down".into());
+        return refuse(ErrorCode::ShuttingDown, "the server is shutting down".into());
     }
     let limit = cfg.max_body_bytes;
     let too_large = || format!("request body exceeds the {limit}-byte limit of pipeline {:?}", cfg.name);
@@ -155,36 +152,38 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
         if len <= DRAIN_CAP && !expects_continue {
             let _ = Limited::new(body, DRAIN_CAP as usize).collect().await;
         }
-        return refuse("payload_too_large", too_large());
+        return refuse(ErrorCode::PayloadTooLarge, too_large());
     }
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return refuse("payload_too_large", too_large()),
-        Err(e) => return refuse("bad_request", format!("could not read the request body: {e}")),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return refuse(ErrorCode::PayloadTooLarge, too_large()),
+        Err(e) => return refuse(ErrorCode::BadRequest, format!("could not read the request body: {e}")),
     };
     let received = Instant::now();
     if !engine.is_accepting() {
-        return refuse("shutting_down", "the server is shutting down".into());
+        return refuse(ErrorCode::ShuttingDown, "the server is shutting down".into());
     }
 
     if let Some(spec) = &cfg.signature {
         if let Err(e) = signature::verify(spec, &parts.headers, &body) {
-            return refuse("bad_signature", e.0);
+            return refuse(ErrorCode::BadSignature, e.0);
         }
     }
     let key = match &cfg.key {
-        KeySpec::Field(field) => event::scan(&body, Some(field)),
-        KeySpec::None | KeySpec::Callable => event::scan(&body, None),
+        KeySpec::Field(field) => body::scan(&body, Some(field)),
+        KeySpec::None | KeySpec::Callable => body::scan(&body, None),
     };
     let key = match key {
         Ok(k) => k,
-        Err(e @ EventError::InvalidJson(_)) => return refuse("invalid_json", e.to_string()),
-        Err(e @ EventError::BadKey { .. }) => return refuse("bad_request", e.to_string()),
+        Err(e @ EventError::InvalidJson(_)) => return refuse(ErrorCode::InvalidJson, e.to_string()),
+        Err(e @ EventError::BadKey { .. }) => return refuse(ErrorCode::BadRequest, e.to_string()),
     };
     let key = match (&cfg.key, engine.key_fn()) {
         (KeySpec::Callable, Some(f)) => match f.key(pipeline.index, &body) {
             Ok(k) => k,
-            Err(message) => return refuse("bad_request", format!("key function of {:?} failed: {message}", cfg.name)),
+            Err(message) => {
+                return refuse(ErrorCode::BadRequest, format!("key function of {:?} failed: {message}", cfg.name))
+            }
         },
         _ => key,
     };
@@ -196,7 +195,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
         job.discard();
         pipeline.finished_one();
         return refuse(
-            "overloaded",
+            ErrorCode::Overloaded,
             format!("pipeline {:?} is at capacity ({} queued); retry shortly", cfg.name, pipeline.ring.capacity()),
         );
     }
@@ -206,7 +205,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     // Either that drain sees this job, or we see `closed` here and answer it ourselves.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     if pipeline.is_closed() {
-        exec.abandon_queued("shutting_down", "the server is shutting down".into());
+        exec.abandon_queued(ErrorCode::ShuttingDown, "the server is shutting down".into());
     }
 
     if is_async {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::execution::Execution;
+use crate::runtime::execution::Execution;
 
 pub struct Records {
     capacity: usize,

@@ -7,7 +7,8 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use crate::engine::Engine;
-use crate::execution::{Execution, Outcome, Timings};
+use crate::error::ErrorCode;
+use crate::runtime::execution::{Execution, Outcome, Timings};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -19,13 +20,13 @@ pub(crate) fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-/// `{"error": {"code": ..., "message": ...}}` with the given status.
-pub fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    let body = format!("{{\"error\":{{\"code\":{},\"message\":{}}}}}", json_str(code), json_str(message));
+/// `{"error": {"code": ..., "message": ...}}` with the code's status.
+pub fn error(code: ErrorCode, message: &str) -> HttpResponse {
+    let body = format!("{{\"error\":{{\"code\":\"{}\",\"message\":{}}}}}", code.as_str(), json_str(message));
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
+    *resp.status_mut() = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(CONTENT_TYPE, JSON);
-    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+    if code.retry_later() {
         resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
@@ -36,21 +37,6 @@ pub(crate) fn json(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, JSON);
     resp
-}
-
-/// Maps an error code of the contract to its HTTP status.
-pub fn status_for(code: &str) -> StatusCode {
-    match code {
-        "invalid_json" | "invalid_key" | "bad_request" => StatusCode::BAD_REQUEST,
-        "bad_signature" => StatusCode::UNAUTHORIZED,
-        "unknown_pipeline" | "not_found" => StatusCode::NOT_FOUND,
-        "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
-        "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "overloaded" => StatusCode::TOO_MANY_REQUESTS,
-        "pipeline_timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
 }
 
 pub(crate) fn healthz(engine: &Engine) -> HttpResponse {
@@ -100,7 +86,7 @@ pub fn execution_json(exec: &Execution) -> String {
             s.push_str(&timings_json(t));
         }
         Some((Outcome::Failed { code, message }, t)) => {
-            s.push_str(&format!(",\"error\":{{\"code\":{},\"message\":{}}}", json_str(code), json_str(message)));
+            s.push_str(&format!(",\"error\":{{\"code\":\"{code}\",\"message\":{}}}", json_str(message)));
             s.push_str(",\"timings\":");
             s.push_str(&timings_json(t));
         }
@@ -118,15 +104,15 @@ pub fn execution_json(exec: &Execution) -> String {
 pub(crate) fn execution(engine: &Engine, id: &str) -> HttpResponse {
     match engine.execution(id) {
         Some(exec) => json(StatusCode::OK, execution_json(&exec)),
-        None => error(StatusCode::NOT_FOUND, "unknown_execution", &format!("no execution {id:?} (unknown or evicted)")),
+        None => error(ErrorCode::UnknownExecution, &format!("no execution {id:?} (unknown or evicted)")),
     }
 }
 
 pub(crate) fn reply(exec: &Execution, outcome: &Outcome) -> HttpResponse {
     let mut resp = match outcome {
         Outcome::Succeeded(body) => json(StatusCode::OK, body.clone()),
-        Outcome::Failed { code, message } => error(status_for(code), code, message),
-        Outcome::TimedOut { message } => error(StatusCode::GATEWAY_TIMEOUT, "pipeline_timeout", message),
+        Outcome::Failed { code, message } => error(*code, message),
+        Outcome::TimedOut { message } => error(ErrorCode::PipelineTimeout, message),
     };
     if let Ok(v) = HeaderValue::from_str(&exec.id_str) {
         resp.headers_mut().insert(EXECUTION_ID, v);

@@ -32,6 +32,9 @@ pub trait StateStore: Send + Sync {
     fn kind(&self) -> &'static str;
 }
 
+pub mod redis;
+pub mod sqlite;
+
 const SHARDS: usize = 16;
 
 /// The embedded default: a sharded map in process memory. Lost when the process ends.

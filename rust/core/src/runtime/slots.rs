@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_utils::CachePadded;
 
-use crate::execution::Job;
-use crate::scheduler::SchedulerWaker;
+use crate::runtime::execution::Job;
+use crate::runtime::scheduler::SchedulerWaker;
 
 #[derive(Default)]
 pub struct Slot {

@@ -1,7 +1,7 @@
 //! The scheduler loop: one thread that polls every pipeline's ring and hands jobs to slots.
 //!
 //! Per-key order. A key is pinned to the slot that holds its newest job until that job leaves the
-//! slot (see [`crate::slots`]). A new job of a pinned key goes to the same slot; a slot runs its
+//! slot (see [`crate::runtime::slots`]). A new job of a pinned key goes to the same slot; a slot runs its
 //! mailbox in order; so jobs of one key never run at once and run in arrival order, while other
 //! keys spread over the least-loaded warm slots.
 //!
@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::execution::Job;
-use crate::pipeline::Pipeline;
+use crate::runtime::execution::Job;
+use crate::runtime::pipeline::Pipeline;
 
 /// Safety net: even with no wake-up, the loop looks again this often.
 const PARK_TIMEOUT: Duration = Duration::from_millis(20);
@@ -234,7 +234,7 @@ impl Scheduler {
 mod tests {
     use super::*;
     use crate::config::{KeySpec, PipelineConfig};
-    use crate::execution::Execution;
+    use crate::runtime::execution::Execution;
     use crate::state::MemoryStore;
     use bytes::Bytes;
     use std::collections::HashMap;
@@ -393,8 +393,14 @@ mod tests {
         waker.wake();
         sched.join().unwrap();
         for e in execs {
-            assert_eq!(e.status(), crate::execution::Status::Failed);
-            assert!(matches!(e.outcome(), Some((crate::execution::Outcome::Failed { code: "shutting_down", .. }, _))));
+            assert_eq!(e.status(), crate::runtime::execution::Status::Failed);
+            assert!(matches!(
+                e.outcome(),
+                Some((
+                    crate::runtime::execution::Outcome::Failed { code: crate::error::ErrorCode::ShuttingDown, .. },
+                    _
+                ))
+            ));
         }
         assert_eq!(p.inflight(), 0);
     }

@@ -1,0 +1,9 @@
+//! The execution runtime: pipelines, their intake, slots and the lifecycle of an execution.
+//! Uses the state stores and `observe`; never the HTTP layer.
+
+pub mod execution;
+pub mod ids;
+pub mod pipeline;
+pub mod ring;
+pub mod scheduler;
+pub mod slots;
