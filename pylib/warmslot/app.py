@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -69,7 +71,14 @@ class App:
         max_connections: int = 10_000,
         drain_timeout: float = 10.0,
         spin_us: int = 50,
+        isolation: str = "thread",
     ) -> None:
+        if isolation not in ("thread", "process"):
+            raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
+        self.isolation = isolation
+        #: How worker processes import this app ("path/to/file.py:attr" or "module:attr");
+        #: `warmslot run` sets it, `start()` derives it from where the pipelines are defined.
+        self.target: Optional[str] = None
         self.state = state
         self.sqlite_path, self.redis_url = _parse_state(state)
         self.debug = debug
@@ -98,6 +107,10 @@ class App:
         max_batch: int = 64,
         signature: Optional[Signature] = None,
         reply: str = "sync",
+        isolation: Optional[str] = None,
+        concurrency: int = 1,
+        max_executions: Optional[int] = None,
+        max_memory_mb: Optional[int] = None,
     ) -> Callable[[Any], Any]:
         """Registers a function or class as the pipeline ``name`` (default: its ``__name__``).
 
@@ -108,6 +121,13 @@ class App:
         before 429; ``signature``: a webhook signature check (see ``warmslot.github_signature``);
         ``reply="async"`` answers every webhook 202 at once (providers that want a fast 2xx), as
         ``Prefer: respond-async`` does per request.
+
+        ``isolation``: ``"thread"`` (slots are threads in this interpreter; the default unless
+        ``App(isolation=...)`` says otherwise) or ``"process"`` (each slot is a warm worker
+        process: uses every core, and a crash or hang costs one execution, not the server).
+        ``concurrency``: events one slot of an async pipeline runs at once. ``max_executions`` /
+        ``max_memory_mb``: recycle a worker process after about that many executions (+ up to
+        10% jitter) or once its resident memory exceeds that, between batches.
         """
 
         def register(target: Any) -> Any:
@@ -134,6 +154,10 @@ class App:
                 max_batch=max_batch,
                 signature=signature,
                 reply=reply,
+                isolation=isolation,
+                concurrency=concurrency,
+                max_executions=max_executions,
+                max_memory_mb=max_memory_mb,
             )
             return target
 
@@ -204,6 +228,24 @@ def _key_fn(key: Callable[[Any], Any]) -> Callable[[bytes], Optional[str]]:
     return compute
 
 
+def _worker_target(app: "App", names: List[str]) -> str:
+    """How a worker process imports `app`: `app.target` when set (``warmslot run`` sets it),
+    else the file (or module) that defines the pipelines, and the module-level name of the app."""
+    if app.target:
+        return app.target
+    spec = app.pipelines[names[0]]
+    module = sys.modules.get(getattr(spec.target, "__module__", "") or "")
+    attr = next((k for k, v in vars(module).items() if v is app), None) if module is not None else None
+    where = getattr(module, "__file__", None) if module is not None else None
+    if module is None or attr is None or (where is None and module.__name__ == "__main__"):
+        raise RuntimeError(
+            f"pipeline {names[0]!r} uses isolation='process', but its worker processes cannot import "
+            "this App: define the App and its pipelines at module level of an importable file or module, "
+            "or set app.target = 'path/to/file.py:app'"
+        )
+    return f"{os.path.abspath(where)}:{attr}" if where else f"{module.__name__}:{attr}"
+
+
 class Server:
     """A running app. Use ``app.start(...)``; stop with ``stop()`` or as a context manager."""
 
@@ -225,13 +267,27 @@ class Server:
         key_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
             _key_fn(s.key) if callable(s.key) else None for s in specs
         ]
-        self._core = _core.Core(config, [s.as_config() for s in specs], key_fns)
+        if os.environ.get("WARMSLOT_WORKER"):
+            raise RuntimeError(
+                "this module starts a warmslot server when imported, and a worker process imported it: "
+                "guard app.start()/app.serve() with `if __name__ == '__main__':`"
+            )
+        isolation = [s.isolation or app.isolation for s in specs]
+        configs = [s.as_config() for s in specs]
+        process = [s.name for s, iso in zip(specs, isolation) if iso == "process"]
+        if process:
+            target = _worker_target(app, process)
+            for cfg, iso in zip(configs, isolation):
+                if iso == "process":
+                    cfg["worker_cmd"] = [sys.executable, "-m", "warmslot.worker", target, cfg["name"]]
+        self._core = _core.Core(config, configs, key_fns)
         self.host, self.port = self._core.start()
         self._stopped = False
         self._lock = threading.Lock()
         blocking = app.sqlite_path is not None or app.redis_url is not None  # stores that do I/O
         self.runtimes = [
-            PipelineRuntime(self._core, i, s, app.debug, app.spin_us, blocking) for i, s in enumerate(specs)
+            PipelineRuntime(self._core, i, s, app.debug, app.spin_us, blocking, iso)
+            for i, (s, iso) in enumerate(zip(specs, isolation))
         ]
         for rt in self.runtimes:
             rt.start()

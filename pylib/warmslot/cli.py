@@ -19,6 +19,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--isolation",
+        choices=["thread", "process"],
+        help="default isolation of the app's pipelines: thread slots in this interpreter, or warm worker "
+        "processes (every core; a crash or hang costs one execution). A pipeline's own isolation= wins.",
+    )
 
     demo = sub.add_parser("demo", help="serve the bundled example bots and drive a short load at them")
     demo.add_argument("--host", default="127.0.0.1")
@@ -35,6 +41,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "run":
             app = load_app(args.target)
+            app.target = args.target  # worker processes import the app the same way
+            if args.isolation:
+                app.isolation = args.isolation
             app.serve(args.host, args.port)
             return 0
         from .demo import run_demo

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 
 class Context:
@@ -16,29 +16,30 @@ class Context:
       ``resources`` (what the pipeline's ``setup=`` returned), ``pipeline`` (its name).
     """
 
-    __slots__ = ("state", "key", "execution_id", "received_at", "resources", "pipeline", "_job", "_headers")
+    __slots__ = ("state", "key", "execution_id", "received_at", "resources", "pipeline", "_headers")
 
     def __init__(
         self,
-        job: Any,
+        execution_id: str,
+        received_at: float,
+        headers: Union[Dict[str, str], Callable[[], Dict[str, str]]],
         state: dict,
         key: Optional[str],
         resources: Any,
         pipeline: str,
     ) -> None:
-        self._job = job
-        self._headers: Optional[dict] = None
+        self._headers = headers
         self.state = state
         self.key = key
-        self.execution_id: str = job.execution_id
-        self.received_at: float = job.received_at
+        self.execution_id = execution_id
+        self.received_at = received_at
         self.resources = resources
         self.pipeline = pipeline
 
     @property
-    def headers(self) -> dict:
-        if self._headers is None:
-            self._headers = self._job.headers()
+    def headers(self) -> Dict[str, str]:
+        if callable(self._headers):
+            self._headers = self._headers()
         return self._headers
 
     def __repr__(self) -> str:

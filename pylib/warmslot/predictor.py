@@ -15,8 +15,9 @@ Model, per tick of `dt` seconds:
 Phases: ``idle`` (no arrivals), ``steady``, ``rising`` (trend above 10 % of the level per second),
 ``spike`` (backlog: events wait for a slot), ``cooling`` (trend falling by more than 10 % of the
 level per second).
-The pool only grows: a warm slot costs a parked thread or an idle task, and warming one again
-(``__init__``, ``setup=``) is the cost the pool exists to avoid.
+The pool grows at once and shrinks slowly: only after the target has stayed below the warm
+pool for ``SHRINK_AFTER`` seconds does a slot retire (it finishes what it holds, then stops),
+because warming one again (``__init__``, ``setup=``) is the cost the pool exists to avoid.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from .slots import PipelineRuntime
 log = logging.getLogger("warmslot")
 
 TICK_SECONDS = 0.05
+#: Seconds the target must stay below the pool before slots retire.
+SHRINK_AFTER = 10.0
 
 
 @dataclass
@@ -137,6 +140,7 @@ class Autoscaler:
         self.runtimes = runtimes
         self.tick = tick
         self.predictors = [TrafficPredictor(rt.spec.min_slots, rt.spec.max_slots) for rt in runtimes]
+        self._low_since: List[Optional[float]] = [None] * len(runtimes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="warmslot-predictor", daemon=True)
 
@@ -153,9 +157,20 @@ class Autoscaler:
         for i, (rt, pred, counters) in enumerate(zip(self.runtimes, self.predictors, self.core.load())):
             target = pred.observe(Sample(now, *counters))
             self.core.set_prediction(i, target, pred.forecast)
-            if target > rt.started and rt.starting <= 0 and not rt.growth_paused():
+            started = rt.started
+            if target > started and rt.starting <= 0 and not rt.growth_paused():
                 # One batch of new slots at a time: the next tick sees them warm (or failing).
-                rt.grow(target)
+                self._low_since[i] = None
+                rt.scale_to(target)
+            elif target < started and rt.starting <= 0:
+                since = self._low_since[i]
+                if since is None:
+                    self._low_since[i] = now
+                elif now - since >= SHRINK_AFTER:
+                    self._low_since[i] = None
+                    rt.scale_to(target)
+            else:
+                self._low_since[i] = None
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick):

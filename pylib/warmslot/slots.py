@@ -1,10 +1,18 @@
-"""Slot workers: threads (sync pipelines) or tasks on one event loop (async pipelines) that hold a
-pre-warmed pipeline instance and run the events the Rust scheduler hands them, in batches.
+"""The slots of one pipeline inside a running server.
 
-A slot must outlive anything a pipeline does: every per-event path ends in exactly one of
-``job.succeed`` / ``job.fail`` / ``job.time_out``, and nothing a pipeline raises (SystemExit,
-CancelledError, an exception whose ``str()`` fails) may end the worker, because a dead slot
-would strand the keys pinned to it.
+- **Thread slots** (sync pipelines, ``isolation="thread"``): one Python thread per slot builds the
+  pipeline instance (class ``__init__``, ``setup=``), then hands itself to the Rust slot loop
+  (``Core.run_thread_slot``), which pulls batches from the pipeline's lanes with the GIL released
+  and calls back into :class:`~warmslot.runner.EventRunner` once per event.
+- **Process slots** (``isolation="process"``): one Python thread per slot blocks in
+  ``Core.run_process_slot`` (GIL released), where Rust spawns and watches the slot's worker
+  process (``warmslot.worker``), replacing it after a crash or a recycle.
+- **Async pipelines** in threads: one event loop per pipeline; a feeder thread takes begun events
+  from the lanes (``Core.take_batch``) while the loop has room (warm instances x ``concurrency``)
+  and runs each as a task on the least busy instance.
+
+The pool grows with :meth:`PipelineRuntime.grow` and shrinks with :meth:`PipelineRuntime.scale_to`:
+a retiring slot finishes what it holds, then stops; lanes keep its keys' order.
 """
 
 from __future__ import annotations
@@ -13,73 +21,64 @@ import asyncio
 import logging
 import threading
 import time
-import traceback
-from typing import Any, Callable, List, Optional
+from typing import Any, Dict, List, Optional
 
-from . import _json
-from .context import Context
+from .runner import EventRunner, error_message
 from .spec import PipelineSpec
 
 log = logging.getLogger("warmslot")
 
 
-def _safe_text(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except BaseException:
-        text = "<unprintable exception>"
-    # Lone surrogates (bytes decoded with surrogateescape) cannot cross into Rust strings.
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+class _Instance:
+    """One warm instance of an async pipeline (a slot) and the tasks it runs now."""
 
+    __slots__ = ("slot", "runner", "running", "retiring")
 
-def _error_message(exc: BaseException, debug: bool) -> str:
-    msg = f"{type(exc).__name__}: {_safe_text(exc)}"
-    if debug:
-        try:
-            msg += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        except BaseException:
-            pass
-    return msg.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-_SKIP = object()
-
-
-class _Raised:
-    """A BaseException caught inside an async pipeline, carried out of its task as a value."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
+    def __init__(self, slot: int, runner: EventRunner) -> None:
+        self.slot = slot
+        self.runner = runner
+        self.running = 0
+        self.retiring = False
 
 
 class PipelineRuntime:
     """The slots of one pipeline inside a running server."""
 
     def __init__(
-        self, core: Any, index: int, spec: PipelineSpec, debug: bool, spin_us: int = 50, blocking_store: bool = False
+        self,
+        core: Any,
+        index: int,
+        spec: PipelineSpec,
+        debug: bool,
+        spin_us: int = 50,
+        blocking_store: bool = False,
+        isolation: str = "thread",
     ) -> None:
         self.core = core
         self.index = index
         self.spec = spec
         self.debug = debug
         self.spin_us = spin_us
-        # The state store does I/O (SQLite, Redis): event-loop slots run its calls in a thread.
         self.blocking_store = blocking_store
+        self.isolation = isolation
         self._failed_at = 0.0  # monotonic time of the last failed warm-up
         self._failures = 0
         self.threads: List[threading.Thread] = []
         self.errors: List[str] = []
         self._lock = threading.Lock()
         self._next_slot = 0  # slot indexes handed out so far
-        self._free: List[int] = []  # indexes of slots that failed to warm up or exited, for reuse
+        self._free: List[int] = []  # indexes of slots that stopped, for reuse
         self._starting = 0
-        self._warned_unkeyed = False
+        self._warm_once: Dict[int, bool] = {}
+        # async pipelines
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._async_start: Optional[Callable[[int], None]] = None
+        self._instances: Dict[int, _Instance] = {}
+        self._room = threading.Condition()
+        self._inflight = 0
+        self._closed = False
+        self._pending_async: List[Any] = []  # (slot, reason) asked for before the loop ran
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    # -- pool size -------------------------------------------------------------------------------
     @property
     def started(self) -> int:
         """Slots warm or warming up."""
@@ -91,12 +90,11 @@ class PipelineRuntime:
         return self._starting
 
     def start(self) -> None:
-        if self.spec.is_async:
+        if self.spec.is_async and self.isolation == "thread":
             t = threading.Thread(target=self._async_main, name=f"warmslot-{self.spec.name}-loop", daemon=True)
             self.threads.append(t)
             t.start()
-        else:
-            self.grow(self.spec.min_slots)
+        self.grow(self.spec.min_slots)
 
     def _take_slots(self, target: int) -> List[int]:
         target = min(target, self.spec.max_slots)
@@ -115,38 +113,56 @@ class PipelineRuntime:
 
     def grow(self, target: int) -> int:
         """Starts slots until `target` are warm or warming (at most max_slots). Returns how many
-        were started."""
-        if self.spec.is_async and (self._loop is None or self._async_start is None):
-            return 0  # the loop starts min_slots itself once it runs
+        were started. Cancels pending retirements first."""
+        self.core.retire(self.index, 0)
+        waiting = self.core.pool(self.index)["waiting"] if self._next_slot else 0
+        reason = "demand" if waiting > 0 else "ahead"
         new = self._take_slots(target)
         for slot in new:
-            if self.spec.is_async:
-                assert self._loop is not None and self._async_start is not None
+            if self.spec.is_async and self.isolation == "thread":
+                with self._lock:
+                    loop = self._loop
+                    if loop is None:
+                        self._pending_async.append((slot, reason))
+                        continue
                 try:
-                    self._loop.call_soon_threadsafe(self._async_start, slot)
+                    loop.call_soon_threadsafe(self._start_instance, slot, reason)
                 except RuntimeError:  # the loop has closed (shutdown)
                     self._slot_gone(slot, warm=False)
-            else:
-                t = threading.Thread(
-                    target=self._sync_slot, args=(slot,), name=f"warmslot-{self.spec.name}-{slot}", daemon=True
-                )
-                self.threads.append(t)
-                t.start()
+                continue
+            body = self._process_slot if self.isolation == "process" else self._sync_slot
+            t = threading.Thread(
+                target=body, args=(slot, reason), name=f"warmslot-{self.spec.name}-{slot}", daemon=True
+            )
+            self.threads.append(t)
+            t.start()
         return len(new)
+
+    def scale_to(self, target: int) -> None:
+        """Grows to `target` warm slots, or asks slots above it (never below min_slots) to retire."""
+        target = max(self.spec.min_slots, min(self.spec.max_slots, target))
+        started = self.started
+        if target > started:
+            if not self.growth_paused():
+                self.grow(target)
+        elif target < started and self._starting == 0:
+            self.retire(started - target)
+
+    def retire(self, n: int) -> None:
+        """Asks `n` slots to finish what they hold and stop."""
+        if self.spec.is_async and self.isolation == "thread":
+            loop = self._loop
+            if loop is not None:
+                try:
+                    loop.call_soon_threadsafe(self._retire_instances, n)
+                except RuntimeError:
+                    pass
+            return
+        self.core.retire(self.index, n)
 
     def join(self, deadline: float) -> None:
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
-
-    def _slot_failed(self, slot: int, exc: BaseException) -> None:
-        msg = f"slot {slot} of pipeline {self.spec.name!r} failed to warm up: {_error_message(exc, False)}"
-        if len(self.errors) < 20:
-            self.errors.append(msg)
-        log.error(msg, exc_info=exc)
-        with self._lock:
-            self._failures += 1
-            self._failed_at = time.monotonic()
-        self._slot_gone(slot, warm=False)
 
     def growth_paused(self) -> bool:
         """After failed warm-ups, wait 0.5 s, doubling per failure up to 30 s, before growing."""
@@ -154,6 +170,19 @@ class PipelineRuntime:
             return False
         backoff = min(30.0, 0.5 * 2 ** min(self._failures - 1, 6))
         return time.monotonic() - self._failed_at < backoff
+
+    def _slot_failed(self, slot: int, exc: BaseException) -> None:
+        msg = f"slot {slot} of pipeline {self.spec.name!r} failed to warm up: {error_message(exc, False)}"
+        self._warmup_failed(msg, exc)
+        self._slot_gone(slot, warm=False)
+
+    def _warmup_failed(self, msg: str, exc: Optional[BaseException] = None) -> None:
+        if len(self.errors) < 20:
+            self.errors.append(msg)
+        log.error(msg, exc_info=exc)
+        with self._lock:
+            self._failures += 1
+            self._failed_at = time.monotonic()
 
     def _slot_gone(self, slot: int, warm: bool) -> None:
         if warm:
@@ -163,121 +192,60 @@ class PipelineRuntime:
                 self._starting -= 1
             self._free.append(slot)
 
-    def _mark_warm(self, slot: int) -> None:
+    def _warmed(self) -> None:
         with self._lock:
             self._starting -= 1
             self._failures = 0
-        self.core.mark_warm(self.index, slot)
 
-    # -- one event ------------------------------------------------------------------------------
-    @staticmethod
-    def _begin(job: Any) -> Any:
-        """The key's committed state (bytes or None), or _SKIP when the job is already answered
-        (timed out while queued, state store failure, shutting down)."""
-        try:
-            return job.begin()
-        except (TimeoutError, RuntimeError):
-            return _SKIP
+    def _instantiate(self) -> tuple:
+        target = self.spec.instantiate()
+        resources = self.spec.setup() if self.spec.setup is not None else None
+        return target, resources
 
-    def _prepare(self, job: Any, resources: Any, raw_state: Any) -> Optional[tuple]:
-        """(event, ctx) from what `_begin` returned, or None when there is nothing to run."""
-        if raw_state is _SKIP:
-            return None
+    # -- thread slots ----------------------------------------------------------------------------
+    def _sync_slot(self, slot: int, reason: str) -> None:
+        began = time.monotonic()
         try:
-            event = _json.loads(job.body)
-            state = _json.loads(raw_state) if raw_state is not None else {}
-        except Exception as exc:  # corrupt stored state; the body was validated in Rust
-            job.fail("state_error", f"cannot decode stored state: {_safe_text(exc)}")
-            return None
-        key = job.key if self.spec.keyed else None
-        if key is None and self.spec.keyed and not self._warned_unkeyed:
-            self._warned_unkeyed = True
-            log.warning(
-                "pipeline %r is keyed by %r but received an event without it: such events run "
-                "unordered and their ctx.state is not kept (ctx.key is None)",
-                self.spec.name,
-                self.spec.key if isinstance(self.spec.key, str) else "a callable",
-            )
-        return event, Context(job, state, key, resources, self.spec.name)
-
-    def _encode(self, job: Any, result: Any, ctx: Context) -> Optional[tuple]:
-        """(reply, new_state) as JSON bytes, or None after failing the job (not JSON)."""
-        try:
-            reply = _json.dumps(result)
-        except Exception as exc:
-            name = self.spec.name
-            job.fail("pipeline_error", f"the return value of pipeline {name!r} is not JSON: {_safe_text(exc)}")
-            return None
-        new_state = None
-        if ctx.key is not None:
-            if not isinstance(ctx.state, dict):
-                job.fail("pipeline_error", f"ctx.state must stay a dict, got {type(ctx.state).__name__}")
-                return None
-            try:
-                new_state = _json.dumps(ctx.state)
-            except Exception as exc:
-                job.fail("pipeline_error", f"ctx.state of pipeline {self.spec.name!r} is not JSON: {_safe_text(exc)}")
-                return None
-        return reply, new_state
-
-    def _failed(self, job: Any, exc: BaseException) -> None:
-        try:
-            log.warning("pipeline %r raised on execution %s", self.spec.name, job.execution_id, exc_info=exc)
-        except BaseException:
-            pass
-        job.fail("pipeline_error", _error_message(exc, self.debug))
-
-    def _last_resort(self, job: Any, exc: BaseException) -> None:
-        """Our own handling failed: answer the job if it is still open, never raise."""
-        try:
-            log.error("warmslot could not finish execution of pipeline %r", self.spec.name, exc_info=exc)
-            if not job.done:
-                job.fail("pipeline_error", f"internal error while finishing the execution: {type(exc).__name__}")
-        except BaseException:
-            pass
-
-    # -- sync slots: one thread each -------------------------------------------------------------
-    def _run_sync(self, job: Any, target: Any, resources: Any) -> None:
-        prepared = self._prepare(job, resources, self._begin(job))
-        if prepared is None:
-            return
-        event, ctx = prepared
-        try:
-            result = target(event, ctx)
-            if asyncio.iscoroutine(result):
-                result.close()
-                raise TypeError("pipeline returned a coroutine; declare it with `async def`")
-        except BaseException as exc:
-            self._failed(job, exc)
-            return
-        encoded = self._encode(job, result, ctx)
-        if encoded is not None:
-            job.succeed(*encoded)
-
-    def _sync_slot(self, slot: int) -> None:
-        try:
-            target = self.spec.instantiate()
-            resources = self.spec.setup() if self.spec.setup is not None else None
+            target, resources = self._instantiate()
         except BaseException as exc:
             self._slot_failed(slot, exc)
             return
-        mailbox = self.core.mailbox(self.index, slot)
-        max_batch = self.spec.max_batch
-        self._mark_warm(slot)
+        runner = EventRunner(self.spec, target, resources, self.debug)
+        self._warmed()
         try:
-            while True:
-                batch = mailbox.next_batch(max_batch, 0.1, self.spin_us)
-                if batch is None:
-                    return
-                for job in batch:
-                    try:
-                        self._run_sync(job, target, resources)
-                    except BaseException as exc:
-                        self._last_resort(job, exc)
+            self.core.run_thread_slot(self.index, slot, runner.run_sync, reason, time.monotonic() - began)
+        except BaseException as exc:  # the binding refused (a bug): say so, free the slot
+            log.error("slot %d of pipeline %r stopped", slot, self.spec.name, exc_info=exc)
         finally:
             self._slot_gone(slot, warm=True)
 
-    # -- async slots: tasks on one event loop ----------------------------------------------------
+    # -- process slots ---------------------------------------------------------------------------
+    def _process_slot(self, slot: int, reason: str) -> None:
+        warmed = False
+
+        def report(kind: str, message: str) -> None:
+            nonlocal warmed
+            name = self.spec.name
+            if kind == "warm":
+                if not warmed:
+                    warmed = True
+                    self._warmed()
+                log.debug("slot %d of pipeline %r is warm (%s)", slot, name, message)
+            elif kind == "warmup_failed":
+                self._warmup_failed(message)
+            elif kind == "crashed":
+                log.error("slot %d of pipeline %r crashed: %s; starting a fresh worker", slot, name, message)
+            elif kind == "recycled":
+                log.info("slot %d of pipeline %r recycled its worker (%s)", slot, name, message)
+
+        try:
+            self.core.run_process_slot(self.index, slot, reason, report)
+        except BaseException as exc:
+            log.error("slot %d of pipeline %r stopped", slot, self.spec.name, exc_info=exc)
+        finally:
+            self._slot_gone(slot, warm=warmed)
+
+    # -- async pipelines: tasks on one event loop ------------------------------------------------
     def _async_main(self) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -291,129 +259,135 @@ class PipelineRuntime:
             finally:
                 loop.close()
 
+    def _room_left(self) -> int:
+        live = sum(1 for i in self._instances.values() if not i.retiring)
+        return live * max(1, self.spec.concurrency) - self._inflight
+
+    def _start_instance(self, slot: int, reason: str) -> None:
+        assert self._loop is not None
+        self._loop.create_task(self._warm_instance(slot, reason))
+
+    async def _warm_instance(self, slot: int, reason: str) -> None:
+        began = time.monotonic()
+        try:
+            target, resources = self._instantiate()
+            if asyncio.iscoroutine(resources):
+                resources = await resources
+        except BaseException as exc:
+            self._slot_failed(slot, exc)
+            return
+        with self._room:
+            self._instances[slot] = _Instance(slot, EventRunner(self.spec, target, resources, self.debug))
+            self._room.notify_all()
+        self._warmed()
+        self.core.mark_warm(self.index, slot, reason, time.monotonic() - began)
+
+    def _retire_instances(self, n: int) -> None:
+        live = [i for i in self._instances.values() if not i.retiring]
+        for inst in sorted(live, key=lambda i: i.running)[: max(0, min(n, len(live) - self.spec.min_slots))]:
+            inst.retiring = True
+            if inst.running == 0:
+                self._drop_instance(inst)
+
+    def _drop_instance(self, inst: _Instance) -> None:
+        with self._room:
+            self._instances.pop(inst.slot, None)
+        self._slot_gone(inst.slot, warm=True)
+
     async def _async_pool(self, loop: asyncio.AbstractEventLoop) -> None:
-        spec = self.spec
-        queues: List[asyncio.Queue] = [asyncio.Queue() for _ in range(spec.max_slots)]
-        workers: List[asyncio.Task] = []
         closed = asyncio.Event()
+        tasks: set = set()
 
-        async def worker(slot: int) -> None:
+        async def run(job: Any, inst: _Instance) -> None:
             try:
-                target = spec.instantiate()
-                resources = spec.setup() if spec.setup is not None else None
-                if asyncio.iscoroutine(resources):
-                    resources = await resources
+                try:
+                    if self.blocking_store:
+                        await loop.run_in_executor(None, job.begin)
+                    else:
+                        job.begin()
+                except (TimeoutError, RuntimeError):
+                    return  # already answered: timed out while queued, state store failure, shutting down
+                try:
+                    state = job.state()
+                except ValueError as exc:
+                    job.fail("state_error", f"cannot decode stored state: {exc}")
+                    return
+                result = await inst.runner.run_async(
+                    job.execution_id, job.key, job.event, state, job.headers, job.received_at, job.remaining()
+                )
+                ok, a, b = result
+                if ok:
+                    if self.blocking_store:
+                        await loop.run_in_executor(None, job.succeed, a, b)
+                    else:
+                        job.succeed(a, b)
+                elif a == "pipeline_timeout":
+                    job.time_out()
+                else:
+                    job.fail(a, b)
             except BaseException as exc:
-                self._slot_failed(slot, exc)
-                return
-            self._mark_warm(slot)
-            queue = queues[slot]
-            try:
-                while True:
-                    job = await queue.get()
-                    if job is None:
-                        return
-                    try:
-                        await self._run_async(job, target, resources)
-                    except BaseException as exc:
-                        self._last_resort(job, exc)
+                try:
+                    if not job.done:
+                        job.fail("pipeline_error", f"internal error while finishing the execution: {type(exc).__name__}")
+                except BaseException:
+                    pass
             finally:
-                self._slot_gone(slot, warm=True)
-
-        def start_worker(slot: int) -> None:
-            if closed.is_set():
-                self._slot_gone(slot, warm=False)
-                return
-            workers.append(loop.create_task(worker(slot)))
+                inst.running -= 1
+                if inst.running == 0:
+                    self.core.set_busy(self.index, inst.slot, False)
+                    if inst.retiring:
+                        self._drop_instance(inst)
+                with self._room:
+                    self._inflight -= 1
+                    self._room.notify_all()
 
         def deliver(batch: list) -> None:
             for job in batch:
-                queues[job.slot].put_nowait(job)
-
-        def close() -> None:
-            for q in queues:
-                q.put_nowait(None)
-            closed.set()
+                live = [i for i in self._instances.values() if not i.retiring] or list(self._instances.values())
+                inst = min(live, key=lambda i: i.running)
+                if inst.running == 0:
+                    self.core.set_busy(self.index, inst.slot, True)
+                inst.running += 1
+                task = loop.create_task(run(job, inst))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
 
         def feed() -> None:
-            mailbox = self.core.mailbox(self.index, 0)
+            spec = self.spec
             while True:
-                batch = mailbox.next_batch(spec.max_batch, 0.1, self.spin_us)
+                with self._room:
+                    while self._room_left() <= 0 and not self._closed:
+                        self._room.wait(0.1)
+                    room = self._room_left()
+                    if self._closed:
+                        return
+                batch = self.core.take_batch(self.index, min(room, spec.max_batch), 0.1, self.spin_us)
                 try:
                     if batch is None:
-                        loop.call_soon_threadsafe(close)
+                        loop.call_soon_threadsafe(closed.set)
                         return
                     if batch:
+                        with self._room:
+                            self._inflight += len(batch)
                         loop.call_soon_threadsafe(deliver, batch)
                 except RuntimeError:  # the loop is closed: dropping the jobs answers them (503)
                     return
 
-        self._loop = loop
-        self._async_start = start_worker
-        for slot in self._take_slots(spec.min_slots):
-            start_worker(slot)
-        feeder = threading.Thread(target=feed, name=f"warmslot-{spec.name}-feeder", daemon=True)
+        with self._lock:
+            self._loop = loop
+            pending, self._pending_async = list(self._pending_async), []
+        for slot, reason in pending:
+            self._start_instance(slot, reason)
+        feeder = threading.Thread(target=feed, name=f"warmslot-{self.spec.name}-feeder", daemon=True)
         self.threads.append(feeder)
         feeder.start()
-        await closed.wait()
-        while workers:
-            pending, workers[:] = list(workers), []
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    @staticmethod
-    async def _guarded(coro: Any) -> Any:
-        # Runs inside wait_for's task: a BaseException (SystemExit, KeyboardInterrupt) raised by
-        # the pipeline would otherwise escape the task and stop the whole event loop.
         try:
-            return await coro
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            return _Raised(exc)
-
-    async def _run_async(self, job: Any, target: Any, resources: Any) -> None:
-        loop = asyncio.get_running_loop()
-        if self.blocking_store:
-            raw_state = await loop.run_in_executor(None, self._begin, job)
-        else:
-            raw_state = self._begin(job)
-        prepared = self._prepare(job, resources, raw_state)
-        if prepared is None:
-            return
-        event, ctx = prepared
-        remaining = job.remaining()
-        if remaining is not None and remaining <= 0:
-            job.time_out()
-            return
-        try:
-            result = target(event, ctx)
-            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                if remaining is None:
-                    result = await self._guarded(result)
-                else:
-                    result = await asyncio.wait_for(self._guarded(result), remaining)
-        except asyncio.TimeoutError as exc:
-            # Our deadline, or a TimeoutError the pipeline raised itself (the same class on 3.11).
-            left = job.remaining()
-            if left is not None and left <= 0.001:
-                job.time_out()
-            else:
-                self._failed(job, exc)
-            return
-        except asyncio.CancelledError as exc:
-            # Nothing cancels the slot's worker, so this came from inside the pipeline.
-            self._failed(job, exc)
-            return
-        except BaseException as exc:
-            self._failed(job, exc)
-            return
-        if isinstance(result, _Raised):
-            self._failed(job, result.exc)
-            return
-        encoded = self._encode(job, result, ctx)
-        if encoded is None:
-            return
-        if self.blocking_store:
-            await loop.run_in_executor(None, job.succeed, *encoded)
-        else:
-            job.succeed(*encoded)
+            await closed.wait()
+            while tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+        finally:
+            with self._room:
+                self._closed = True
+                self._room.notify_all()
+            for inst in list(self._instances.values()):
+                self._drop_instance(inst)

@@ -97,6 +97,11 @@ class PipelineSpec:
     max_batch: int
     signature: Optional[Signature]
     reply: str = "sync"
+    #: "thread" | "process"; None takes the App's default.
+    isolation: Optional[str] = None
+    concurrency: int = 1
+    max_executions: Optional[int] = None
+    max_memory_mb: Optional[int] = None
     is_async: bool = field(init=False)
     is_class: bool = field(init=False)
     takes_ctx: bool = field(init=False)
@@ -117,6 +122,18 @@ class PipelineSpec:
             )
         if self.reply not in ("sync", "async"):
             raise ValueError(f"pipeline {self.name!r}: reply must be 'sync' or 'async', got {self.reply!r}")
+        if self.isolation not in (None, "thread", "process"):
+            raise ValueError(
+                f"pipeline {self.name!r}: isolation must be 'thread' or 'process', got {self.isolation!r}"
+            )
+        for arg in ("concurrency", "max_executions", "max_memory_mb"):
+            v = getattr(self, arg)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"pipeline {self.name!r}: {arg} must be a positive integer, got {v!r}")
+        if self.concurrency > 1 and not self.is_async:
+            raise ValueError(
+                f"pipeline {self.name!r}: concurrency > 1 needs an async pipeline (a sync slot runs one event at a time)"
+            )
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"pipeline {self.name!r}: timeout must be positive seconds or None")
 
@@ -150,7 +167,9 @@ class PipelineSpec:
             "max_body_bytes": self.max_body_bytes,
             "queue_size": self.queue_size,
             "max_batch": self.max_batch,
-            "shared_mailbox": self.is_async,
+            "concurrency": self.concurrency,
+            "max_executions": self.max_executions,
+            "max_memory_mb": self.max_memory_mb,
             "signature": self.signature.as_config() if self.signature else None,
             "reply_async": self.reply == "async",
         }

@@ -30,6 +30,22 @@ pub struct SignatureSpec {
     pub scheme: SignatureScheme,
 }
 
+/// How a worker process of a `process`-isolated pipeline is started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerCommand {
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+/// Where a pipeline's code runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// Threads (or an event loop) in the server's own interpreter.
+    Thread,
+    /// Warm worker processes, one per slot, started with this command.
+    Process(WorkerCommand),
+}
+
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
     pub name: String,
@@ -41,12 +57,17 @@ pub struct PipelineConfig {
     /// Deadline counted from receipt; `None` waits forever.
     pub timeout: Option<Duration>,
     pub max_body_bytes: usize,
-    /// Capacity of the pipeline's ring; a full ring answers 429.
+    /// Events admitted and not yet running (`queue_size`); one more is refused with 429.
     pub ring_capacity: usize,
     /// Most events one slot takes in one hand-over.
     pub max_batch: usize,
-    /// All slots of an async pipeline share one mailbox that a single event-loop feeder drains.
-    pub shared_mailbox: bool,
+    pub isolation: Isolation,
+    /// Events one slot runs at once (async pipelines); lanes still keep per-key exclusion.
+    pub concurrency: usize,
+    /// Recycle a worker process after about this many executions (+ up to 10% jitter).
+    pub max_executions: Option<u64>,
+    /// Recycle a worker process whose resident memory exceeds this, checked between batches.
+    pub max_memory_mb: Option<u64>,
     pub signature: Option<SignatureSpec>,
     /// Answer every webhook `202` at once (as if it carried `Prefer: respond-async`).
     pub reply_async: bool,
@@ -63,7 +84,10 @@ impl PipelineConfig {
             max_body_bytes: 1 << 20,
             ring_capacity: 4096,
             max_batch: 64,
-            shared_mailbox: false,
+            isolation: Isolation::Thread,
+            concurrency: 1,
+            max_executions: None,
+            max_memory_mb: None,
             signature: None,
             reply_async: false,
         }
@@ -83,7 +107,7 @@ pub struct AppConfig {
     pub max_connections: usize,
     /// Grace period for in-flight executions at shutdown.
     pub drain_timeout: Duration,
-    /// How long an idle scheduler (and an idle slot) spins for the next event before parking.
+    /// How long an idle slot spins for the next event before parking.
     pub idle_spin: Duration,
 }
 

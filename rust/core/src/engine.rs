@@ -1,4 +1,5 @@
-//! The engine: pipelines, scheduler thread and ingress runtime, started and stopped as one.
+//! The engine: pipelines and the ingress runtime, started and stopped as one. Slots are started
+//! by the host (thread slots) or by [`Engine::run_process_slot`] (process slots).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,16 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::Receiver;
 use tokio::sync::Notify;
 
-use crate::config::{AppConfig, KeySpec, PipelineConfig};
+use crate::config::{AppConfig, Isolation, KeySpec, PipelineConfig};
 use crate::observe::metrics::{self, PipelineGauges, Quantiles};
+use crate::observe::pool::PoolCounters;
 use crate::observe::records::Records;
-use crate::runtime::execution::{Execution, Job};
+use crate::runtime::execution::Execution;
 use crate::runtime::ids::IdGenerator;
 use crate::runtime::pipeline::Pipeline;
-use crate::runtime::scheduler::{Scheduler, SchedulerWaker};
+use crate::runtime::slots::{WarmupReason, CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS};
 use crate::state::StateStore;
 
 /// Opens the state store of a pipeline (a store may size per-pipeline limits from its config).
@@ -55,8 +56,6 @@ impl std::error::Error for EngineError {}
 
 struct Running {
     addr: SocketAddr,
-    stop_scheduler: Arc<AtomicBool>,
-    scheduler: JoinHandle<()>,
     stop_io: Arc<Notify>,
     io: JoinHandle<()>,
 }
@@ -80,7 +79,6 @@ pub struct Engine {
     pipelines: Vec<Arc<Pipeline>>,
     by_name: HashMap<String, usize>,
     records: Records,
-    waker: Arc<SchedulerWaker>,
     node: u32,
     ids: IdGenerator,
     key_fn: Option<Arc<dyn KeyFn>>,
@@ -95,7 +93,6 @@ impl Engine {
         store_for: &StoreFactory,
         key_fn: Option<Arc<dyn KeyFn>>,
     ) -> Result<Arc<Engine>, EngineError> {
-        let waker = Arc::new(SchedulerWaker::default());
         let mut by_name = HashMap::new();
         let mut pipelines = Vec::new();
         for (i, p) in config.pipelines.iter().enumerate() {
@@ -121,7 +118,7 @@ impl Engine {
                 )));
             }
             let store = store_for(p).map_err(EngineError::Config)?;
-            pipelines.push(Arc::new(Pipeline::new(i, p.clone(), store, waker.clone())));
+            pipelines.push(Arc::new(Pipeline::new(i, p.clone(), store)));
         }
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         let node = ((seed ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
@@ -130,7 +127,6 @@ impl Engine {
             config,
             pipelines,
             by_name,
-            waker,
             node,
             ids: IdGenerator::default(),
             key_fn,
@@ -160,10 +156,6 @@ impl Engine {
         self.pipelines.iter().all(|p| p.is_ready())
     }
 
-    pub(crate) fn wake_scheduler(&self) {
-        self.waker.wake();
-    }
-
     pub(crate) fn new_execution(
         &self,
         pipeline: &Arc<Pipeline>,
@@ -189,12 +181,7 @@ impl Engine {
         (node == self.node).then(|| self.records.get(n)).flatten()
     }
 
-    /// The mailbox that a worker for (`pipeline`, `slot`) reads.
-    pub fn receiver(&self, pipeline: usize, slot: usize) -> Option<Receiver<Job>> {
-        self.pipelines.get(pipeline)?.slots.receiver(slot)
-    }
-
-    /// Binds the listener and starts the scheduler thread and the ingress runtime.
+    /// Binds the listener and starts the ingress runtime.
     pub fn start(self: &Arc<Self>) -> Result<SocketAddr, EngineError> {
         let mut running = self.running.lock().unwrap();
         if running.is_some() {
@@ -207,15 +194,6 @@ impl Engine {
         let listener = std::net::TcpListener::bind(&addrs[..]).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
-
-        let stop_scheduler = Arc::new(AtomicBool::new(false));
-        let scheduler =
-            Scheduler::new(&self.pipelines, self.waker.clone(), stop_scheduler.clone(), self.config.idle_spin)
-                .ok_or(EngineError::AlreadyStarted)?;
-        let scheduler = std::thread::Builder::new()
-            .name("warmslot-scheduler".into())
-            .spawn(move || scheduler.run())
-            .map_err(EngineError::Runtime)?;
 
         let runtime = if self.config.io_threads <= 1 {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -242,7 +220,7 @@ impl Engine {
             })
             .map_err(EngineError::Runtime)?;
         self.accepting.store(true, Ordering::Release);
-        *running = Some(Running { addr, stop_scheduler, scheduler, stop_io, io });
+        *running = Some(Running { addr, stop_io, io });
         Ok(addr)
     }
 
@@ -265,16 +243,14 @@ impl Engine {
         };
         wait_idle(drain);
         // Drain is over: whatever has not started fails with `shutting_down` (503) from here on,
-        // whether it sits in a ring (the scheduler abandons it on exit), in a slot's mailbox
-        // (`Job::begin` refuses it) or is being pushed right now (the ingress re-checks `closed`).
+        // whether it waits in the intake (drained here; dropping a job answers it), in a slot's
+        // batch (`Job::begin` refuses it) or is being admitted right now (the ingress re-checks
+        // `closed`). Closing also stops the intake, so idle slots return.
         for p in &self.pipelines {
             p.close();
+            drop(p.intake.drain_all());
         }
-        running.stop_scheduler.store(true, Ordering::Release);
-        self.waker.wake();
-        running.scheduler.thread().unpark();
-        let _ = running.scheduler.join();
-        // Let the slots answer what their mailboxes still hold before the connections close.
+        // Let the slots answer what their batches still hold before the connections close.
         wait_idle(Duration::from_secs(2));
         // A run still going now (a slow sync pipeline) cannot be interrupted: answer its client
         // 503 while the connection is open; its late result is discarded, nothing committed.
@@ -293,8 +269,8 @@ impl Engine {
             .iter()
             .map(|p| PipelineStats {
                 name: p.name().to_string(),
-                ring_depth: p.ring.len(),
-                ring_capacity: p.ring.capacity(),
+                ring_depth: p.intake.waiting(),
+                ring_capacity: p.intake.capacity(),
                 inflight: p.inflight(),
                 slots_warm: p.slots.warm_count(),
                 slots_busy: p.slots.busy_count(),
@@ -312,8 +288,8 @@ impl Engine {
                 (
                     PipelineGauges {
                         name: p.name(),
-                        ring_depth: p.ring.len(),
-                        ring_capacity: p.ring.capacity(),
+                        ring_depth: p.intake.waiting(),
+                        ring_capacity: p.intake.capacity(),
                         slots_warm: p.slots.warm_count(),
                         slots_busy: p.slots.busy_count(),
                         slots_max: p.slots.len(),
@@ -326,7 +302,47 @@ impl Engine {
                 )
             })
             .collect();
-        metrics::render(&gauges)
+        let pools: Vec<_> = self
+            .pipelines
+            .iter()
+            .map(|p| {
+                let s = &p.slots;
+                let zip = |names: &[&'static str], v: &[u64]| names.iter().copied().zip(v.iter().copied()).collect();
+                PoolCounters {
+                    name: p.name(),
+                    warmups: zip(&WARMUP_REASONS, &s.warmups()),
+                    crashes: zip(&CRASH_REASONS, &s.crashes()),
+                    recycles: zip(&RECYCLE_REASONS, &s.recycles()),
+                    cold_starts: s.cold_starts(),
+                    idle_slot_seconds: s.idle_slot_seconds(),
+                    worker_rss_bytes: s.rss_bytes(),
+                    waiting: p.intake.waiting(),
+                }
+            })
+            .collect();
+        let mut text = metrics::render(&gauges);
+        text.push_str(&crate::observe::pool::render(&pools));
+        text
+    }
+
+    /// Runs process slot `slot` of pipeline `index` on the calling thread until it retires or
+    /// the server stops (see [`crate::runtime::process::run_process_slot`]).
+    pub fn run_process_slot(
+        &self,
+        index: usize,
+        slot: usize,
+        reason: WarmupReason,
+        report: &dyn Fn(&str, &str),
+    ) -> Result<(), EngineError> {
+        let p = self.pipelines.get(index).ok_or_else(|| EngineError::Config(format!("no pipeline {index}")))?;
+        let Isolation::Process(cmd) = &p.config.isolation else {
+            return Err(EngineError::Config(format!("pipeline {:?} does not use process isolation", p.name())));
+        };
+        if slot >= p.slots.len() {
+            return Err(EngineError::Config(format!("pipeline {:?} has no slot {slot}", p.name())));
+        }
+        crate::runtime::process::run_process_slot(p, slot, cmd, self.config.idle_spin, reason, report);
+        Ok(())
     }
 }
 
@@ -334,6 +350,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::config::PipelineConfig;
+    use crate::runtime::slot_loop::{run_slot, Backend, Begun, LoopEnd, LoopSettings, RunResult, SlotDied};
     use crate::state::MemoryStore;
     use bytes::Bytes;
     use std::io::{Read, Write};
@@ -365,15 +382,30 @@ mod tests {
         let addr = engine.start().unwrap();
         assert_eq!(request(addr, "GET", "/healthz", "").0, 503, "no warm slot yet");
 
-        // A slot worker in Rust: counts events per key in the committed state.
-        let rx = engine.receiver(0, 0).unwrap();
-        engine.pipelines()[0].slots.mark_warm(0);
-        let worker = std::thread::spawn(move || {
-            while let Ok(mut job) = rx.recv() {
-                let state = job.begin().unwrap();
-                let n: u64 = state.map_or(0, |s| std::str::from_utf8(&s).unwrap().parse().unwrap()) + 1;
-                job.succeed(Bytes::from(format!("{{\"n\":{n}}}")), Some(Bytes::from(n.to_string())));
+        // A slot in Rust: counts events per key in the committed state.
+        struct Counter;
+        impl Backend for Counter {
+            fn commits_inline(&self) -> bool {
+                true
             }
+            fn run(
+                &mut self,
+                batch: &mut [Begun],
+                done: &mut dyn FnMut(&mut Begun, RunResult),
+            ) -> Result<(), SlotDied> {
+                for b in batch.iter_mut() {
+                    let n: u64 = b.state.as_ref().map_or(0, |s| std::str::from_utf8(s).unwrap().parse().unwrap()) + 1;
+                    let reply = Bytes::from(format!("{{\"n\":{n}}}"));
+                    done(b, RunResult::Reply { reply, state: Some(Bytes::from(n.to_string())) });
+                }
+                Ok(())
+            }
+        }
+        let p = engine.pipelines()[0].clone();
+        p.slots.mark_warm(0, WarmupReason::Ahead, 1);
+        let worker = std::thread::spawn(move || {
+            let settings = LoopSettings { spin: Duration::ZERO, warm_at: Instant::now() };
+            run_slot(&p, 0, &mut Counter, &settings)
         });
         assert_eq!(request(addr, "GET", "/healthz", "").0, 200);
         assert_eq!(request(addr, "POST", "/hooks/count", r#"{"user":"a"}"#), (200, r#"{"n":1}"#.into()));
@@ -388,7 +420,7 @@ mod tests {
         assert!(metrics.contains("warmslot_requests_total{pipeline=\"count\",status=\"succeeded\"} 3"), "{metrics}");
 
         engine.shutdown(Duration::from_secs(1));
-        worker.join().unwrap();
+        assert!(matches!(worker.join().unwrap(), LoopEnd::Stopped));
         assert!(TcpStream::connect(addr).is_err(), "the listener is closed after shutdown");
     }
 }

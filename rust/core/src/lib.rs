@@ -17,7 +17,7 @@ pub mod runtime;
 pub mod state;
 
 pub use bytes::Bytes;
-pub use config::{AppConfig, KeySpec, PipelineConfig, SignatureScheme, SignatureSpec};
+pub use config::{AppConfig, Isolation, KeySpec, PipelineConfig, SignatureScheme, SignatureSpec, WorkerCommand};
 pub use engine::{Engine, EngineError, KeyFn, PipelineStats};
 pub use error::ErrorCode;
 pub use runtime::execution::{BeginError, Job, Outcome, Status, Timings};

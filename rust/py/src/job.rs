@@ -1,7 +1,6 @@
-//! `Job`: one event handed to a slot. The slot calls `begin()`, runs the pipeline, then exactly one
-//! of `succeed()`, `fail()` or `time_out()`. A job dropped without them fails its execution.
-
-use std::time::Instant;
+//! `Job`: one event handed to an async slot (an event-loop task). The slot calls `begin()` (in a
+//! thread for stores that do I/O), runs the pipeline, then exactly one of `succeed()`, `fail()` or
+//! `time_out()`. A job dropped without them fails its execution.
 
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError};
 use pyo3::prelude::*;
@@ -11,21 +10,22 @@ use warmslot_core::{BeginError, Bytes, ErrorCode, Job};
 #[pyclass(name = "Job", module = "warmslot._core")]
 pub struct PyJob {
     job: Option<Job>,
+    state: Option<Bytes>,
     id: String,
 }
 
 impl PyJob {
-    pub fn new(job: Job) -> Self {
+    pub fn new(job: Job, state: Option<Bytes>) -> Self {
         let id = job.exec.id_str.to_string();
-        PyJob { job: Some(job), id }
-    }
-
-    fn job(&self) -> PyResult<&Job> {
-        self.job.as_ref().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))
+        PyJob { job: Some(job), state, id }
     }
 
     fn job_mut(&mut self) -> PyResult<&mut Job> {
         self.job.as_mut().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))
+    }
+
+    fn job(&self) -> PyResult<&Job> {
+        self.job.as_ref().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))
     }
 }
 
@@ -54,9 +54,16 @@ impl PyJob {
         Ok(self.job()?.exec.key.as_deref().map(str::to_string))
     }
 
+    /// The event, parsed once by the ingress.
     #[getter]
-    fn slot(&self) -> PyResult<usize> {
-        Ok(self.job()?.slot)
+    fn event<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        crate::value::to_py(py, &self.job()?.event)
+    }
+
+    /// The key's committed state, decoded (None when the key has none yet). Raises ValueError
+    /// when the stored state cannot be decoded.
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.state.as_ref().map(|s| crate::value::loads(py, s)).transpose()
     }
 
     #[getter]
@@ -66,17 +73,12 @@ impl PyJob {
 
     /// Seconds left before the deadline (negative when past), or None without a timeout.
     fn remaining(&self) -> PyResult<Option<f64>> {
-        let now = Instant::now();
-        Ok(self.job()?.exec.deadline.map(|d| if d >= now { (d - now).as_secs_f64() } else { -(now - d).as_secs_f64() }))
+        Ok(self.job()?.remaining())
     }
 
     /// The request headers, lower-cased names (a repeated header keeps its last value).
     fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (k, v) in self.job()?.headers.iter() {
-            d.set_item(k.as_str(), String::from_utf8_lossy(v.as_bytes()))?;
-        }
-        Ok(d)
+        crate::thread_slot::headers_dict(py, &self.job()?.headers)
     }
 
     /// Marks the execution running and returns the key's committed state (JSON bytes) or None.
@@ -86,7 +88,10 @@ impl PyJob {
         let job = self.job_mut()?;
         let result = if store_does_io(job) { py.detach(|| job.begin()) } else { job.begin() };
         match result {
-            Ok(state) => Ok(state.map(|s| PyBytes::new(py, &s))),
+            Ok(state) => {
+                self.state = state;
+                Ok(self.state.as_ref().map(|s| PyBytes::new(py, s)))
+            }
             Err(BeginError::TimedOut) => {
                 self.job = None;
                 Err(PyTimeoutError::new_err("the execution timed out before it started"))

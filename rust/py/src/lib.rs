@@ -4,17 +4,33 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use warmslot_core::runtime::slot_loop::{run_slot, LoopEnd, LoopSettings};
+use warmslot_core::runtime::slots::WarmupReason;
+use warmslot_core::runtime::wire;
+
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use warmslot_core::state::redis::lease_for;
 use warmslot_core::{
-    AppConfig, Engine, EngineError, KeyFn, KeySpec, MemoryStore, PipelineConfig, RedisDb, SignatureScheme,
-    SignatureSpec, SqliteDb, StateStore,
+    AppConfig, Engine, EngineError, Isolation, KeyFn, KeySpec, MemoryStore, PipelineConfig, RedisDb, SignatureScheme,
+    SignatureSpec, SqliteDb, StateStore, WorkerCommand,
 };
 
 mod job;
+mod thread_slot;
+mod value;
 use job::PyJob;
+use thread_slot::ThreadBackend;
+
+fn warmup_reason(reason: &str) -> PyResult<WarmupReason> {
+    match reason {
+        "ahead" => Ok(WarmupReason::Ahead),
+        "demand" => Ok(WarmupReason::Demand),
+        "replace" => Ok(WarmupReason::Replace),
+        other => Err(PyValueError::new_err(format!("unknown warm-up reason {other:?}"))),
+    }
+}
 
 fn engine_err(e: EngineError) -> PyErr {
     match e {
@@ -64,7 +80,15 @@ fn pipeline_config(d: &Bound<'_, PyDict>) -> PyResult<PipelineConfig> {
     if let Some(v) = get(d, "max_batch")? {
         p.max_batch = v;
     }
-    p.shared_mailbox = get(d, "shared_mailbox")?.unwrap_or(false);
+    if let Some(cmd) = get::<Vec<String>>(d, "worker_cmd")? {
+        let (program, args) = cmd.split_first().ok_or_else(|| PyValueError::new_err("worker_cmd is empty"))?;
+        p.isolation = Isolation::Process(WorkerCommand { program: program.clone(), args: args.to_vec() });
+    }
+    if let Some(v) = get(d, "concurrency")? {
+        p.concurrency = v;
+    }
+    p.max_executions = get(d, "max_executions")?;
+    p.max_memory_mb = get(d, "max_memory_mb")?;
     p.reply_async = get(d, "reply_async")?.unwrap_or(false);
     if let Some(sig) = get::<Bound<'_, PyDict>>(d, "signature")? {
         let secret: Vec<u8> = get(&sig, "secret")?.ok_or_else(|| PyValueError::new_err("signature needs a secret"))?;
@@ -106,6 +130,20 @@ impl KeyFn for PyKeyFn {
 #[pyclass(module = "warmslot._core", frozen)]
 struct Core {
     engine: Arc<Engine>,
+}
+
+impl Core {
+    fn pipeline(&self, index: usize) -> PyResult<&Arc<warmslot_core::runtime::pipeline::Pipeline>> {
+        self.engine.pipelines().get(index).ok_or_else(|| PyValueError::new_err(format!("no pipeline {index}")))
+    }
+
+    fn check_slot(&self, pipeline: usize, slot: usize) -> PyResult<&Arc<warmslot_core::runtime::pipeline::Pipeline>> {
+        let p = self.pipeline(pipeline)?;
+        if slot >= p.slots.len() {
+            return Err(PyValueError::new_err(format!("pipeline {:?} has no slot {slot}", p.name())));
+        }
+        Ok(p)
+    }
 }
 
 #[pymethods]
@@ -166,30 +204,142 @@ impl Core {
         Ok((addr.ip().to_string(), addr.port()))
     }
 
-    /// The mailbox a worker for (`pipeline`, `slot`) reads.
-    fn mailbox(&self, pipeline: usize, slot: usize) -> PyResult<Mailbox> {
-        let rx = self
-            .engine
-            .receiver(pipeline, slot)
-            .ok_or_else(|| PyValueError::new_err(format!("no slot {slot} in pipeline {pipeline}")))?;
-        Ok(Mailbox { rx })
+    /// Runs a warm thread slot on the calling thread (GIL released) until it retires or the
+    /// server stops; returns "retired" or "stopped". `runner` is called per event with the GIL.
+    fn run_thread_slot(
+        &self,
+        py: Python<'_>,
+        pipeline: usize,
+        slot: usize,
+        runner: Py<PyAny>,
+        reason: &str,
+        warmup_s: f64,
+    ) -> PyResult<&'static str> {
+        let spin = self.engine.config.idle_spin;
+        let p = self.check_slot(pipeline, slot)?.clone();
+        let reason = warmup_reason(reason)?;
+        let mut backend = ThreadBackend { runner };
+        let end = py.detach(move || {
+            let warm_at = Instant::now();
+            p.slots.mark_warm(slot, reason, (warmup_s.max(0.0) * 1e6) as u64);
+            let settings = LoopSettings { spin, warm_at };
+            let end = run_slot(&p, slot, &mut backend, &settings);
+            p.slots.mark_cold(slot);
+            end
+        });
+        Ok(match end {
+            LoopEnd::Retired => "retired",
+            _ => "stopped",
+        })
     }
 
-    fn mark_warm(&self, pipeline: usize, slot: usize) -> PyResult<()> {
-        let p = self.engine.pipelines().get(pipeline).ok_or_else(|| PyValueError::new_err("no such pipeline"))?;
-        if slot >= p.slots.len() {
-            return Err(PyValueError::new_err(format!("pipeline {:?} has no slot {slot}", p.name())));
-        }
-        p.slots.mark_warm(slot);
+    /// Runs process slot `slot` on the calling thread (GIL released): spawns its worker, replaces
+    /// it after crashes and recycles, returns when the slot retires or the server stops.
+    /// `report(kind, message)` is called (with the GIL) on warm, warmup_failed, crashed, recycled.
+    fn run_process_slot(
+        &self,
+        py: Python<'_>,
+        pipeline: usize,
+        slot: usize,
+        reason: &str,
+        report: Py<PyAny>,
+    ) -> PyResult<()> {
+        self.check_slot(pipeline, slot)?;
+        let reason = warmup_reason(reason)?;
+        let engine = self.engine.clone();
+        py.detach(move || {
+            let report = |kind: &str, message: &str| {
+                Python::attach(|py| {
+                    if let Err(e) = report.bind(py).call1((kind, message)) {
+                        e.print(py);
+                    }
+                })
+            };
+            engine.run_process_slot(pipeline, slot, reason, &report)
+        })
+        .map_err(engine_err)
+    }
+
+    /// Takes up to `max` runnable events (waiting up to `timeout` s, without the GIL); the caller
+    /// `begin()`s each. [] on timeout; None once the pipeline has stopped.
+    #[pyo3(signature = (pipeline, max, timeout=0.1, spin_us=0))]
+    fn take_batch(
+        &self,
+        py: Python<'_>,
+        pipeline: usize,
+        max: usize,
+        timeout: f64,
+        spin_us: u64,
+    ) -> PyResult<Option<Vec<PyJob>>> {
+        let p = self.pipeline(pipeline)?.clone();
+        let timeout = seconds(Some(timeout))?.unwrap_or_default();
+        let got = py.detach(move || {
+            let jobs = p.intake.take_batch(max, timeout, Duration::from_micros(spin_us));
+            if jobs.is_empty() && p.is_closed() {
+                return None;
+            }
+            Some(jobs)
+        });
+        Ok(got.map(|b| b.into_iter().map(|job| PyJob::new(job, None)).collect()))
+    }
+
+    /// Marks an in-process slot (an async pipeline's instance) warm or cold, and busy or not.
+    fn mark_warm(&self, pipeline: usize, slot: usize, reason: &str, warmup_s: f64) -> PyResult<()> {
+        let p = self.check_slot(pipeline, slot)?;
+        p.slots.mark_warm(slot, warmup_reason(reason)?, (warmup_s.max(0.0) * 1e6) as u64);
+        p.intake.nudge();
         Ok(())
     }
 
     fn mark_cold(&self, pipeline: usize, slot: usize) -> PyResult<()> {
-        let p = self.engine.pipelines().get(pipeline).ok_or_else(|| PyValueError::new_err("no such pipeline"))?;
-        if slot < p.slots.len() {
-            p.slots.mark_cold(slot);
-        }
+        self.pipeline(pipeline)?.slots.mark_cold(slot);
         Ok(())
+    }
+
+    fn set_busy(&self, pipeline: usize, slot: usize, busy: bool) -> PyResult<()> {
+        self.check_slot(pipeline, slot)?.slots.set_busy(slot, busy);
+        Ok(())
+    }
+
+    /// Asks `n` slots of `pipeline` to finish what they hold and stop (0 cancels).
+    fn retire(&self, pipeline: usize, n: usize) -> PyResult<()> {
+        let p = self.pipeline(pipeline)?;
+        p.slots.request_retire(n);
+        p.intake.nudge();
+        Ok(())
+    }
+
+    /// A slot asks whether it should retire now (async instances); at most the requested number do.
+    fn should_retire(&self, pipeline: usize) -> PyResult<bool> {
+        Ok(self.pipeline(pipeline)?.slots.should_retire())
+    }
+
+    /// Pool counters of `pipeline` for the predictor and `server.pool()`.
+    fn pool<'py>(&self, py: Python<'py>, pipeline: usize) -> PyResult<Bound<'py, PyDict>> {
+        let p = self.pipeline(pipeline)?;
+        let s = &p.slots;
+        let d = PyDict::new(py);
+        d.set_item("warm", s.warm_count())?;
+        d.set_item("busy", s.busy_count())?;
+        d.set_item("waiting", p.intake.waiting())?;
+        d.set_item("retire_pending", s.retire_pending())?;
+        d.set_item("cold_starts", s.cold_starts())?;
+        d.set_item("idle_slot_seconds", s.idle_slot_seconds())?;
+        d.set_item("warmup_s", s.warmup_seconds())?;
+        d.set_item("worker_rss_bytes", s.rss_bytes())?;
+        d.set_item("last_error", s.last_error())?;
+        let named = |names: &[&str], v: &[u64]| -> PyResult<Bound<'py, PyDict>> {
+            let d = PyDict::new(py);
+            for (n, v) in names.iter().zip(v) {
+                d.set_item(*n, *v)?;
+            }
+            Ok(d)
+        };
+        use warmslot_core::runtime::slots::{CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS};
+        d.set_item("warmups", named(&WARMUP_REASONS, &s.warmups())?)?;
+        d.set_item("crashes", named(&CRASH_REASONS, &s.crashes())?)?;
+        d.set_item("recycles", named(&RECYCLE_REASONS, &s.recycles())?)?;
+        Ok(d)
     }
 
     fn is_ready(&self) -> bool {
@@ -214,7 +364,7 @@ impl Core {
         self.engine.execution(id).map(|e| warmslot_core::http::responses::execution_json(&e))
     }
 
-    /// Cheap per-pipeline counters for the predictor: (ring_depth, inflight, slots_warm,
+    /// Cheap per-pipeline counters for the predictor: (waiting, inflight, slots_warm,
     /// slots_busy, arrivals, executions_ran, run_us_sum).
     fn load(&self) -> Vec<(usize, usize, usize, usize, u64, u64, u64)> {
         self.engine
@@ -222,7 +372,15 @@ impl Core {
             .iter()
             .map(|p| {
                 let (ran, run_us) = p.metrics.service();
-                (p.ring.len(), p.inflight(), p.slots.warm_count(), p.slots.busy_count(), p.arrivals(), ran, run_us)
+                (
+                    p.intake.waiting(),
+                    p.inflight(),
+                    p.slots.warm_count(),
+                    p.slots.busy_count(),
+                    p.arrivals(),
+                    ran,
+                    run_us,
+                )
             })
             .collect()
     }
@@ -268,67 +426,41 @@ impl Core {
     }
 }
 
-/// One slot's (or one event loop's) mailbox.
-#[pyclass(module = "warmslot._core", frozen)]
-struct Mailbox {
-    rx: crossbeam_channel::Receiver<warmslot_core::Job>,
+/// Parses JSON bytes with the server's own parser (the one the ingress checks bodies with).
+#[pyfunction]
+fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    value::loads(py, data)
 }
 
-#[pymethods]
-impl Mailbox {
-    /// Waits (without the GIL) up to `timeout` seconds for jobs: after a first one arrives, takes
-    /// up to `max_batch` that are already there. Spins `spin_us` microseconds before blocking.
-    /// Returns [] on timeout and None once the engine has stopped and the mailbox is empty.
-    #[pyo3(signature = (max_batch=64, timeout=0.1, spin_us=50))]
-    fn next_batch(&self, py: Python<'_>, max_batch: usize, timeout: f64, spin_us: u64) -> PyResult<Option<Vec<PyJob>>> {
-        use crossbeam_channel::{RecvTimeoutError, TryRecvError};
-        let timeout = seconds(Some(timeout))?.unwrap_or_default();
-        let rx = self.rx.clone();
-        let got = py.detach(move || {
-            let first = 'first: {
-                // NOTE: a short spin before blocking saves the futex wake-up on back-to-back
-                // requests; see the NOTE on `Scheduler::idle` for the measurements.
-                let spin_until = Instant::now() + Duration::from_micros(spin_us);
-                let mut n = 0u32;
-                loop {
-                    match rx.try_recv() {
-                        Ok(j) => break 'first Ok(j),
-                        Err(TryRecvError::Disconnected) => break 'first Err(RecvTimeoutError::Disconnected),
-                        Err(TryRecvError::Empty) if Instant::now() >= spin_until => break,
-                        Err(TryRecvError::Empty) => {
-                            n += 1;
-                            if n < 64 {
-                                std::hint::spin_loop();
-                            } else {
-                                std::thread::yield_now();
-                            }
-                        }
-                    }
-                }
-                rx.recv_timeout(timeout)
-            };
-            match first {
-                Ok(j) => {
-                    let mut batch = Vec::with_capacity(8);
-                    batch.push(j);
-                    while batch.len() < max_batch.max(1) {
-                        match rx.try_recv() {
-                            Ok(j) => batch.push(j),
-                            Err(_) => break,
-                        }
-                    }
-                    Some(batch)
-                }
-                Err(RecvTimeoutError::Timeout) => Some(Vec::new()),
-                Err(RecvTimeoutError::Disconnected) => None,
-            }
-        });
-        Ok(got.map(|b| b.into_iter().map(PyJob::new).collect()))
+/// Decodes a batch frame payload (worker side) into tuples
+/// `(execution_id, key, event, state, headers, received_at, remaining)`.
+#[pyfunction]
+fn decode_batch<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    let events = wire::decode_batch(payload).map_err(|e| PyValueError::new_err(e.0))?;
+    let mut out = Vec::with_capacity(events.len());
+    for ev in events {
+        let event = value::loads(py, ev.body)?;
+        let state = match ev.state {
+            Some(s) => Some(
+                value::loads(py, s).map_err(|e| PyValueError::new_err(format!("cannot decode stored state: {e}")))?,
+            ),
+            None => None,
+        };
+        let headers = PyDict::new(py);
+        for (k, v) in &ev.headers {
+            headers.set_item(*k, String::from_utf8_lossy(v))?;
+        }
+        out.push((ev.id, ev.key, event, state, headers, ev.received_unix, ev.remaining).into_pyobject(py)?);
     }
+    Ok(out)
+}
 
-    fn __len__(&self) -> usize {
-        self.rx.len()
-    }
+/// Encodes a result frame (worker side): kind 0 reply (a=reply, b=state), 1 error (a=code,
+/// b=message), 2 ready, 3 warm-up failed (a=message). Index 0xFFFFFFFF for ready/failed.
+#[pyfunction]
+#[pyo3(signature = (index, kind, a=b"".as_slice(), b=None))]
+fn encode_result<'py>(py: Python<'py>, index: u32, kind: u8, a: &[u8], b: Option<&[u8]>) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &wire::encode_result(index, kind, a, b))
 }
 
 /// HMAC-SHA256 of the concatenated `parts`, hex-encoded (for signing test requests).
@@ -342,8 +474,10 @@ fn hmac_sha256_hex(secret: &[u8], parts: Vec<Vec<u8>>) -> String {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Core>()?;
-    m.add_class::<Mailbox>()?;
     m.add_class::<PyJob>()?;
     m.add_function(wrap_pyfunction!(hmac_sha256_hex, m)?)?;
+    m.add_function(wrap_pyfunction!(loads, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_result, m)?)?;
     Ok(())
 }

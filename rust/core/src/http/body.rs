@@ -1,11 +1,14 @@
-//! One pass over a webhook body: checks that it is JSON and pulls out the ordering key.
+//! One pass over a webhook body: parses it (once) and pulls out the ordering key.
 //!
-//! The body stays as bytes (it is parsed again, once, by the pipeline's language); here we only
-//! validate it and read one top-level field, without building a document tree.
+//! The parsed document travels with the event to the slot, which hands it to the pipeline as it
+//! is (the thread backend converts it straight into Python objects); worker processes parse the
+//! same bytes with the same parser. So the ingress's check and the slot's parse accept exactly
+//! the same inputs: serde_json's grammar, nesting up to 128 levels, numbers that fit an i64, u64
+//! or finite f64 (a 100,000-digit number is refused here with 400 `invalid_json`).
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventError {
@@ -24,141 +27,28 @@ impl fmt::Display for EventError {
     }
 }
 
-/// Validates `body` as one JSON value and returns the value of top-level field `key_field`
-/// (strings as-is, numbers and booleans as their JSON text; missing or null gives `None`).
+/// Parses `body` as one JSON value and returns it with the value of top-level field `key_field`
+/// (strings as-is, numbers and booleans as their JSON text; missing or null gives `None`; in an
+/// object with duplicate fields the last one wins, as in Python's `json`).
+pub fn parse(body: &[u8], key_field: Option<&str>) -> Result<(Value, Option<String>), EventError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| EventError::InvalidJson(e.to_string()))?;
+    let key = match (key_field, &value) {
+        (Some(field), Value::Object(map)) => match map.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Bool(b)) => Some(b.to_string()),
+            Some(Value::Object(_)) => return Err(EventError::BadKey { field: field.into(), found: "an object" }),
+            Some(Value::Array(_)) => return Err(EventError::BadKey { field: field.into(), found: "an array" }),
+        },
+        _ => None,
+    };
+    Ok((value, key))
+}
+
+/// Validates `body` and returns only its key (see [`parse`]).
 pub fn scan(body: &[u8], key_field: Option<&str>) -> Result<Option<String>, EventError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let key = match key_field {
-        Some(field) => FindKey { field }.deserialize(&mut de),
-        None => IgnoredAny::deserialize(&mut de).map(|_| Ok(None)),
-    }
-    .map_err(|e| EventError::InvalidJson(e.to_string()))?;
-    de.end().map_err(|e| EventError::InvalidJson(e.to_string()))?;
-    key.map_err(|found| EventError::BadKey { field: key_field.unwrap_or_default().to_string(), found })
-}
-
-use serde::Deserialize;
-
-/// Visits the top-level value; for an object, captures the field named `field`.
-struct FindKey<'f> {
-    field: &'f str,
-}
-
-type KeyResult = Result<Option<String>, &'static str>;
-
-impl<'de> DeserializeSeed<'de> for FindKey<'_> {
-    type Value = KeyResult;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<KeyResult, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FindKey<'_> {
-    type Value = KeyResult;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyResult, A::Error> {
-        let mut found: KeyResult = Ok(None);
-        while let Some(is_key) = map.next_key_seed(IsField(self.field))? {
-            if is_key {
-                // Like Python's json, the last duplicate wins.
-                found = map.next_value::<KeyValue>()?.0;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(found)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyResult, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Ok(None))
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<KeyResult, E> {
-        Ok(Ok(None))
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<KeyResult, E> {
-        Ok(Ok(None))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<KeyResult, E> {
-        Ok(Ok(None))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<KeyResult, E> {
-        Ok(Ok(None))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<KeyResult, E> {
-        Ok(Ok(None))
-    }
-    fn visit_unit<E>(self) -> Result<KeyResult, E> {
-        Ok(Ok(None))
-    }
-}
-
-/// Compares an object key with the wanted field without allocating (borrowed or unescaped).
-struct IsField<'f>(&'f str);
-
-impl<'de> DeserializeSeed<'de> for IsField<'_> {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for IsField<'_> {
-    type Value = bool;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(v == self.0)
-    }
-}
-
-struct KeyValue(KeyResult);
-
-impl<'de> Deserialize<'de> for KeyValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(KeyValueVisitor)
-    }
-}
-
-struct KeyValueVisitor;
-
-impl<'de> Visitor<'de> for KeyValueVisitor {
-    type Value = KeyValue;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key value")
-    }
-    fn visit_str<E>(self, v: &str) -> Result<KeyValue, E> {
-        Ok(KeyValue(Ok(Some(v.to_owned()))))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<KeyValue, E> {
-        Ok(KeyValue(Ok(Some(v.to_string()))))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<KeyValue, E> {
-        Ok(KeyValue(Ok(Some(v.to_string()))))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<KeyValue, E> {
-        Ok(KeyValue(Ok(Some(serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string())))))
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<KeyValue, E> {
-        Ok(KeyValue(Ok(Some(v.to_string()))))
-    }
-    fn visit_unit<E>(self) -> Result<KeyValue, E> {
-        Ok(KeyValue(Ok(None)))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyValue, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(KeyValue(Err("an object")))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyValue, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(KeyValue(Err("an array")))
-    }
+    parse(body, key_field).map(|(_, key)| key)
 }
 
 #[cfg(test)]
@@ -187,6 +77,23 @@ mod tests {
             assert!(matches!(scan(bad, Some("a")), Err(EventError::InvalidJson(_))), "{:?}", bad);
             assert!(matches!(scan(bad, None), Err(EventError::InvalidJson(_))), "{:?}", bad);
         }
+    }
+
+    #[test]
+    fn refuses_what_the_slot_could_not_decode() {
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(matches!(scan(deep.as_bytes(), None), Err(EventError::InvalidJson(_))));
+        let huge = format!("{{\"n\":{}}}", "9".repeat(100_000));
+        assert!(matches!(scan(huge.as_bytes(), None), Err(EventError::InvalidJson(_))));
+        assert!(matches!(scan(b"{\"a\":\"\xff\"}", None), Err(EventError::InvalidJson(_))));
+        let ok = "[".repeat(100) + &"]".repeat(100);
+        assert!(scan(ok.as_bytes(), None).is_ok());
+    }
+
+    #[test]
+    fn keeps_field_order() {
+        let (v, _) = parse(br#"{"z":1,"a":2,"m":3}"#, None).unwrap();
+        assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), ["z", "a", "m"]);
     }
 
     #[test]

@@ -169,12 +169,12 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
             return refuse(ErrorCode::BadSignature, e.0);
         }
     }
-    let key = match &cfg.key {
-        KeySpec::Field(field) => body::scan(&body, Some(field)),
-        KeySpec::None | KeySpec::Callable => body::scan(&body, None),
+    let parsed = match &cfg.key {
+        KeySpec::Field(field) => body::parse(&body, Some(field)),
+        KeySpec::None | KeySpec::Callable => body::parse(&body, None),
     };
-    let key = match key {
-        Ok(k) => k,
+    let (event, key) = match parsed {
+        Ok(parsed) => parsed,
         Err(e @ EventError::InvalidJson(_)) => return refuse(ErrorCode::InvalidJson, e.to_string()),
         Err(e @ EventError::BadKey { .. }) => return refuse(ErrorCode::BadRequest, e.to_string()),
     };
@@ -191,18 +191,17 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     pipeline.arrived();
     let exec = Arc::new(engine.new_execution(&pipeline, key.map(String::into_boxed_str), received));
     pipeline.accepted_one();
-    if let Err(job) = pipeline.ring.push(Job::new(exec.clone(), body, parts.headers)) {
+    if let Err((_, job)) = pipeline.intake.admit(Job::new(exec.clone(), body, event, parts.headers)) {
         job.discard();
         pipeline.finished_one();
         return refuse(
             ErrorCode::Overloaded,
-            format!("pipeline {:?} is at capacity ({} queued); retry shortly", cfg.name, pipeline.ring.capacity()),
+            format!("pipeline {:?} is at capacity ({} waiting); retry shortly", cfg.name, pipeline.intake.capacity()),
         );
     }
-    engine.wake_scheduler();
     engine.remember(exec.clone());
-    // Pairs with `Engine::shutdown`: it closes the pipeline, then the scheduler drains the ring.
-    // Either that drain sees this job, or we see `closed` here and answer it ourselves.
+    // Pairs with `Engine::shutdown`: it closes the pipeline, then drains the intake. Either that
+    // drain sees this job, or we see `closed` here and answer it ourselves.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     if pipeline.is_closed() {
         exec.abandon_queued(ErrorCode::ShuttingDown, "the server is shutting down".into());

@@ -5,3 +5,4 @@ pub mod body;
 pub mod ingress;
 pub mod responses;
 pub mod signature;
+pub use hyper::HeaderMap;

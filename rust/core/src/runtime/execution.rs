@@ -15,6 +15,7 @@ use hyper::HeaderMap;
 use tokio::sync::Notify;
 
 use crate::error::ErrorCode;
+use crate::runtime::intake::LaneLease;
 use crate::runtime::pipeline::Pipeline;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,15 +202,16 @@ pub enum BeginError {
 }
 
 /// An event on its way to a slot. Dropping a job that never finished fails its execution, so an
-/// accepted request always gets an answer, and frees its place in the slot's accounting.
+/// accepted request always gets an answer; dropping it also releases its key's lane.
 pub struct Job {
     pub exec: Arc<Execution>,
     pub body: Bytes,
+    /// The body, parsed once at the ingress (the slot hands it to the pipeline as is).
+    pub event: serde_json::Value,
     pub headers: HeaderMap,
-    /// Set by the scheduler: the slot this job was handed to.
-    pub slot: usize,
-    pub(crate) assigned: bool,
-    /// False for a job the ring refused: it was never accepted, so dropping it reports nothing.
+    /// Set while the job is out of its lane (taken by a slot); dropped last, after the outcome.
+    pub(crate) lane: Option<LaneLease>,
+    /// False for a job refused at admission: it was never accepted, so dropping it reports nothing.
     live: bool,
     /// `begin` loaded the key's state and nothing has committed it yet: a store that locks keys
     /// (Redis) must be told when the job ends without a commit.
@@ -219,13 +221,13 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(exec: Arc<Execution>, body: Bytes, headers: HeaderMap) -> Self {
+    pub fn new(exec: Arc<Execution>, body: Bytes, event: serde_json::Value, headers: HeaderMap) -> Self {
         Job {
             exec,
             body,
+            event,
             headers,
-            slot: 0,
-            assigned: false,
+            lane: None,
             live: true,
             holds_state: false,
             started: None,
@@ -233,9 +235,15 @@ impl Job {
         }
     }
 
-    /// Forgets a job that was refused at admission (ring full): its execution never existed.
+    /// Forgets a job that was refused at admission: its execution never existed.
     pub(crate) fn discard(mut self) {
         self.live = false;
+    }
+
+    /// Seconds left before the deadline (negative when past), or None without a timeout.
+    pub fn remaining(&self) -> Option<f64> {
+        let now = Instant::now();
+        self.exec.deadline.map(|d| if d >= now { (d - now).as_secs_f64() } else { -(now - d).as_secs_f64() })
     }
 
     /// Moves the execution to `running` and loads the key's state (None when the key has none yet).
@@ -270,19 +278,51 @@ impl Job {
         }
     }
 
+    /// The run of this event starts now (a batch's later events wait for the earlier ones: that
+    /// wait counts as queueing, not running).
+    pub fn mark_started(&mut self) {
+        let now = Instant::now();
+        self.started = Some(now);
+        self.timings.queue_us = now.duration_since(self.exec.received).as_micros() as u64;
+    }
+
     fn run_done(&mut self) {
         if let Some(started) = self.started {
             self.timings.run_us = started.elapsed().as_micros() as u64;
         }
     }
 
+    /// Ends the run: takes the right to decide the outcome (`Running → Committing`) unless the
+    /// deadline won. Call right after the pipeline returns; then `commit` or `fail_claimed`.
+    pub fn claim(&mut self) -> bool {
+        self.run_done();
+        self.exec.claim(&[Status::Running])
+    }
+
+    /// Puts a begun job back to `queued` (its slot died before running it): releases the state it
+    /// loaded. False when it had already ended (timed out meanwhile): then just drop it.
+    pub fn rollback(&mut self) -> bool {
+        if self.holds_state {
+            self.holds_state = false;
+            if let Some(key) = &self.exec.key {
+                self.exec.pipeline.store.release(key);
+            }
+        }
+        self.started = None;
+        self.timings = Timings::default();
+        self.exec.transition(Status::Running, Status::Queued) || self.exec.status() == Status::Queued
+    }
+
     /// Commits `state` (for keyed events) and publishes `reply`. Returns false when the deadline
     /// won the race: then nothing is committed.
     pub fn succeed(&mut self, reply: Bytes, state: Option<Bytes>) -> bool {
-        self.run_done();
-        if !self.exec.claim(&[Status::Running]) {
-            return false;
-        }
+        self.claim() && self.commit(reply, state)
+    }
+
+    /// After `claim`: commits `state` and publishes `reply`. False when the commit failed (the
+    /// execution is then failed with `state_error`).
+    pub fn commit(&mut self, reply: Bytes, state: Option<Bytes>) -> bool {
+        debug_assert_eq!(self.exec.status(), Status::Committing);
         let commit_start = Instant::now();
         if let (Some(key), Some(state)) = (&self.exec.key, state) {
             self.holds_state = false; // a commit ends the lease, whether it succeeds or not
@@ -301,10 +341,11 @@ impl Job {
 
     /// Fails the execution with `code`; commits nothing. Returns false if it had already ended.
     pub fn fail(&mut self, code: ErrorCode, message: String) -> bool {
-        self.run_done();
-        if !self.exec.claim(&[Status::Running]) {
-            return false;
-        }
+        self.claim() && self.fail_claimed(code, message)
+    }
+
+    /// After `claim`: fails the execution with `code`; commits nothing.
+    pub fn fail_claimed(&mut self, code: ErrorCode, message: String) -> bool {
         let t = self.final_timings(Instant::now());
         self.exec.finish(Status::Failed, Outcome::Failed { code, message }, t);
         true
@@ -338,9 +379,6 @@ impl Drop for Job {
                 ErrorCode::ShuttingDown,
                 format!("execution {} was not run: the server is shutting down", self.exec.id_str),
             );
-        }
-        if self.assigned {
-            self.exec.pipeline.slots.job_left(self.slot);
         }
     }
 }

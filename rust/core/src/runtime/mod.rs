@@ -3,7 +3,9 @@
 
 pub mod execution;
 pub mod ids;
+pub mod intake;
 pub mod pipeline;
-pub mod ring;
-pub mod scheduler;
+pub mod process;
+pub mod slot_loop;
 pub mod slots;
+pub mod wire;

@@ -1,20 +1,18 @@
-//! A pipeline's runtime: its configuration, ring, slot pool, state store and metrics.
+//! A pipeline's runtime: its configuration, intake (ring + lanes), slot pool, state store and metrics.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::PipelineConfig;
 use crate::observe::metrics::PipelineMetrics;
-use crate::runtime::execution::Job;
-use crate::runtime::ring::Ring;
-use crate::runtime::scheduler::SchedulerWaker;
+use crate::runtime::intake::Intake;
 use crate::runtime::slots::SlotPool;
 use crate::state::StateStore;
 
 pub struct Pipeline {
     pub index: usize,
     pub config: PipelineConfig,
-    pub ring: Ring<Job>,
+    pub intake: Arc<Intake>,
     pub slots: SlotPool,
     pub store: Arc<dyn StateStore>,
     pub metrics: PipelineMetrics,
@@ -30,12 +28,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(index: usize, config: PipelineConfig, store: Arc<dyn StateStore>, waker: Arc<SchedulerWaker>) -> Self {
+    pub fn new(index: usize, config: PipelineConfig, store: Arc<dyn StateStore>) -> Self {
         let max_slots = config.max_slots.max(config.min_slots).max(1);
         Pipeline {
             index,
-            ring: Ring::new(config.ring_capacity.max(1)),
-            slots: SlotPool::new(max_slots, config.shared_mailbox, waker),
+            intake: Intake::new(config.ring_capacity.max(1)),
+            slots: SlotPool::new(max_slots),
             store,
             metrics: PipelineMetrics::default(),
             inflight: AtomicUsize::new(0),
@@ -61,6 +59,7 @@ impl Pipeline {
 
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.intake.stop();
     }
 
     pub fn arrivals(&self) -> u64 {

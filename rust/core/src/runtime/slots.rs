@@ -1,64 +1,66 @@
-//! The slot pool of one pipeline: mailboxes that hand jobs to pre-warmed workers, and the counters
-//! the scheduler uses to keep per-key order and bound what each slot holds.
+//! The slot pool of one pipeline: which slots are warm or busy, retirement requests, and the
+//! counters the predictor and `/metrics` read (warm-ups, crashes, recycles, idle time, cold starts).
 //!
-//! A slot is a worker (a host-language thread, or a task on an event loop) whose pipeline instance
-//! was set up before traffic came. Only warm slots receive jobs. Accounting, per slot:
-//! - `assigned` counts jobs the scheduler handed over (written by the scheduler only);
-//! - `completed` counts jobs that left the slot, whatever their outcome (written when a job drops).
-//!
-//! `assigned - completed` is what the slot still holds. A key is pinned to a slot while the slot
-//! holds one of its jobs (`completed < seq` of the key's newest job); because a slot runs its
-//! mailbox in order, same-key jobs then run one after another, in arrival order.
+//! A slot is a worker whose pipeline instance was set up before traffic came: a host-language
+//! thread, a task on an event loop, or a worker process. Slots pull work from the pipeline's
+//! [`Intake`](crate::runtime::intake::Intake); nothing here routes events.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
-use crossbeam_utils::CachePadded;
+/// Why a slot warmed up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarmupReason {
+    /// Before demand: the pool was growing with nothing waiting (the predictor's forecast, or min_slots).
+    Ahead,
+    /// Events were already waiting when the warm-up started.
+    Demand,
+    /// A slot replaced one that crashed or was recycled.
+    Replace,
+}
 
-use crate::runtime::execution::Job;
-use crate::runtime::scheduler::SchedulerWaker;
+pub const WARMUP_REASONS: [&str; 3] = ["ahead", "demand", "replace"];
+pub const CRASH_REASONS: [&str; 4] = ["exit", "signal", "hang", "protocol"];
+pub const RECYCLE_REASONS: [&str; 2] = ["max_executions", "max_memory"];
 
 #[derive(Default)]
 pub struct Slot {
-    pub(crate) warm: AtomicBool,
-    pub(crate) assigned: CachePadded<AtomicU64>,
-    pub(crate) completed: CachePadded<AtomicU64>,
-}
-
-impl Slot {
-    /// Jobs handed to this slot that have not left it.
-    pub fn outstanding(&self) -> u64 {
-        let completed = self.completed.load(Ordering::Acquire);
-        self.assigned.load(Ordering::Acquire).saturating_sub(completed)
-    }
-
-    pub fn is_warm(&self) -> bool {
-        self.warm.load(Ordering::Acquire)
-    }
+    warm: AtomicBool,
+    busy: AtomicBool,
+    /// Resident memory of the slot's worker process, in bytes (0 for in-process slots).
+    rss_bytes: AtomicU64,
 }
 
 pub struct SlotPool {
-    pub(crate) slots: Box<[Slot]>,
-    receivers: Vec<Receiver<Job>>,
-    /// Taken by the scheduler when it starts; dropping them disconnects the slots.
-    senders: Mutex<Option<Vec<Sender<Job>>>>,
-    /// Set by the scheduler while it holds a job back because every eligible slot is full.
-    pub(crate) backlogged: AtomicBool,
-    waker: Arc<SchedulerWaker>,
+    slots: Box<[Slot]>,
+    retire_requests: AtomicUsize,
+    warmups: [AtomicU64; 3],
+    crashes: [AtomicU64; 4],
+    recycles: [AtomicU64; 2],
+    cold_starts: AtomicU64,
+    /// Integral of (warm - busy) slots over time, in microseconds.
+    idle_us: AtomicU64,
+    idle_clock: Mutex<(Instant, usize)>,
+    /// Most recent warm-up time (µs), an EWMA: the predictor's horizon.
+    warmup_us: AtomicU64,
+    /// Most recent warm-up or crash problem, shown by `/healthz` until a slot warms up again.
+    last_error: Mutex<Option<String>>,
 }
 
 impl SlotPool {
-    /// `shared_mailbox`: one mailbox for all slots (an event loop demultiplexes by `Job::slot`).
-    pub fn new(max_slots: usize, shared_mailbox: bool, waker: Arc<SchedulerWaker>) -> Self {
-        let mailboxes = if shared_mailbox { 1 } else { max_slots };
-        let (senders, receivers) = (0..mailboxes).map(|_| crossbeam_channel::unbounded()).unzip();
+    pub fn new(max_slots: usize) -> Self {
         SlotPool {
-            slots: (0..max_slots).map(|_| Slot::default()).collect(),
-            receivers,
-            senders: Mutex::new(Some(senders)),
-            backlogged: AtomicBool::new(false),
-            waker,
+            slots: (0..max_slots.max(1)).map(|_| Slot::default()).collect(),
+            retire_requests: AtomicUsize::new(0),
+            warmups: Default::default(),
+            crashes: Default::default(),
+            recycles: Default::default(),
+            cold_starts: AtomicU64::new(0),
+            idle_us: AtomicU64::new(0),
+            idle_clock: Mutex::new((Instant::now(), 0)),
+            warmup_us: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -70,49 +72,134 @@ impl SlotPool {
         self.slots.is_empty()
     }
 
-    pub fn slot(&self, index: usize) -> &Slot {
-        &self.slots[index]
+    /// Adds the idle time since the last change to the integral; call before warm/busy change.
+    fn tick_idle(&self) {
+        let mut clock = self.idle_clock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let idle = self.warm_count().saturating_sub(self.busy_count());
+        let dt = now.duration_since(clock.0).as_micros() as u64;
+        self.idle_us.fetch_add(dt * clock.1 as u64, Ordering::Relaxed);
+        *clock = (now, idle);
     }
 
-    /// The mailbox a worker for `slot` reads (the shared one for event-loop pools).
-    pub fn receiver(&self, slot: usize) -> Option<Receiver<Job>> {
-        if self.receivers.len() == 1 {
-            return self.receivers.first().cloned();
-        }
-        self.receivers.get(slot).cloned()
+    fn set_idle_level(&self) {
+        let mut clock = self.idle_clock.lock().unwrap_or_else(|e| e.into_inner());
+        clock.1 = self.warm_count().saturating_sub(self.busy_count());
     }
 
-    pub(crate) fn take_senders(&self) -> Option<Vec<Sender<Job>>> {
-        self.senders.lock().unwrap().take()
-    }
-
-    /// A slot whose instance is set up; from now on it receives jobs.
-    pub fn mark_warm(&self, slot: usize) {
+    /// A slot whose instance is set up after `warmup` seconds; from now on it takes work.
+    pub fn mark_warm(&self, slot: usize, reason: WarmupReason, warmup_us: u64) {
+        self.tick_idle();
         self.slots[slot].warm.store(true, Ordering::Release);
-        self.waker.wake();
+        self.set_idle_level();
+        self.warmups[reason as usize].fetch_add(1, Ordering::Relaxed);
+        let old = self.warmup_us.load(Ordering::Relaxed);
+        let ewma = if old == 0 { warmup_us } else { (old * 7 + warmup_us * 3) / 10 };
+        self.warmup_us.store(ewma.max(1), Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// A slot that stopped (its worker exited); it receives no more jobs.
+    /// A slot that stopped (its worker exited or retired); it takes no more work.
     pub fn mark_cold(&self, slot: usize) {
+        if slot >= self.slots.len() {
+            return;
+        }
+        self.tick_idle();
         self.slots[slot].warm.store(false, Ordering::Release);
+        self.slots[slot].busy.store(false, Ordering::Release);
+        self.slots[slot].rss_bytes.store(0, Ordering::Relaxed);
+        self.set_idle_level();
+    }
+
+    pub fn set_busy(&self, slot: usize, busy: bool) {
+        self.tick_idle();
+        self.slots[slot].busy.store(busy, Ordering::Release);
+        self.set_idle_level();
+    }
+
+    pub fn is_warm(&self, slot: usize) -> bool {
+        self.slots.get(slot).is_some_and(|s| s.warm.load(Ordering::Acquire))
     }
 
     pub fn warm_count(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_warm()).count()
+        self.slots.iter().filter(|s| s.warm.load(Ordering::Acquire)).count()
     }
 
     pub fn busy_count(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_warm() && s.outstanding() > 0).count()
+        self.slots.iter().filter(|s| s.warm.load(Ordering::Acquire) && s.busy.load(Ordering::Acquire)).count()
     }
 
-    /// Called when a job leaves its slot (the job's drop).
-    pub(crate) fn job_left(&self, slot: usize) {
-        self.slots[slot].completed.fetch_add(1, Ordering::AcqRel);
-        // Pairs with the fence in the scheduler's park path: either it sees this completion, or we
-        // see that it is backlogged and wake it.
-        fence(Ordering::SeqCst);
-        if self.backlogged.load(Ordering::Relaxed) {
-            self.waker.wake();
+    /// Asks `n` slots to finish what they hold and stop (the pool shrinks).
+    pub fn request_retire(&self, n: usize) {
+        self.retire_requests.store(n, Ordering::Release);
+    }
+
+    /// A slot between batches asks whether it should retire; at most the requested number do.
+    pub fn should_retire(&self) -> bool {
+        self.retire_requests.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+    }
+
+    pub fn retire_pending(&self) -> usize {
+        self.retire_requests.load(Ordering::Acquire)
+    }
+
+    pub fn count_crash(&self, reason: &str, message: &str) {
+        if let Some(i) = CRASH_REASONS.iter().position(|r| *r == reason) {
+            self.crashes[i].fetch_add(1, Ordering::Relaxed);
         }
+        self.set_error(message.to_string());
+    }
+
+    pub fn count_recycle(&self, reason: &str) {
+        if let Some(i) = RECYCLE_REASONS.iter().position(|r| *r == reason) {
+            self.recycles[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn count_cold_start(&self) {
+        self.cold_starts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_error(&self, message: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_rss(&self, slot: usize, bytes: u64) {
+        self.slots[slot].rss_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn rss_bytes(&self) -> u64 {
+        self.slots.iter().map(|s| s.rss_bytes.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn warmups(&self) -> [u64; 3] {
+        std::array::from_fn(|i| self.warmups[i].load(Ordering::Relaxed))
+    }
+
+    pub fn crashes(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.crashes[i].load(Ordering::Relaxed))
+    }
+
+    pub fn recycles(&self) -> [u64; 2] {
+        std::array::from_fn(|i| self.recycles[i].load(Ordering::Relaxed))
+    }
+
+    pub fn cold_starts(&self) -> u64 {
+        self.cold_starts.load(Ordering::Relaxed)
+    }
+
+    /// Idle slot-seconds so far (warm slots running nothing, integrated over time).
+    pub fn idle_slot_seconds(&self) -> f64 {
+        self.tick_idle();
+        self.idle_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Measured warm-up time of this pipeline's slots (EWMA, seconds; 0 before the first).
+    pub fn warmup_seconds(&self) -> f64 {
+        self.warmup_us.load(Ordering::Relaxed) as f64 / 1e6
     }
 }

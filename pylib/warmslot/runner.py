@@ -1,0 +1,168 @@
+"""Runs one event through a warm pipeline instance: the code shared by thread slots (called
+from the Rust slot loop, once per event, inside one interpreter attach per batch) and worker
+processes (``warmslot.worker``).
+
+Each call returns ``(True, reply_json, state_json_or_None)`` or ``(False, error_code, message)``
+and never raises: nothing a pipeline does (SystemExit, an exception whose ``str()`` fails, a
+return value that is not JSON) may end the slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from typing import Any, Dict, Optional, Tuple
+
+from . import _json
+from .context import Context
+from .spec import PipelineSpec
+
+log = logging.getLogger("warmslot")
+
+Result = Tuple[bool, Any, Any]
+
+
+def safe_text(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<unprintable exception>"
+    # Lone surrogates (bytes decoded with surrogateescape) cannot cross into Rust strings.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_message(exc: BaseException, debug: bool) -> str:
+    msg = f"{type(exc).__name__}: {safe_text(exc)}"
+    if debug:
+        try:
+            msg += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except BaseException:
+            pass
+    return msg.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _Raised:
+    """A BaseException caught inside an async pipeline, carried out of its task as a value."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def _guarded(coro: Any) -> Any:
+    # Runs inside wait_for's task: a BaseException (SystemExit, KeyboardInterrupt) raised by the
+    # pipeline would otherwise escape the task and stop the whole event loop.
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        return _Raised(exc)
+
+
+class EventRunner:
+    """A warm pipeline instance (``target``, ``resources``) and how to run one event on it."""
+
+    def __init__(self, spec: PipelineSpec, target: Any, resources: Any, debug: bool) -> None:
+        self.spec = spec
+        self.target = target
+        self.resources = resources
+        self.debug = debug
+        self._warned_unkeyed = False
+
+    def context(
+        self, execution_id: str, key: Optional[str], state: Any, headers: Any, received_at: float
+    ) -> Context:
+        spec = self.spec
+        if key is None and spec.keyed and not self._warned_unkeyed:
+            self._warned_unkeyed = True
+            log.warning(
+                "pipeline %r is keyed by %r but received an event without it: such events run "
+                "unordered and their ctx.state is not kept (ctx.key is None)",
+                spec.name,
+                spec.key if isinstance(spec.key, str) else "a callable",
+            )
+        state = state if isinstance(state, dict) else {}
+        return Context(execution_id, received_at, headers, state, key if spec.keyed else None, self.resources, spec.name)
+
+    def failed(self, execution_id: str, exc: BaseException) -> Result:
+        try:
+            log.warning("pipeline %r raised on execution %s", self.spec.name, execution_id, exc_info=exc)
+        except BaseException:
+            pass
+        return (False, "pipeline_error", error_message(exc, self.debug))
+
+    def encode(self, result: Any, ctx: Context) -> Result:
+        name = self.spec.name
+        try:
+            reply = _json.dumps(result)
+        except Exception as exc:
+            return (False, "pipeline_error", f"the return value of pipeline {name!r} is not JSON: {safe_text(exc)}")
+        new_state = None
+        if ctx.key is not None:
+            if not isinstance(ctx.state, dict):
+                return (False, "pipeline_error", f"ctx.state must stay a dict, got {type(ctx.state).__name__}")
+            try:
+                new_state = _json.dumps(ctx.state)
+            except Exception as exc:
+                return (False, "pipeline_error", f"ctx.state of pipeline {name!r} is not JSON: {safe_text(exc)}")
+        return (True, reply, new_state)
+
+    def run_sync(
+        self,
+        execution_id: str,
+        key: Optional[str],
+        event: Any,
+        state: Any,
+        headers: Dict[str, str],
+        received_at: float,
+        remaining: Optional[float],
+    ) -> Result:
+        try:
+            ctx = self.context(execution_id, key, state, headers, received_at)
+            try:
+                result = self.target(event, ctx)
+                if asyncio.iscoroutine(result):
+                    result.close()
+                    raise TypeError("pipeline returned a coroutine; declare it with `async def`")
+            except BaseException as exc:
+                return self.failed(execution_id, exc)
+            return self.encode(result, ctx)
+        except BaseException as exc:  # our own handling failed: still answer, never raise
+            return (False, "pipeline_error", f"internal error while running the pipeline: {type(exc).__name__}")
+
+    async def run_async(
+        self,
+        execution_id: str,
+        key: Optional[str],
+        event: Any,
+        state: Any,
+        headers: Any,
+        received_at: float,
+        remaining: Optional[float],
+    ) -> Result:
+        """Runs an async (or sync) pipeline on the running loop, cancelled at its deadline."""
+        try:
+            ctx = self.context(execution_id, key, state, headers, received_at)
+            if remaining is not None and remaining <= 0:
+                return (False, "pipeline_timeout", "the deadline passed before the run started")
+            try:
+                result = self.target(event, ctx)
+                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                    if remaining is None:
+                        result = await _guarded(result)
+                    else:
+                        result = await asyncio.wait_for(_guarded(result), remaining)
+            except asyncio.TimeoutError as exc:
+                if remaining is not None:
+                    return (False, "pipeline_timeout", f"pipeline {self.spec.name!r} did not finish in time")
+                return self.failed(execution_id, exc)
+            except BaseException as exc:
+                return self.failed(execution_id, exc)
+            if isinstance(result, _Raised):
+                return self.failed(execution_id, result.exc)
+            return self.encode(result, ctx)
+        except BaseException as exc:
+            return (False, "pipeline_error", f"internal error while running the pipeline: {type(exc).__name__}")

@@ -1,0 +1,135 @@
+"""A worker process of a ``process``-isolated pipeline: ``python -m warmslot.worker TARGET PIPELINE``.
+
+Started by the server (never forked from it). Its stdin is one end of a Unix socketpair; the
+worker moves it to another descriptor and reopens stdin on /dev/null. It imports the app from
+TARGET (``path/to/bots.py:app`` or ``package.module:app``), warms the pipeline (class
+``__init__``, ``setup=``), says so, then runs batch frames until the server closes the socket.
+Frame formats are in ``rust/core/src/runtime/wire.rs``; ``_core`` encodes and decodes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import logging
+import os
+import socket
+import struct
+import sys
+from typing import List, Optional
+
+from . import _core
+
+READY, WARMUP_FAILED, HELLO = 2, 3, 0xFFFFFFFF
+# A sync run still going this long after its deadline prints its Python stack and exits, just
+# before the server (which kills at deadline + 1 s) would kill it.
+HANG_DUMP_AFTER = 0.5
+
+
+def _die_with_parent() -> None:
+    """Asks Linux to SIGKILL us when the server dies, so a killed server leaves no orphans."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except Exception:
+        pass
+
+
+def _read_exact(sock: socket.socket, n: int) -> Optional[bytes]:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def _read_frame(sock: socket.socket) -> Optional[bytes]:
+    head = _read_exact(sock, 4)
+    if head is None:
+        return None
+    (length,) = struct.unpack("<I", head)
+    return _read_exact(sock, length)
+
+
+def main(argv: List[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m warmslot.worker TARGET PIPELINE", file=sys.stderr)
+        return 2
+    target, name = argv
+    sock = socket.socket(fileno=os.dup(0))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    _die_with_parent()
+    if os.getppid() == 1:
+        return 0  # the server died before we could ask to die with it
+    logging.basicConfig(level=logging.WARNING, format=f"warmslot worker {os.getpid()} [{name}]: %(message)s")
+    try:
+        from .loader import load_app
+        from .runner import EventRunner
+
+        app = load_app(target)
+        spec = app.pipelines.get(name)
+        if spec is None:
+            raise LookupError(f"{target} has no pipeline named {name!r}")
+        instance = spec.instantiate()
+        resources = spec.setup() if spec.setup is not None else None
+        loop = None
+        if spec.is_async:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            if asyncio.iscoroutine(resources):
+                resources = loop.run_until_complete(resources)
+        runner = EventRunner(spec, instance, resources, app.debug)
+    except BaseException as exc:
+        from .runner import error_message
+
+        sock.sendall(_core.encode_result(HELLO, WARMUP_FAILED, error_message(exc, True).encode()))
+        return 1
+    sock.sendall(_core.encode_result(HELLO, READY))
+
+    def send(i: int, result: tuple) -> None:
+        ok, a, b = result
+        if ok:
+            sock.sendall(_core.encode_result(i, 0, a, b))
+        else:
+            sock.sendall(_core.encode_result(i, 1, a.encode(), b.encode("utf-8", "backslashreplace")))
+
+    async def run_batch_async(events: list) -> None:
+        async def one(i: int, ev: tuple) -> None:
+            send(i, await runner.run_async(*ev))
+
+        await asyncio.gather(*(one(i, ev) for i, ev in enumerate(events)))
+
+    while True:
+        frame = _read_frame(sock)
+        if frame is None:
+            return 0  # the server closed the socket: stop
+        try:
+            events = _core.decode_batch(frame)
+        except ValueError as exc:
+            print(f"warmslot worker: bad batch frame: {exc}", file=sys.stderr)
+            return 3
+        if loop is not None:
+            loop.run_until_complete(run_batch_async(events))
+            continue
+        for i, ev in enumerate(events):
+            remaining = ev[6]
+            if remaining is not None:
+                faulthandler.dump_traceback_later(max(0.0, remaining) + HANG_DUMP_AFTER, exit=True)
+            result = runner.run_sync(*ev)
+            if remaining is not None:
+                faulthandler.cancel_dump_traceback_later()
+            send(i, result)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,201 @@
+//! The slot loop: what every slot does, whatever runs its pipeline code.
+//!
+//! ```text
+//! loop: take a batch of runnable events (lanes) → begin each: queued → running, load its key's
+//!       state (store I/O, no interpreter lock) → backend runs the pipeline per event → claim each
+//!       result at once (running → committing; a deadline that passed first wins) → commit state
+//!       and record, reply → drop the jobs (their lanes become runnable again)
+//! ```
+//!
+//! A [`Backend`] runs pipeline code only: in this process's interpreter (the bindings' thread
+//! backend, which commits after detaching from the interpreter) or in a worker process
+//! ([`crate::runtime::process`], which commits each result as it arrives).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::error::ErrorCode;
+use crate::runtime::execution::Job;
+use crate::runtime::pipeline::Pipeline;
+
+/// What the pipeline produced for one event.
+#[derive(Debug)]
+pub enum RunResult {
+    /// The reply (JSON) and, for keyed events, the new state (JSON).
+    Reply {
+        reply: Bytes,
+        state: Option<Bytes>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Debug)]
+enum Pending {
+    NotRun,
+    Claimed(RunResult),
+    Done,
+}
+
+/// One event of a batch, begun: running, its key's state loaded.
+pub struct Begun {
+    pub job: Job,
+    pub state: Option<Bytes>,
+    pending: Pending,
+}
+
+impl Begun {
+    /// Backends call this right before the pipeline runs this event.
+    pub fn start_run(&mut self) {
+        self.job.mark_started();
+    }
+
+    pub fn has_result(&self) -> bool {
+        !matches!(self.pending, Pending::NotRun)
+    }
+}
+
+/// A slot that died in the middle of a batch (its worker process exited or hung).
+#[derive(Debug, Clone)]
+pub struct SlotDied {
+    /// `exit`, `signal`, `hang` or `protocol` (label of `warmslot_slot_crashes_total`).
+    pub reason: &'static str,
+    pub message: String,
+    /// Events `[0, started)` without a result were running: they fail with `slot_crashed`. Later
+    /// ones never started and run again elsewhere.
+    pub started: usize,
+}
+
+/// Runs pipeline code for a batch. Implementations call `done` once per event that produced a
+/// result, in any order, and never touch the store.
+pub trait Backend {
+    /// True when results may be committed as they arrive: the backend holds no interpreter lock
+    /// while it waits (then commits overlap the next runs).
+    fn commits_inline(&self) -> bool;
+    fn run(&mut self, batch: &mut [Begun], done: &mut dyn FnMut(&mut Begun, RunResult)) -> Result<(), SlotDied>;
+    /// Asked between batches: `Some(reason)` when the slot should be recycled now.
+    fn recycle(&mut self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// Why a slot loop ended.
+#[derive(Debug)]
+pub enum LoopEnd {
+    /// The pool asked this slot to retire: it finished what it held.
+    Retired,
+    /// The pipeline closed (server shutdown).
+    Stopped,
+    Died(SlotDied),
+    Recycle(&'static str),
+}
+
+/// Per-slot loop settings.
+pub struct LoopSettings {
+    pub spin: Duration,
+    /// When this slot's warm-up finished: events that arrived before it and run here are cold starts.
+    pub warm_at: Instant,
+}
+
+// NOTE: a batch is sized so that it takes about this long to run (from the measured per-event run
+// time), capped by `max_batch`: light pipelines get big batches (one interpreter attach per
+// ~60 events at ~30 µs each), slow ones get one event at a time, so an event never waits behind a
+// slow event of another key inside one slot's batch.
+const BATCH_BUDGET_US: f64 = 2_000.0;
+
+fn settle(begun: &mut Begun, result: RunResult) {
+    match result {
+        RunResult::Reply { reply, state } => {
+            begun.job.commit(reply, state);
+        }
+        RunResult::Error { code, message } => {
+            begun.job.fail_claimed(code, message);
+        }
+    }
+    begun.pending = Pending::Done;
+}
+
+/// Runs the slot until it retires, the pipeline closes, or the backend dies or asks to recycle.
+pub fn run_slot(pipeline: &Arc<Pipeline>, slot: usize, backend: &mut dyn Backend, settings: &LoopSettings) -> LoopEnd {
+    let max_batch = pipeline.config.max_batch.max(1);
+    let mut per_event_us = 0.0f64;
+    loop {
+        if pipeline.slots.should_retire() {
+            return LoopEnd::Retired;
+        }
+        if let Some(reason) = backend.recycle() {
+            return LoopEnd::Recycle(reason);
+        }
+        let limit = if per_event_us <= 0.0 {
+            max_batch
+        } else {
+            ((BATCH_BUDGET_US / per_event_us) as usize).clamp(1, max_batch)
+        };
+        let jobs = pipeline.intake.take_batch(limit, Duration::from_millis(100), settings.spin);
+        if jobs.is_empty() {
+            if pipeline.is_closed() {
+                return LoopEnd::Stopped;
+            }
+            continue;
+        }
+        pipeline.slots.set_busy(slot, true);
+        let mut batch: Vec<Begun> = Vec::with_capacity(jobs.len());
+        for mut job in jobs {
+            if job.exec.received < settings.warm_at {
+                pipeline.slots.count_cold_start();
+            }
+            // An error here already answered the execution (timed out, state error, closed).
+            if let Ok(state) = job.begin() {
+                batch.push(Begun { job, state, pending: Pending::NotRun });
+            }
+        }
+        let inline = backend.commits_inline();
+        let started = Instant::now();
+        let outcome = backend.run(&mut batch, &mut |b: &mut Begun, result: RunResult| {
+            if !matches!(b.pending, Pending::NotRun) {
+                return; // a second result for one event: ignore it
+            }
+            if !b.job.claim() {
+                b.pending = Pending::Done; // the deadline answered it first: nothing is committed
+            } else if inline {
+                settle(b, result);
+            } else {
+                b.pending = Pending::Claimed(result);
+            }
+        });
+        if !batch.is_empty() {
+            let sample = started.elapsed().as_micros() as f64 / batch.len() as f64;
+            per_event_us = if per_event_us <= 0.0 { sample } else { 0.7 * per_event_us + 0.3 * sample };
+        }
+        let died = outcome.err();
+        let mut requeue = Vec::new();
+        for (i, mut b) in batch.into_iter().enumerate() {
+            match std::mem::replace(&mut b.pending, Pending::Done) {
+                Pending::Claimed(result) => settle(&mut b, result),
+                Pending::Done => {}
+                Pending::NotRun => match &died {
+                    Some(d) if i >= d.started => {
+                        if b.job.rollback() {
+                            requeue.push(b.job);
+                        }
+                    }
+                    Some(d) => {
+                        b.job.fail(ErrorCode::SlotCrashed, d.message.clone());
+                    }
+                    None => {
+                        b.job.fail(ErrorCode::PipelineError, "the slot returned no result for this event".into());
+                    }
+                },
+            }
+        }
+        pipeline.intake.requeue(requeue);
+        pipeline.slots.set_busy(slot, false);
+        if let Some(d) = died {
+            return LoopEnd::Died(d);
+        }
+    }
+}

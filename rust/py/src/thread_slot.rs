@@ -1,0 +1,81 @@
+//! The thread backend: a slot whose pipeline instance lives in this interpreter. The Rust slot
+//! loop runs on the slot's Python thread with the GIL released; for each batch it attaches once,
+//! calls the Python runner per event, and detaches before committing.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use warmslot_core::runtime::slot_loop::{Backend, Begun, RunResult, SlotDied};
+use warmslot_core::{Bytes, ErrorCode};
+
+use crate::value::{loads, to_py};
+
+pub struct ThreadBackend {
+    /// `runner(execution_id, key, event, state, headers, received_at, remaining)` returns
+    /// `(True, reply_bytes, state_bytes_or_None)` or `(False, code, message)`.
+    pub runner: Py<PyAny>,
+}
+
+pub fn headers_dict<'py>(py: Python<'py>, headers: &warmslot_core::http::HeaderMap) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in headers.iter() {
+        d.set_item(k.as_str(), String::from_utf8_lossy(v.as_bytes()))?;
+    }
+    Ok(d)
+}
+
+fn error(code: ErrorCode, message: String) -> RunResult {
+    RunResult::Error { code, message }
+}
+
+fn run_one(py: Python<'_>, runner: &Bound<'_, PyAny>, b: &Begun) -> RunResult {
+    let job = &b.job;
+    let exec = &job.exec;
+    let state = match &b.state {
+        None => None,
+        Some(raw) => match loads(py, raw) {
+            Ok(s) => Some(s),
+            Err(e) => return error(ErrorCode::StateError, format!("cannot decode stored state: {e}")),
+        },
+    };
+    let args = (|| -> PyResult<Bound<'_, PyTuple>> {
+        let event = to_py(py, &job.event)?;
+        let headers = headers_dict(py, &job.headers)?;
+        (exec.id_str.as_ref(), exec.key.as_deref(), event, state, headers, exec.received_unix, job.remaining())
+            .into_pyobject(py)
+    })();
+    let out = match args.and_then(|a| runner.call1(a)) {
+        Ok(out) => out,
+        Err(e) => return error(ErrorCode::PipelineError, format!("internal error while running the pipeline: {e}")),
+    };
+    let parsed = (|| -> PyResult<RunResult> {
+        let (ok, a, b): (bool, Bound<'_, PyAny>, Bound<'_, PyAny>) = out.extract()?;
+        if ok {
+            let reply = Bytes::copy_from_slice(a.cast::<PyBytes>()?.as_bytes());
+            let state = if b.is_none() { None } else { Some(Bytes::copy_from_slice(b.cast::<PyBytes>()?.as_bytes())) };
+            Ok(RunResult::Reply { reply, state })
+        } else {
+            let code: String = a.extract()?;
+            let message = b.cast::<PyString>()?.to_string_lossy().into_owned();
+            Ok(error(ErrorCode::parse(&code).unwrap_or(ErrorCode::PipelineError), message))
+        }
+    })();
+    parsed.unwrap_or_else(|e| error(ErrorCode::PipelineError, format!("the slot runner returned a bad result: {e}")))
+}
+
+impl Backend for ThreadBackend {
+    fn commits_inline(&self) -> bool {
+        false // commits wait until the batch is done and the GIL released
+    }
+
+    fn run(&mut self, batch: &mut [Begun], done: &mut dyn FnMut(&mut Begun, RunResult)) -> Result<(), SlotDied> {
+        Python::attach(|py| {
+            let runner = self.runner.bind(py);
+            for b in batch.iter_mut() {
+                b.start_run();
+                let result = run_one(py, runner, b);
+                done(b, result);
+            }
+        });
+        Ok(())
+    }
+}
