@@ -996,7 +996,9 @@ def markdown(entries: list, ratios: list, slo_ms: float) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         if e["status"] == "failed":
-            msg = " ".join(e.get("error", "error").split())[:200].replace("|", "\\|")
+            lines_ = [ln.strip() for ln in e.get("error", "error").splitlines() if ln.strip()]
+            msg = lines_[0].rstrip(":") + (f" … {lines_[-1]}" if len(lines_) > 1 else "")
+            msg = msg[:240].replace("|", "\\|")
             lines.append(f"| {e['name']} | {e['workers']} | {e['cpus']} | **failed**: {msg} |" + " |" * (len(head) - 4))
             continue
         half = e.get("open_loop_half")
