@@ -1088,7 +1088,7 @@ def plot(entries: list, path: str, slo_us: float) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=e["name"])
     ax.axhline(slo_us, color="grey", linestyle="--", linewidth=1, label=f"SLO {slo_us / 1000:g} ms")
     ax.set_yscale("log")
-    ax.set_xlabel("offered rate, requests / s (fractions of each system's own max)")
+    ax.set_xlabel("offered rate, requests / s (each system swept at fractions of its own max)")
     ax.set_ylabel("p99, µs (log), corrected for coordinated omission")
     ax.set_title("open loop (oha -q RATE --latency-correction)")
     ax.legend(fontsize=7)
