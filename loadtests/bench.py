@@ -729,6 +729,7 @@ def run_oha(ctx: Ctx, port: int, rate: float, duration: float, connections: int,
         "duration_s": secs,
         "connections": connections,
         "achieved_rps": s.get("requestsPerSec"),
+        "requests": sum(codes.values()),
         "ok_responses": codes.get("200", 0),
         "status_codes": codes,
         "errors": errs,
@@ -860,7 +861,6 @@ def open_loop_sweep(spec, ctx, plan: Plan, port, bodies, probe, pgids, own_max: 
                     ctx, port, rate, plan.duration, plan.open_connections, bodies, tag
                 ),
             )
-            run["requests"] = run["ok_responses"]
             check_probe(port, probe, spec.kind == "nginx")
         except (ToolError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             point["error"] = f"{type(exc).__name__}: {exc}"

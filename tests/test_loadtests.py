@@ -301,6 +301,7 @@ def test_bench_json_holds_every_promised_field(tmp_path):
             assert "error" not in p, (s["name"], p)
             assert p["rate"] == round(base * p["fraction"]), (s["name"], p)
             assert 0 < p["p50_us"] <= p["p95_us"] <= p["p99_us"], (s["name"], p)
+            assert p["cpu_us_per_request"] and p["cpu_us_per_request"] > 0, (s["name"], p)
         assert "slo_capacity_rps" in s
         if s["slo_capacity_rps"] is not None:
             assert s["slo_capacity_rps"] in [p["rate"] for p in ol["points"] if p["within_slo"]]
