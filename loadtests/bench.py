@@ -1064,11 +1064,12 @@ def plot(entries: list, path: str, slo_us: float) -> None:
     ax.tick_params(axis="x", rotation=40)
 
     ax = axes[1]
-    vals = [e.get("cpu_us_per_request") or 0 for e in ok]
+    vals = [e.get("cpu_us_per_request") or 0.1 for e in ok]
     bars = ax.bar(names, vals, color=colors)
     ax.bar_label(bars, labels=[f"{v:.0f}" for v in vals], fontsize=7)
     ax.set_title("server CPU time per request, 64 connections")
-    ax.set_ylabel("µs of CPU / request")
+    ax.set_yscale("log")
+    ax.set_ylabel("µs of CPU / request (log)")
     ax.tick_params(axis="x", rotation=40)
 
     ax = axes[2]
@@ -1088,7 +1089,7 @@ def plot(entries: list, path: str, slo_us: float) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=e["name"])
     ax.axhline(slo_us, color="grey", linestyle="--", linewidth=1, label=f"SLO {slo_us / 1000:g} ms")
     ax.set_yscale("log")
-    ax.set_xlabel("offered rate, requests / s (each system swept at fractions of its own max)")
+    ax.set_xlabel("offered rate, req/s (fractions of each system's own max)")
     ax.set_ylabel("p99, µs (log), corrected for coordinated omission")
     ax.set_title("open loop (oha -q RATE --latency-correction)")
     ax.legend(fontsize=7)
