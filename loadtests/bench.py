@@ -769,7 +769,6 @@ class Plan:
 
     duration: float
     warmup: float
-    rounds: int
     fractions: list
     slo_us: float
     open_connections: int
@@ -1202,7 +1201,6 @@ def main(argv=None) -> int:
     plan = Plan(
         duration=args.duration,
         warmup=args.warmup,
-        rounds=args.rounds,
         fractions=args.fractions,
         slo_us=args.slo_ms * 1000,
         open_connections=args.open_connections,

@@ -218,7 +218,6 @@ def test_a_system_that_does_not_start_is_reported_with_its_output(tmp_path):
     plan = bench.Plan(
         duration=1,
         warmup=0,
-        rounds=1,
         fractions=[],
         slo_us=10_000,
         open_connections=4,

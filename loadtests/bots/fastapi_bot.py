@@ -1,4 +1,4 @@
-"""FastAPI support bot, served by uvicorn (bench.py runs it with ``--workers 2``).
+"""FastAPI support bot, served by uvicorn (bench.py runs it with one worker per server core).
 
     uvicorn fastapi_bot:app --http httptools --loop uvloop --no-access-log --workers 2
 
