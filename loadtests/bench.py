@@ -794,8 +794,9 @@ def run_round(spec: SystemSpec, ctx: Ctx, plan: Plan, workers: int, bodies: str,
         run["startup_s"] = round(time.monotonic() - t0, 2)
         if not ctx.tools.get("wrk"):
             raise ToolError("wrk not found (apt-get install -y wrk)")
-        if plan.warmup > 0:
-            run_wrk(ctx, port, 64, plan.warmup, bodies, f"{spec.name}-warmup", plan.sample_every, extra_text)
+        warm = {"invalid_replies": 0, "socket_errors": 0}
+        if plan.warmup > 0:  # its replies are checked too
+            warm = run_wrk(ctx, port, 64, plan.warmup, bodies, f"{spec.name}-warmup", plan.sample_every, extra_text)
         c64 = _measure_cpu(
             pgids,
             lambda: run_wrk(ctx, port, 64, plan.duration, bodies, f"{spec.name}-c64", plan.sample_every, extra_text),
@@ -811,10 +812,10 @@ def run_round(spec: SystemSpec, ctx: Ctx, plan: Plan, workers: int, bodies: str,
         run["p50_c1_us"] = c1["latency_us"]["p50"]
         run["p95_c1_us"] = c1["latency_us"]["p95"]
         run["p99_c1_us"] = c1["latency_us"]["p99"]
-        run["invalid_replies"] = c64["invalid_replies"] + c1["invalid_replies"]
-        run["socket_errors"] = c64["socket_errors"] + c1["socket_errors"]
+        run["invalid_replies"] = warm["invalid_replies"] + c64["invalid_replies"] + c1["invalid_replies"]
+        run["socket_errors"] = warm["socket_errors"] + c64["socket_errors"] + c1["socket_errors"]
         run["valid"] = run["invalid_replies"] == 0 and run["socket_errors"] == 0
-        first_bad = c64.get("first_bad") or c1.get("first_bad")
+        first_bad = warm.get("first_bad") or c64.get("first_bad") or c1.get("first_bad")
         if first_bad:
             run["first_invalid_reply"] = first_bad
         log(
