@@ -1,20 +1,36 @@
 #!/usr/bin/env python3
-"""warmslot load benchmark: warmslot against its peers, same bot, same generator.
+"""warmslot load benchmark: warmslot against its peers at equal CPU, same bot, same generators.
 
-For each system: start it on a free 127.0.0.1 port, wait until ready, warm up,
-measure, stop it.  Figures (see loadtests/README.md):
+Every system serves the same support bot. The peers run as many worker processes as the server
+has cores (2 on a 2-core machine; ``--workers``), so that no system gets more CPU than another;
+with ``--pin`` every server is pinned to one core (``taskset -c 1``, peers with 1 worker) and the
+generators to the other (``taskset -c 0``).
 
-  (i)   closed-loop max throughput, ``wrk -t1 -c64`` (POST bodies from a Lua script)
-  (ii)  latency at one connection, ``wrk -t1 -c1 --latency``: p50/p95/p99
-  (iii) open-loop latency at fixed request rates (25/50/75% of uvicorn's max
-        throughput measured in this run), ``oha -q RATE --latency-correction``:
-        p50/p95/p99 corrected for coordinated omission
+Closed loop, in interleaved rounds: round 1 runs every system once (start, warm up, measure, stop),
+then round 2, ... (A/B/A/B...). In each run:
 
-    python loadtests/bench.py                       # full run (~10 min)
-    python loadtests/bench.py --quick               # under 2 minutes
-    python loadtests/bench.py --systems warmslot,uvicorn --duration 2 --json out.json --plot out.png
+  (i)   ``wrk -t1 -c64``: closed-loop maximum throughput (``rps_64``), and the server's CPU time
+        per request (``cpu_us_per_request``: utime+stime of every process of the server's process
+        groups, from /proc, read before and after the run, divided by the completed requests);
+  (ii)  ``wrk -t1 -c1 --latency``: latency of one request alone (p50/p95/p99).
 
-Results: a markdown table on stdout, ``--json PATH``, ``--plot PATH`` (PNG).
+wrk's Lua script checks every reply (status, a cheap body check) and every 16th in full; a run
+with any invalid reply or socket error is marked invalid and left out of the ratios. A system's
+figure is the low median of its valid runs (always a figure one run produced, never a blend of
+two); a ratio is the low median of the per-round ratios, with their min and max.
+
+Open loop, per system, at the end of its last round: ``oha -q RATE --latency-correction`` at
+fractions of that system's own closed-loop maximum, up to its knee (p99 over the SLO, an error,
+or the offered rate not served); ``slo_capacity_rps`` is the highest rate whose p99 stayed under
+the SLO (10 ms).
+
+    python loadtests/bench.py                       # full: 3 rounds, 10 s per figure
+    python loadtests/bench.py --quick               # 1 round, 2 s per figure, 3 open-loop points
+    python loadtests/bench.py --pin                 # one server core, generators on the other
+    python loadtests/bench.py --systems warmslot-thread,uvicorn --duration 2 --json out.json
+
+Results: a markdown table and the ratios on stdout, ``--json PATH``, and a chart (PNG), written
+to ``--plot PATH`` or by default to ``bench.png`` in the logs directory (``--no-plot``: none).
 """
 
 from __future__ import annotations
@@ -22,9 +38,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import importlib.metadata
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -33,8 +51,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -47,16 +65,10 @@ import events  # noqa: E402  (loadtests/events.py)
 
 OHA_VERSION = "1.16.0"  # pinned: oha's JSON output changes between versions
 HOOK_PATH = "/hooks/support"
-ALL_SYSTEMS = ["warmslot", "uvicorn", "granian", "fastapi", "celery", "nginx"]
-LABELS = {
-    "warmslot": "warmslot",
-    "uvicorn": "plain ASGI on uvicorn (httptools, uvloop)",
-    "granian": "plain ASGI on granian (1 worker)",
-    "fastapi": "FastAPI on uvicorn",
-    "celery": "FastAPI + Celery + Redis",
-    "nginx": "nginx static body (ceiling)",
-}
-NGINX_BODY = '{"reply":"echo: static","turn":1}'
+NGINX_TEXT = "static"
+NGINX_BODY = '{"reply":"echo: ' + NGINX_TEXT + '","turn":1}'
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HISTORY_LEN = 10  # botlogic.HISTORY_LEN: a reply's "turn" is in 1..10
 
 
 def log(*args) -> None:
@@ -74,6 +86,10 @@ def cargo_bin(name: str) -> Optional[str]:
     return cand if os.access(cand, os.X_OK) else None
 
 
+def which_any(name: str) -> Optional[str]:
+    return shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+
+
 def _py_has(module: str) -> bool:
     r = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
     return r.returncode == 0
@@ -89,14 +105,13 @@ def _timed(cmd: list, **kw) -> int:
 
 def ensure_tools(systems: list, need_oha: bool, need_plot: bool, install: bool, need_locust: bool = False) -> dict:
     """Install what is missing (apt, pip, cargo); return {tool: path or None}."""
-    apt_needed = {"wrk": "wrk"}
-    if "nginx" in systems:
+    kinds = {SYSTEMS[s].kind for s in systems}
+    apt_needed = {"wrk": "wrk", "taskset": "util-linux"}
+    if "nginx" in kinds:
         apt_needed["nginx"] = "nginx"
-    if "celery" in systems:
+    if "celery" in kinds:
         apt_needed["redis-server"] = "redis-server"
-    missing_apt = [
-        pkg for exe, pkg in apt_needed.items() if not (shutil.which(exe) or os.path.exists(f"/usr/sbin/{exe}"))
-    ]
+    missing_apt = [pkg for exe, pkg in apt_needed.items() if not which_any(exe)]
     if missing_apt and install:
         apt = ["apt-get"] if os.geteuid() == 0 else (["sudo", "-n", "apt-get"] if shutil.which("sudo") else None)
         if apt:
@@ -110,12 +125,12 @@ def ensure_tools(systems: list, need_oha: bool, need_plot: bool, install: bool, 
         else:
             log("cannot apt-get install (not root, no sudo):", missing_apt)
 
-    py_modules = ["uvicorn", "httptools", "uvloop"]
-    if "granian" in systems:
+    py_modules = ["uvicorn", "httptools", "uvloop", "orjson"]
+    if "granian" in kinds:
         py_modules.append("granian")
-    if "fastapi" in systems or "celery" in systems:
+    if any(SYSTEMS[s].target in ("fastapi_bot:app", "celery_bot:app") for s in systems):
         py_modules.append("fastapi")
-    if "celery" in systems:
+    if "celery" in kinds:
         py_modules += ["celery", "redis"]
     if need_plot:
         py_modules.append("matplotlib")
@@ -133,24 +148,51 @@ def ensure_tools(systems: list, need_oha: bool, need_plot: bool, install: bool, 
         else:
             log("oha missing and no cargo to build it: open-loop figures will be errors")
 
-    def which_any(name):
-        return shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
-
     return {
         "wrk": which_any("wrk"),
+        "taskset": which_any("taskset"),
         "nginx": which_any("nginx"),
         "redis-server": which_any("redis-server"),
         "oha": cargo_bin("oha"),
     }
 
 
-def tool_version(cmd: list) -> str:
+def tool_version(cmd: list) -> Optional[str]:
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        out = (r.stdout or r.stderr).strip().splitlines()
-        return out[0] if out else ""
-    except Exception as exc:  # noqa: BLE001
-        return f"unknown ({exc})"
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = (r.stdout.strip() or r.stderr.strip()).splitlines()
+    return out[0] if out else None
+
+
+def cpu_model() -> Optional[str]:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or None
+
+
+def versions(tools: dict) -> dict:
+    """Versions of everything measured or measuring, for the JSON."""
+    out = {
+        "python": sys.version.split()[0],
+        "kernel": platform.release(),
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count(),
+    }
+    for dist in ("warmslot", "uvicorn", "granian", "fastapi", "celery", "httptools", "uvloop", "orjson", "pydantic"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    out["wrk"] = tool_version([tools["wrk"], "-v"]) if tools.get("wrk") else None
+    out["oha"] = tool_version([tools["oha"], "--version"]) if tools.get("oha") else None
+    out["nginx"] = tool_version([tools["nginx"], "-v"]) if tools.get("nginx") else None
+    out["redis"] = tool_version([tools["redis-server"], "--version"]) if tools.get("redis-server") else None
+    return out
 
 
 # ---------------------------------------------------------------- processes
@@ -163,8 +205,8 @@ def free_port() -> int:
 
 
 class ProcessGroup:
-    """Every server process started by the bench; each runs in its own session
-    (process group) so that workers it forks are killed with it."""
+    """Every server process started by the bench; each runs in its own session (process group),
+    so that the workers it forks are measured (CPU time) and killed with it."""
 
     def __init__(self):
         self.procs: list = []
@@ -208,6 +250,26 @@ class ProcessGroup:
                 p.wait(timeout=2)
 
 
+def group_cpu_ticks(pgids: set) -> int:
+    """utime+stime (all threads) plus cutime+cstime (reaped children) of every live process whose
+    process group is in ``pgids``, in clock ticks."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:  # exited meanwhile
+            continue
+        # the command name may hold spaces and parentheses: fields start after the last ")"
+        fields = data[data.rindex(b")") + 2 :].split()
+        # fields[0] is field 3 (state): pgrp is field 5, utime..cstime are fields 14..17
+        if int(fields[2]) in pgids:
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total
+
+
 def log_tail(path: str, n: int = 15) -> str:
     try:
         with open(path, "rb") as f:
@@ -228,8 +290,33 @@ def http_request(port: int, method: str, path: str, body: Optional[bytes] = None
         conn.close()
 
 
-def wait_ready(port: int, procs: list, timeout: float, probe_body: bytes, check_reply: bool) -> None:
-    """Ready = GET /healthz answers 200, then one POST of a real event answers 200."""
+def reply_problem(body: bytes, text: str) -> Optional[str]:
+    """Full check of one reply to an event whose text is ``text``; None when it is right."""
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        return f"not JSON: {body[:200]!r}"
+    if not isinstance(reply, dict) or set(reply) != {"reply", "turn"}:
+        return f"not {{reply, turn}}: {body[:200]!r}"
+    if reply["reply"] != "echo: " + text:
+        return f"reply does not echo {text!r}: {body[:200]!r}"
+    if not isinstance(reply["turn"], int) or not 1 <= reply["turn"] <= HISTORY_LEN:
+        return f"turn not an int in 1..{HISTORY_LEN}: {body[:200]!r}"
+    return None
+
+
+def check_probe(port: int, probe_body: bytes, nginx: bool) -> None:
+    """POST one real event and check the whole reply; raises RuntimeError when it is wrong."""
+    status, data = http_request(port, "POST", HOOK_PATH, probe_body, timeout=5.0)
+    if status != 200:
+        raise RuntimeError(f"POST {HOOK_PATH} -> {status} {data[:200]!r}")
+    problem = reply_problem(data, NGINX_TEXT if nginx else json.loads(probe_body)["text"])
+    if problem:
+        raise RuntimeError("wrong reply to a probe event: " + problem)
+
+
+def wait_ready(port: int, procs: list, timeout: float, probe_body: bytes, nginx: bool) -> None:
+    """Ready = GET /healthz answers 200, then one POST of a real event gets a right reply."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     stage = "healthz"
@@ -245,19 +332,15 @@ def wait_ready(port: int, procs: list, timeout: float, probe_body: bytes, check_
                     continue
                 last = f"GET /healthz -> {status}"
             else:
-                status, data = http_request(port, "POST", HOOK_PATH, probe_body, timeout=5.0)
-                if status == 200:
-                    if check_reply:
-                        reply = json.loads(data)
-                        text = json.loads(probe_body)["text"]
-                        if reply.get("reply") != "echo: " + text or not isinstance(reply.get("turn"), int):
-                            raise RuntimeError(f"wrong reply to probe event: {data[:200]!r}")
-                    return
-                last = f"POST {HOOK_PATH} -> {status} {data[:200]!r}"
-        except (OSError, http.client.HTTPException) as exc:
+                check_probe(port, probe_body, nginx)
+                return
+        except (OSError, http.client.HTTPException, RuntimeError) as exc:
             last = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, RuntimeError) and "wrong reply" in str(exc):
+                raise
         time.sleep(0.05)
-    raise RuntimeError(f"not ready after {timeout:.0f}s ({stage}: {last})")
+    tails = "\n".join(f"--- {p.name}:\n{log_tail(p.logpath)}" for p in procs)
+    raise RuntimeError(f"not ready after {timeout:.0f}s ({stage}: {last})\n{tails}")
 
 
 # ---------------------------------------------------------------- systems
@@ -268,6 +351,22 @@ class Ctx:
     logdir: str
     tools: dict
     pg: ProcessGroup
+    server_prefix: list = field(default_factory=list)  # ["taskset", "-c", "1"] with --pin
+    client_prefix: list = field(default_factory=list)  # ["taskset", "-c", "0"] with --pin
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One system of the benchmark. ``start(ctx, spec, port, workers)`` starts its processes."""
+
+    name: str
+    kind: str  # warmslot | uvicorn | granian | celery | nginx
+    label: str
+    start: Callable
+    target: str = ""  # ASGI app for uvicorn/granian
+    env: tuple = ()  # extra environment, (name, value) pairs
+    multi_worker: bool = True  # runs `workers` processes (else one, whatever --workers says)
+    split_state: bool = False  # in-process state, so split across worker processes
 
 
 def _peer_env(extra=None) -> dict:
@@ -278,7 +377,7 @@ def _peer_env(extra=None) -> dict:
     return env
 
 
-def _uvicorn_cmd(target: str, port: int) -> list:
+def _uvicorn_cmd(target: str, port: int, workers: int) -> list:
     return [
         sys.executable,
         "-m",
@@ -294,33 +393,38 @@ def _uvicorn_cmd(target: str, port: int) -> list:
         "uvloop",
         "--no-access-log",
         "--workers",
-        "1",
+        str(workers),
         "--log-level",
         "warning",
     ]
 
 
-def start_warmslot(ctx: Ctx, port: int) -> list:
+def _warmslot_cmd() -> list:
+    exe = os.path.join(os.path.dirname(sys.executable), "warmslot")
+    if os.access(exe, os.X_OK):
+        return [exe]
+    return [shutil.which("warmslot")] if shutil.which("warmslot") else [sys.executable, "-m", "warmslot"]
+
+
+def start_warmslot(ctx: Ctx, spec: SystemSpec, port: int, workers: int) -> list:
     if not _py_has("warmslot"):
         raise RuntimeError(
             "warmslot is not installed (`python -c 'import warmslot'` fails); "
             "build it first, e.g. `maturin develop --release` or `pip install .`"
         )
-    exe = os.path.join(os.path.dirname(sys.executable), "warmslot")
-    cmd = (
-        [exe]
-        if os.access(exe, os.X_OK)
-        else ([shutil.which("warmslot")] if shutil.which("warmslot") else [sys.executable, "-m", "warmslot"])
-    )
-    cmd += ["run", "loadtests/bots/warmslot_bot.py:app", "--host", "127.0.0.1", "--port", str(port)]
-    return [ctx.pg.start("warmslot", cmd, ctx.logdir)]
+    env = dict(os.environ, **dict(spec.env))
+    if spec.multi_worker:  # process slots: one slot process per worker
+        env["WARMSLOT_SLOTS"] = str(workers)
+    cmd = _warmslot_cmd() + ["run", "loadtests/bots/warmslot_bot.py:app", "--host", "127.0.0.1", "--port", str(port)]
+    return [ctx.pg.start(spec.name, ctx.server_prefix + cmd, ctx.logdir, env=env)]
 
 
-def start_uvicorn(ctx: Ctx, port: int) -> list:
-    return [ctx.pg.start("uvicorn", _uvicorn_cmd("asgi_bot:app", port), ctx.logdir, env=_peer_env())]
+def start_uvicorn(ctx: Ctx, spec: SystemSpec, port: int, workers: int) -> list:
+    cmd = ctx.server_prefix + _uvicorn_cmd(spec.target, port, workers)
+    return [ctx.pg.start(spec.name, cmd, ctx.logdir, env=_peer_env(dict(spec.env)))]
 
 
-def start_granian(ctx: Ctx, port: int) -> list:
+def start_granian(ctx: Ctx, spec: SystemSpec, port: int, workers: int) -> list:
     cmd = [
         sys.executable,
         "-m",
@@ -328,7 +432,7 @@ def start_granian(ctx: Ctx, port: int) -> list:
         "--interface",
         "asgi",
         "--workers",
-        "1",
+        str(workers),
         "--http",
         "1",
         "--no-ws",
@@ -338,42 +442,36 @@ def start_granian(ctx: Ctx, port: int) -> list:
         str(port),
         "--log-level",
         "warning",
-        "asgi_bot:app",
     ]
-    return [ctx.pg.start("granian", cmd, ctx.logdir, env=_peer_env(), cwd=BOTS)]
+    cmd += [arg for pair in spec.env for arg in pair]  # extra CLI options, e.g. --runtime-threads 2
+    cmd.append(spec.target)
+    return [ctx.pg.start(spec.name, ctx.server_prefix + cmd, ctx.logdir, env=_peer_env(), cwd=BOTS)]
 
 
-def start_fastapi(ctx: Ctx, port: int) -> list:
-    return [ctx.pg.start("fastapi", _uvicorn_cmd("fastapi_bot:app", port), ctx.logdir, env=_peer_env())]
-
-
-def start_celery(ctx: Ctx, port: int) -> list:
+def start_celery(ctx: Ctx, spec: SystemSpec, port: int, workers: int) -> list:
     redis_server = ctx.tools.get("redis-server")
     if not redis_server:
         raise RuntimeError("redis-server not found (apt-get install -y redis-server)")
     rport = free_port()
     rdir = tempfile.mkdtemp(prefix="redis-", dir=ctx.logdir)
-    redis = ctx.pg.start(
-        "redis",
-        [
-            redis_server,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(rport),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            rdir,
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-        ctx.logdir,
-    )
+    redis_cmd = [
+        redis_server,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(rport),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        rdir,
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+    ]
+    redis = ctx.pg.start("celery-redis", ctx.server_prefix + redis_cmd, ctx.logdir)
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -387,32 +485,28 @@ def start_celery(ctx: Ctx, port: int) -> list:
             raise RuntimeError("redis-server did not start:\n" + log_tail(redis.logpath))
         time.sleep(0.05)
     env = _peer_env({"CELERY_REDIS_URL": f"redis://127.0.0.1:{rport}/0"})
-    worker = ctx.pg.start(
-        "celery-worker",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "celery_tasks",
-            "worker",
-            "--pool=solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=WARNING",
-            "-n",
-            f"bench{port}@%h",
-        ],
-        ctx.logdir,
-        env=env,
-        cwd=BOTS,
-    )
-    front = ctx.pg.start("celery-front", _uvicorn_cmd("celery_bot:app", port), ctx.logdir, env=env)
+    worker_cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "celery_tasks",
+        "worker",
+        "--pool=solo",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel=WARNING",
+        "-n",
+        f"bench{port}@%h",
+    ]
+    worker = ctx.pg.start("celery-worker", ctx.server_prefix + worker_cmd, ctx.logdir, env=env, cwd=BOTS)
+    front_cmd = ctx.server_prefix + _uvicorn_cmd(spec.target, port, 1)
+    front = ctx.pg.start("celery-front", front_cmd, ctx.logdir, env=env)
     return [redis, worker, front]
 
 
-def start_nginx(ctx: Ctx, port: int) -> list:
+def start_nginx(ctx: Ctx, spec: SystemSpec, port: int, workers: int) -> list:
     nginx = ctx.tools.get("nginx")
     if not nginx:
         raise RuntimeError("nginx not found (apt-get install -y nginx)")
@@ -422,7 +516,7 @@ def start_nginx(ctx: Ctx, port: int) -> list:
         f.write(f"""
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log stderr warn;
 events {{ worker_connections 4096; }}
@@ -444,17 +538,98 @@ http {{
     }}
 }}
 """)
-    return [ctx.pg.start("nginx", [nginx, "-p", prefix, "-c", conf, "-e", "stderr"], ctx.logdir)]
+    cmd = ctx.server_prefix + [nginx, "-p", prefix, "-c", conf, "-e", "stderr"]
+    return [ctx.pg.start(spec.name, cmd, ctx.logdir)]
 
 
-STARTERS: dict = {
-    "warmslot": start_warmslot,
-    "uvicorn": start_uvicorn,
-    "granian": start_granian,
-    "fastapi": start_fastapi,
-    "celery": start_celery,
-    "nginx": start_nginx,
-}
+def _specs() -> dict:
+    specs = [
+        SystemSpec(
+            "warmslot-thread",
+            "warmslot",
+            "warmslot, thread slots (1 process: I/O, scheduler and slot threads)",
+            start_warmslot,
+            multi_worker=False,
+        ),
+        SystemSpec(
+            "warmslot-process",
+            "warmslot",
+            "warmslot, process slots (one slot process per worker)",
+            start_warmslot,
+            env=(("WARMSLOT_ISOLATION", "process"),),
+        ),
+        SystemSpec(
+            "warmslot-spin0",
+            "warmslot",
+            "warmslot, thread slots, spin_us=0 (idle threads park at once)",
+            start_warmslot,
+            env=(("WARMSLOT_SPIN_US", "0"),),
+            multi_worker=False,
+        ),
+        SystemSpec(
+            "uvicorn",
+            "uvicorn",
+            "plain ASGI on uvicorn (httptools, uvloop, orjson)",
+            start_uvicorn,
+            target="asgi_bot:app",
+            split_state=True,
+        ),
+        SystemSpec(
+            "granian",
+            "granian",
+            "plain ASGI on granian (orjson)",
+            start_granian,
+            target="asgi_bot:app",
+            split_state=True,
+        ),
+        SystemSpec(
+            "granian-rt2",
+            "granian",
+            "plain ASGI on granian, --runtime-threads 2 (orjson)",
+            start_granian,
+            target="asgi_bot:app",
+            env=(("--runtime-threads", "2"),),
+            split_state=True,
+        ),
+        SystemSpec(
+            "fastapi",
+            "uvicorn",
+            "FastAPI on uvicorn (pydantic in, pydantic-core JSON out)",
+            start_uvicorn,
+            target="fastapi_bot:app",
+            split_state=True,
+        ),
+        SystemSpec(
+            "celery",
+            "celery",
+            "FastAPI front (128 threads) + Celery solo worker + Redis",
+            start_celery,
+            target="celery_bot:app",
+            multi_worker=False,
+        ),
+        SystemSpec("nginx", "nginx", "nginx, static body, no bot logic (the HTTP ceiling)", start_nginx),
+    ]
+    return {s.name: s for s in specs}
+
+
+SYSTEMS = _specs()
+ALL_SYSTEMS = list(SYSTEMS)
+
+
+def system_notes(spec: SystemSpec, workers: int) -> list:
+    notes = []
+    if spec.split_state and workers > 1:
+        notes.append(
+            f"conversation state is split across its {workers} worker processes (each keeps its own "
+            "botlogic.STATES): a conversation's turn counts only the events that reached that worker"
+        )
+    if spec.name == "celery":
+        notes.append("one Celery worker process (--pool=solo) holds all conversation state; JSON via kombu (stdlib)")
+    if spec.name == "nginx":
+        notes.append("answers a static body: the HTTP stack alone, for scale")
+    if spec.kind == "warmslot":
+        notes.append("conversation state kept by warmslot (one store for the whole server)")
+    return notes
 
 
 # ---------------------------------------------------------------- generators
@@ -464,10 +639,17 @@ class ToolError(RuntimeError):
     pass
 
 
-def run_wrk(wrk: str, port: int, connections: int, duration: float, bodies: str, logdir: str, tag: str) -> dict:
+def _children_cpu_us() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime + ru.ru_stime) * 1e6
+
+
+def run_wrk(
+    ctx: Ctx, port: int, connections: int, duration: float, bodies: str, tag: str, sample_every: int, extra_text: str
+) -> dict:
     secs = max(1, int(round(duration)))
-    cmd = [
-        wrk,
+    cmd = ctx.client_prefix + [
+        ctx.tools["wrk"],
         "-t1",
         f"-c{connections}",
         f"-d{secs}s",
@@ -479,26 +661,30 @@ def run_wrk(wrk: str, port: int, connections: int, duration: float, bodies: str,
         f"http://127.0.0.1:{port}{HOOK_PATH}",
         "--",
         bodies,
+        str(sample_every),
+        extra_text,
     ]
+    client0 = _children_cpu_us()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30)
-    with open(os.path.join(logdir, f"wrk-{tag}.log"), "a") as f:
+    client_cpu = _children_cpu_us() - client0
+    with open(os.path.join(ctx.logdir, f"wrk-{tag}.log"), "a") as f:
         f.write("$ " + " ".join(cmd) + "\n" + r.stdout + r.stderr + "\n")
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if r.returncode != 0 or line is None:
         raise ToolError(f"wrk failed (rc={r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
     data = json.loads(line[len("WRKJSON ") :])
     data["rps"] = data["requests"] / (data["duration_us"] / 1e6) if data["duration_us"] else 0.0
-    data["error_count"] = sum(data["errors"].values())
+    data["socket_errors"] = sum(v for k, v in data["errors"].items() if k != "status")
+    data["invalid_replies"] = data["bad_status"] + data["bad_body"]
     data["connections"] = connections
+    data["client_cpu_us"] = round(client_cpu)
     return data
 
 
-def run_oha(
-    oha: str, port: int, rate: float, duration: float, connections: int, bodies: str, logdir: str, tag: str
-) -> dict:
+def run_oha(ctx: Ctx, port: int, rate: float, duration: float, connections: int, bodies: str, tag: str) -> dict:
     secs = max(1, int(round(duration)))
-    cmd = [
-        oha,
+    cmd = ctx.client_prefix + [
+        ctx.tools["oha"],
         "--no-tui",
         "--output-format",
         "json",
@@ -523,7 +709,7 @@ def run_oha(
         f"http://127.0.0.1:{port}{HOOK_PATH}",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60)
-    with open(os.path.join(logdir, f"oha-{tag}.log"), "a") as f:
+    with open(os.path.join(ctx.logdir, f"oha-{tag}.log"), "a") as f:
         f.write("$ " + " ".join(cmd) + "\n" + r.stderr + "\n")
     try:
         out = json.loads(r.stdout)
@@ -533,7 +719,6 @@ def run_oha(
     pct = out.get("latencyPercentiles", {})
     codes = {str(k): v for k, v in (out.get("statusCodeDistribution") or {}).items()}
     errs = out.get("errorDistribution") or {}
-    ok = codes.get("200", 0)
 
     def us(key):
         v = pct.get(key)
@@ -544,10 +729,12 @@ def run_oha(
         "duration_s": secs,
         "connections": connections,
         "achieved_rps": s.get("requestsPerSec"),
-        "ok_responses": ok,
+        "requests": sum(codes.values()),
+        "ok_responses": codes.get("200", 0),
         "status_codes": codes,
         "errors": errs,
-        "error_count": sum(v for k, v in codes.items() if k != "200") + sum(errs.values()),
+        "invalid_replies": sum(v for k, v in codes.items() if not k.startswith("2")),
+        "socket_errors": sum(errs.values()),
         "p50_us": us("p50"),
         "p90_us": us("p90"),
         "p95_us": us("p95"),
@@ -560,117 +747,211 @@ def run_oha(
 # ---------------------------------------------------------------- benchmark
 
 
-def median(values):
+def low_median(values: list):
+    """The low median: with an even count, the lower middle value, so the result is always one of
+    the values (two runs of a bimodal system are never blended into a figure neither produced)."""
     values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+    return statistics.median_low(values) if values else None
 
 
-def bench_system(name: str, ctx: Ctx, args, bodies: str, probe: bytes, shared: dict) -> dict:
-    """Measure one system.  ``shared["rate_base"]`` is the base of the open-loop
-    rates; the first system measured (uvicorn, run first) sets it if unset."""
-    res: dict = {"system": name, "label": LABELS[name], "status": "ok"}
+def _measure_cpu(pgids: set, fn: Callable[[], dict]) -> dict:
+    before = group_cpu_ticks(pgids)
+    data = fn()
+    data["server_cpu_us"] = round((group_cpu_ticks(pgids) - before) * 1e6 / CLK_TCK)
+    done = data.get("requests") or 0
+    data["cpu_us_per_request"] = round(data["server_cpu_us"] / done, 1) if done else None
+    return data
+
+
+@dataclass
+class Plan:
+    """What each run does; from the command line."""
+
+    duration: float
+    warmup: float
+    fractions: list
+    slo_us: float
+    open_connections: int
+    sample_every: int
+    start_timeout: float
+
+
+def run_round(spec: SystemSpec, ctx: Ctx, plan: Plan, workers: int, bodies: str, probe: bytes, last: bool, entry):
+    """One closed-loop run of one system (start, warm up, c64, c1, stop); on the system's last round
+    also its open-loop sweep. Appends to ``entry["rounds"]``; a failure is recorded, never raised."""
+    i = len(entry["rounds"]) + 1
+    run: dict = {"round": i, "status": "ok"}
+    entry["rounds"].append(run)
     port = free_port()
-    res["port"] = port
+    nginx = spec.kind == "nginx"
+    extra_text = NGINX_TEXT if nginx else ""
     t0 = time.monotonic()
     try:
-        procs = STARTERS[name](ctx, port)
-        res["commands"] = [" ".join(p.args) for p in procs]
-        wait_ready(port, procs, timeout=args.start_timeout, probe_body=probe, check_reply=(name != "nginx"))
-        res["startup_s"] = round(time.monotonic() - t0, 2)
-        log(f"{name}: ready on 127.0.0.1:{port} after {res['startup_s']}s")
-        wrk = ctx.tools["wrk"]
-        if not wrk:
+        procs = spec.start(ctx, spec, port, workers)
+        entry["commands"] = [" ".join(p.args) for p in procs]
+        pgids = {p.pid for p in procs}
+        wait_ready(port, procs, timeout=plan.start_timeout, probe_body=probe, nginx=nginx)
+        run["startup_s"] = round(time.monotonic() - t0, 2)
+        if not ctx.tools.get("wrk"):
             raise ToolError("wrk not found (apt-get install -y wrk)")
-        if args.warmup > 0:
-            run_wrk(wrk, port, 64, args.warmup, bodies, ctx.logdir, f"{name}-warmup")
-
-        runs = []
-        for i in range(args.repeat):
-            runs.append(run_wrk(wrk, port, 64, args.duration, bodies, ctx.logdir, f"{name}-c64"))
-            log(f"{name}: c64 run {i + 1}: {runs[-1]['rps']:.0f} req/s, errors {runs[-1]['error_count']}")
-        res["throughput"] = {
-            "rps": median([r["rps"] for r in runs]),
-            "errors": sum(r["error_count"] for r in runs),
-            "runs": runs,
-        }
-        if shared.get("rate_base") is None and res["throughput"]["rps"]:
-            shared["rate_base"] = {"system": name, "rps": res["throughput"]["rps"]}
-
-        runs = []
-        for i in range(args.repeat):
-            runs.append(run_wrk(wrk, port, 1, args.duration, bodies, ctx.logdir, f"{name}-c1"))
-            lat = runs[-1]["latency_us"]
-            log(f"{name}: c1 run {i + 1}: p50 {lat['p50']} us, p99 {lat['p99']} us")
-        res["latency_c1"] = {
-            "p50_us": median([r["latency_us"]["p50"] for r in runs]),
-            "p95_us": median([r["latency_us"]["p95"] for r in runs]),
-            "p99_us": median([r["latency_us"]["p99"] for r in runs]),
-            "rps": median([r["rps"] for r in runs]),
-            "errors": sum(r["error_count"] for r in runs),
-            "runs": runs,
-        }
-
-        res["open_loop"] = open_loop(name, ctx, args, port, bodies, res, shared.get("rate_base"))
+        warm = {"invalid_replies": 0, "socket_errors": 0}
+        if plan.warmup > 0:  # its replies are checked too
+            warm = run_wrk(ctx, port, 64, plan.warmup, bodies, f"{spec.name}-warmup", plan.sample_every, extra_text)
+        c64 = _measure_cpu(
+            pgids,
+            lambda: run_wrk(ctx, port, 64, plan.duration, bodies, f"{spec.name}-c64", plan.sample_every, extra_text),
+        )
+        c1 = _measure_cpu(
+            pgids,
+            lambda: run_wrk(ctx, port, 1, plan.duration, bodies, f"{spec.name}-c1", plan.sample_every, extra_text),
+        )
+        check_probe(port, probe, nginx)  # still answering right after the load
+        run["c64"], run["c1"] = c64, c1
+        run["rps_64"] = round(c64["rps"], 1)
+        run["cpu_us_per_request"] = c64["cpu_us_per_request"]
+        run["p50_c1_us"] = c1["latency_us"]["p50"]
+        run["p95_c1_us"] = c1["latency_us"]["p95"]
+        run["p99_c1_us"] = c1["latency_us"]["p99"]
+        run["invalid_replies"] = warm["invalid_replies"] + c64["invalid_replies"] + c1["invalid_replies"]
+        run["socket_errors"] = warm["socket_errors"] + c64["socket_errors"] + c1["socket_errors"]
+        run["valid"] = run["invalid_replies"] == 0 and run["socket_errors"] == 0
+        first_bad = warm.get("first_bad") or c64.get("first_bad") or c1.get("first_bad")
+        if first_bad:
+            run["first_invalid_reply"] = first_bad
+        log(
+            f"{spec.name} round {i}: {run['rps_64']:,.0f} req/s @64, {run['cpu_us_per_request']} µs CPU/req, "
+            f"p50/p99 @1 {run['p50_c1_us']}/{run['p99_c1_us']} µs, invalid {run['invalid_replies']}, "
+            f"socket errors {run['socket_errors']}"
+        )
+        if last:
+            summarize(entry)
+            if entry["rps_64"]:
+                entry["open_loop"] = open_loop_sweep(spec, ctx, plan, port, bodies, probe, pgids, entry["rps_64"])
     except ToolError as exc:
-        res["status"] = "error"
-        res["error"] = str(exc)
+        run["status"], run["error"] = "error", str(exc)
     except Exception as exc:  # noqa: BLE001  -- a failing system must not stop the run
-        res["status"] = "error"
-        res["error"] = f"{type(exc).__name__}: {exc}"
+        run["status"], run["error"] = "error", f"{type(exc).__name__}: {exc}"
     finally:
         for p in ctx.pg.procs:
-            if p.poll() is not None and res["status"] == "ok":
-                res["status"] = "error"
-                res["error"] = f"{p.name} died during the run (rc={p.returncode}):\n{log_tail(p.logpath)}"
+            if p.poll() is not None and run["status"] == "ok":
+                run["status"] = "error"
+                run["error"] = f"{p.name} died during the run (rc={p.returncode}):\n{log_tail(p.logpath)}"
         ctx.pg.stop_all()
-    if res["status"] != "ok":
-        log(f"{name}: ERROR {res['error']}")
-    return res
+    if run["status"] != "ok":
+        run["valid"] = False
+        log(f"{spec.name} round {i}: FAILED {run['error']}")
 
 
-def open_loop(name, ctx, args, port, bodies, res, rate_base) -> list:
-    out = []
-    if not args.rates:
+def open_loop_sweep(spec, ctx, plan: Plan, port, bodies, probe, pgids, own_max: float) -> dict:
+    """oha at fractions of the system's own closed-loop max, up to its knee."""
+    out: dict = {"base_rps": round(own_max, 1), "points": [], "slo_capacity_rps": None, "knee_rps": None}
+    if not plan.fractions:
         return out
-    if rate_base is None:
-        return [{"pct": p, "error": "no base rate (uvicorn did not run)"} for p in args.rates]
-    oha = ctx.tools.get("oha")
-    own_max = res["throughput"]["rps"]
-    for pct in args.rates:
-        rate = rate_base["rps"] * pct / 100.0
-        entry = {"pct": pct, "rate": round(rate)}
-        if not oha:
-            entry["error"] = "oha not found (cargo install oha --locked)"
-        elif args.max_overload and own_max and rate > args.max_overload * own_max:
-            entry["skipped"] = (
-                f"over capacity: {rate:.0f} req/s offered > {args.max_overload:g} x this "
-                f"system's closed-loop max ({own_max:.0f} req/s)"
+    if not ctx.tools.get("oha"):
+        out["error"] = "oha not found (cargo install oha --locked)"
+        return out
+    for frac in plan.fractions:
+        rate = own_max * frac
+        point: dict = {"fraction": frac, "rate": round(rate)}
+        out["points"].append(point)
+        try:
+            run = _measure_cpu(
+                pgids,
+                lambda rate=rate, tag=f"{spec.name}-q{frac:g}": run_oha(
+                    ctx, port, rate, plan.duration, plan.open_connections, bodies, tag
+                ),
             )
+            check_probe(port, probe, spec.kind == "nginx")
+        except (ToolError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            point["error"] = f"{type(exc).__name__}: {exc}"
+            out["knee_rps"] = round(rate)
+            break
+        point.update(
+            {k: run[k] for k in ("achieved_rps", "p50_us", "p95_us", "p99_us", "p999_us", "max_us", "status_codes")}
+        )
+        point["invalid_replies"] = run["invalid_replies"]
+        point["socket_errors"] = run["socket_errors"]
+        point["cpu_us_per_request"] = run.get("cpu_us_per_request")
+        served = (run["achieved_rps"] or 0) >= 0.95 * rate
+        point["within_slo"] = bool(
+            run["p99_us"] is not None
+            and run["p99_us"] < plan.slo_us
+            and served
+            and run["invalid_replies"] == 0
+            and run["socket_errors"] == 0
+        )
+        log(
+            f"{spec.name} open loop {frac:g} x {own_max:,.0f} = {rate:,.0f} req/s: p50 {run['p50_us']} µs, "
+            f"p99 {run['p99_us']} µs, served {run['achieved_rps'] or 0:,.0f}/s, "
+            f"invalid {run['invalid_replies']}, socket errors {run['socket_errors']}"
+        )
+        if point["within_slo"]:
+            out["slo_capacity_rps"] = round(rate)
         else:
-            # Above the system's own closed-loop max the queue only grows: measure it once. The
-            # latencies then say how far behind it fell within the run; requests oha never got to
-            # send (all connections busy) are not counted, so `achieved_rps` tells the shortfall.
-            over = bool(own_max and rate > own_max)
-            entry["over_capacity"] = over
-            runs = []
-            try:
-                for _ in range(1 if over else args.repeat):
-                    runs.append(
-                        run_oha(
-                            oha, port, rate, args.duration, args.open_connections, bodies, ctx.logdir, f"{name}-q{pct}"
-                        )
-                    )
-                    log(
-                        f"{name}: open loop {pct}% ({rate:.0f} req/s): p50 {runs[-1]['p50_us']} us, "
-                        f"p99 {runs[-1]['p99_us']} us, errors {runs[-1]['error_count']}"
-                    )
-                for key in ("p50_us", "p95_us", "p99_us", "achieved_rps"):
-                    entry[key] = median([r[key] for r in runs])
-                entry["errors"] = sum(r["error_count"] for r in runs)
-                entry["runs"] = runs
-            except (ToolError, subprocess.TimeoutExpired) as exc:
-                entry["error"] = str(exc)
-        out.append(entry)
+            out["knee_rps"] = round(rate)  # past the knee: higher rates only queue more
+            break
+    return out
+
+
+def summarize(entry: dict) -> None:
+    """The system's figures: low medians over its valid rounds."""
+    ok = [r for r in entry["rounds"] if r.get("status") == "ok"]
+    valid = [r for r in ok if r.get("valid")]
+    entry["invalid_replies"] = sum(r.get("invalid_replies", 0) for r in ok)
+    entry["socket_errors"] = sum(r.get("socket_errors", 0) for r in ok)
+    entry["valid_rounds"] = len(valid)
+    for key in ("rps_64", "cpu_us_per_request", "p50_c1_us", "p95_c1_us", "p99_c1_us"):
+        entry[key] = low_median([r.get(key) for r in valid])
+    if not ok:
+        entry["status"] = "failed"
+        entry["error"] = next((r["error"] for r in entry["rounds"] if r.get("error")), "no run")
+    elif not valid:
+        entry["status"] = "invalid"
+        entry["error"] = "every run had invalid replies or socket errors: " + str(
+            next((r.get("first_invalid_reply") for r in ok if r.get("first_invalid_reply")), "")
+        )
+    else:
+        entry["status"] = "ok"
+    ol = entry.get("open_loop") or {}
+    entry["slo_capacity_rps"] = ol.get("slo_capacity_rps")
+    entry["open_loop_knee_rps"] = ol.get("knee_rps")
+    half = [p for p in ol.get("points", []) if "p99_us" in p and p["fraction"] <= 0.5]
+    tail = half[-1] if half else None
+    entry["open_loop_half"] = (
+        None if tail is None else {k: tail[k] for k in ("fraction", "rate", "p50_us", "p99_us", "p999_us") if k in tail}
+    )
+
+
+def pair_ratios(a: dict, b: dict, key: str) -> Optional[dict]:
+    """Per-round ratios a/b of ``key`` over the rounds where both runs are valid."""
+    vals = []
+    for ra, rb in zip(a["rounds"], b["rounds"]):
+        if ra.get("valid") and rb.get("valid") and ra.get(key) and rb.get(key):
+            vals.append(ra[key] / rb[key])
+    if not vals:
+        return None
+    return {
+        "median": round(low_median(vals), 3),
+        "min": round(min(vals), 3),
+        "max": round(max(vals), 3),
+        "pairs": len(vals),
+        "values": [round(v, 3) for v in vals],
+    }
+
+
+def all_ratios(entries: list) -> list:
+    out = []
+    for a in entries:
+        if not a["name"].startswith("warmslot"):
+            continue
+        for b in entries:
+            if b["name"].startswith("warmslot"):
+                continue
+            r = {"system": a["name"], "peer": b["name"]}
+            for key in ("rps_64", "cpu_us_per_request", "p50_c1_us", "p99_c1_us"):
+                r[key + "_x"] = pair_ratios(a, b, key)
+            if r["rps_64_x"] is not None:
+                out.append(r)
     return out
 
 
@@ -691,113 +972,132 @@ def fmt_rps(rps) -> str:
     return "—" if rps is None else f"{rps:,.0f}"
 
 
-def ratios(results: dict) -> dict:
-    out = {}
-    base = results.get("uvicorn")
-    if not base or base.get("status") != "ok":
-        return out
-    for name, r in results.items():
-        if name == "uvicorn" or r.get("status") != "ok":
-            continue
-        tp = r["throughput"]["rps"] / base["throughput"]["rps"] if base["throughput"]["rps"] else None
-        p50 = r["latency_c1"]["p50_us"] / base["latency_c1"]["p50_us"] if base["latency_c1"]["p50_us"] else None
-        out[name] = {"throughput_x": tp, "p50_c1_x": p50}
-    return out
+def fmt_x(r: Optional[dict]) -> str:
+    if not r:
+        return "—"
+    if r["pairs"] == 1:
+        return f"{r['median']:.2f}×"
+    return f"{r['median']:.2f}× (min {r['min']:.2f}, max {r['max']:.2f})"
 
 
-def markdown(results: dict, order: list, rates: list, rate_base) -> str:
-    rr = ratios(results)
-    head = ["system", "req/s @64 conn", "× uvicorn", "p50 @1 conn", "p99 @1 conn"]
-    for pct in rates:
-        rate = f" ({rate_base['rps'] * pct / 100:,.0f}/s)" if rate_base else ""
-        head.append(f"open loop {pct}%{rate} p50 / p95 / p99")
-    head.append("errors")
+def markdown(entries: list, ratios: list, slo_ms: float) -> str:
+    head = [
+        "system",
+        "workers",
+        "cpus",
+        "req/s @64 conn",
+        "CPU µs/req",
+        "p50 @1 conn",
+        "p99 @1 conn",
+        f"SLO capacity (p99 < {slo_ms:g} ms)",
+        "open loop ≤50% p50 / p99 / p99.9",
+        "invalid replies",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in order:
-        r = results[name]
-        if r["status"] != "ok" and "throughput" not in r:
-            msg = r.get("error", "error").splitlines()[0][:160].replace("|", "\\|")
-            lines.append(f"| {name} | **error**: {msg} |" + " |" * (len(head) - 2))
+    for e in entries:
+        if e["status"] == "failed":
+            lines_ = [ln.strip() for ln in e.get("error", "error").splitlines() if ln.strip()]
+            msg = lines_[0].rstrip(":") + (f" … {lines_[-1]}" if len(lines_) > 1 else "")
+            msg = msg[:240].replace("|", "\\|")
+            lines.append(f"| {e['name']} | {e['workers']} | {e['cpus']} | **failed**: {msg} |" + " |" * (len(head) - 4))
             continue
-        tp = r.get("throughput", {})
-        c1 = r.get("latency_c1", {})
-        x = "1.00×" if name == "uvicorn" else (f"{rr[name]['throughput_x']:.2f}×" if rr.get(name) else "—")
-        row = [name, fmt_rps(tp.get("rps")), x, fmt_us(c1.get("p50_us")), fmt_us(c1.get("p99_us"))]
-        errors = (tp.get("errors") or 0) + (c1.get("errors") or 0)
-        ol = {e["pct"]: e for e in r.get("open_loop", [])}
-        for pct in rates:
-            e = ol.get(pct)
-            if e is None:
-                row.append("—")
-            elif "skipped" in e:
-                row.append("over capacity")
-            elif "error" in e:
-                row.append("error")
-            else:
-                cell = f"{fmt_us(e['p50_us'])} / {fmt_us(e['p95_us'])} / {fmt_us(e['p99_us'])}"
-                if e.get("over_capacity"):
-                    cell += f" (over capacity: {fmt_rps(e.get('achieved_rps'))}/s served)"
-                row.append(cell)
-                errors += e.get("errors") or 0
-        row.append(str(errors) + ("" if r["status"] == "ok" else " (" + r.get("error", "")[:60] + ")"))
+        half = e.get("open_loop_half")
+        ol = "—"
+        if half:
+            ol = (
+                f"{fmt_us(half.get('p50_us'))} / {fmt_us(half.get('p99_us'))} / {fmt_us(half.get('p999_us'))}"
+                f" at {fmt_rps(half['rate'])}/s"
+            )
+        cap = e.get("slo_capacity_rps")
+        olerr = (e.get("open_loop") or {}).get("error")
+        row = [
+            e["name"],
+            str(e["workers"]),
+            str(e["cpus"]),
+            fmt_rps(e.get("rps_64")),
+            "—" if e.get("cpu_us_per_request") is None else f"{e['cpu_us_per_request']:.0f}",
+            fmt_us(e.get("p50_c1_us")),
+            fmt_us(e.get("p99_c1_us")),
+            ("error" if olerr else "none" if (e.get("open_loop") or {}).get("points") else "—")
+            if cap is None
+            else f"{cap:,}/s",
+            ol,
+            str(e.get("invalid_replies", 0)) + ("" if e["status"] == "ok" else " (**invalid**)"),
+        ]
         lines.append("| " + " | ".join(row) + " |")
-    if "warmslot" in rr:
-        w = rr["warmslot"]
-        tp = w["throughput_x"]
-        p50 = w["p50_c1_x"]
+    if ratios:
         lines.append("")
         lines.append(
-            f"warmslot / uvicorn: throughput {tp:.2f}× (aim ≥ 2×), "
-            f"p50 at 1 connection {p50:.2f}× (aim ≤ 1×, lower is better)"
+            "Ratios, median of the per-round ratios (min, max over rounds); req/s above 1 and the others "
+            "below 1 favour the first system:"
         )
+        lines.append("")
+        for r in ratios:
+            lines.append(
+                f"- {r['system']} / {r['peer']}: req/s @64 {fmt_x(r['rps_64_x'])}, "
+                f"CPU per request {fmt_x(r['cpu_us_per_request_x'])}, "
+                f"p50 @1 {fmt_x(r['p50_c1_us_x'])}, p99 @1 {fmt_x(r['p99_c1_us_x'])}"
+            )
+    notes = [f"- {e['name']}: {n}" for e in entries for n in e.get("notes", []) if "split" in n]
+    if notes:
+        lines += ["", "Notes:", ""] + notes
     return "\n".join(lines)
 
 
-def plot(results: dict, order: list, path: str, rate_base) -> None:
+def plot(entries: list, path: str, slo_us: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [n for n in order if results[n].get("throughput")]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    ok = [e for e in entries if e.get("rps_64")]
+    names = [e["name"] for e in ok]
+    colors = ["#d62728" if n.startswith("warmslot") else "#1f77b4" for n in names]
+    fig, axes = plt.subplots(1, 4, figsize=(22, 5.5))
+
     ax = axes[0]
-    vals = [results[n]["throughput"]["rps"] for n in ok]
-    bars = ax.bar(ok, vals, color=["#d62728" if n == "warmslot" else "#1f77b4" for n in ok])
-    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in vals], fontsize=8)
+    vals = [e["rps_64"] for e in ok]
+    bars = ax.bar(names, vals, color=colors)
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in vals], fontsize=7)
     ax.set_title("closed loop, 64 connections (wrk -t1)")
     ax.set_ylabel("requests / s")
-    ax.tick_params(axis="x", rotation=30)
+    ax.tick_params(axis="x", rotation=40)
 
     ax = axes[1]
-    ok1 = [n for n in ok if results[n].get("latency_c1")]
-    xs = range(len(ok1))
-    p50 = [results[n]["latency_c1"]["p50_us"] for n in ok1]
-    p99 = [results[n]["latency_c1"]["p99_us"] for n in ok1]
-    ax.bar([x - 0.2 for x in xs], p50, width=0.4, label="p50")
-    ax.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99")
-    ax.set_xticks(list(xs), ok1, rotation=30)
+    vals = [e.get("cpu_us_per_request") or 0.1 for e in ok]
+    bars = ax.bar(names, vals, color=colors)
+    ax.bar_label(bars, labels=[f"{v:.0f}" for v in vals], fontsize=7)
+    ax.set_title("server CPU time per request, 64 connections")
+    ax.set_yscale("log")
+    ax.set_ylabel("µs of CPU / request (log)")
+    ax.tick_params(axis="x", rotation=40)
+
+    ax = axes[2]
+    xs = range(len(ok))
+    ax.bar([x - 0.2 for x in xs], [e.get("p50_c1_us") or 0 for e in ok], width=0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], [e.get("p99_c1_us") or 0 for e in ok], width=0.4, label="p99")
+    ax.set_xticks(list(xs), names, rotation=40)
     ax.set_yscale("log")
     ax.set_ylabel("latency, µs (log)")
     ax.set_title("1 connection (wrk -t1 -c1)")
     ax.legend()
 
-    ax = axes[2]
-    for n in ok:
-        pts = [(e["rate"], e["p99_us"]) for e in results[n].get("open_loop", []) if e.get("p99_us")]
+    ax = axes[3]
+    for e in ok:
+        pts = [(p["rate"], p["p99_us"]) for p in (e.get("open_loop") or {}).get("points", []) if p.get("p99_us")]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{n} p99")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=e["name"])
+    ax.axhline(slo_us, color="grey", linestyle="--", linewidth=1, label=f"SLO {slo_us / 1000:g} ms")
     ax.set_yscale("log")
-    ax.set_xlabel("offered rate, requests / s" + (f" (% of uvicorn max {rate_base['rps']:,.0f})" if rate_base else ""))
-    ax.set_ylabel("p99 latency, µs (log), corrected for coordinated omission")
+    ax.set_xlabel("offered rate, req/s (fractions of each system's own max)")
+    ax.set_ylabel("p99, µs (log), corrected for coordinated omission")
     ax.set_title("open loop (oha -q RATE --latency-correction)")
-    if ax.lines:
-        ax.legend(fontsize=8)
-    errs = [n for n in order if not results[n].get("throughput")]
-    if errs:
-        fig.text(0.01, 0.01, "errors: " + ", ".join(errs), fontsize=8, color="#d62728")
+    ax.legend(fontsize=7)
+    failed = [e["name"] for e in entries if not e.get("rps_64")]
+    if failed:
+        fig.text(0.01, 0.01, "failed or invalid: " + ", ".join(failed), fontsize=8, color="#d62728")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -812,43 +1112,60 @@ def parse_args(argv=None):
         help=f"comma-separated subset of {','.join(ALL_SYSTEMS)} (default: all)",
     )
     ap.add_argument(
-        "--quick", action="store_true", help="whole run under 2 minutes: 2 s per figure, 1 s warm-up, one run each"
+        "--quick",
+        action="store_true",
+        help="1 round, 2 s per figure, 1 s warm-up, open loop at 0.5, 0.8 and 1.0 of each system's max",
     )
     ap.add_argument("--duration", type=float, help="seconds per measurement (default 10, quick 2)")
-    ap.add_argument("--warmup", type=float, help="seconds of wrk -c64 warm-up (default 3, quick 1)")
-    ap.add_argument("--repeat", type=int, help="runs of each figure (default 2, quick 1)")
+    ap.add_argument("--warmup", type=float, help="seconds of wrk -c64 warm-up before each run (default 3, quick 1)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds, i.e. runs per system (default 3, quick 1)")
     ap.add_argument(
-        "--rates", default="25,50,75", help="open-loop rates, %% of uvicorn's max req/s in this run ('' to skip)"
+        "--fractions",
+        help="open-loop rates as fractions of each system's own closed-loop max, swept in order until the "
+        "knee (default 0.2,0.4,0.6,0.7,0.8,0.9,1.0; quick 0.5,0.8,1.0; '' skips the open loop)",
     )
-    ap.add_argument(
-        "--base-rps", type=float, help="base for --rates when uvicorn is not run (default: first system's max)"
-    )
+    ap.add_argument("--slo-ms", type=float, default=10.0, help="open-loop p99 SLO in ms (default 10)")
     ap.add_argument("--open-connections", type=int, default=64, help="oha connections (default 64)")
     ap.add_argument(
-        "--max-overload",
-        type=float,
-        default=0.0,
-        help="skip open-loop rates above this multiple of the system's own max (default 0: run every rate; "
-        "rates above a system's max run once and are marked over capacity)",
+        "--sample-every", type=int, default=16, help="wrk checks every Nth reply in full (default 16; 1: all)"
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes of the multi-worker systems (default: the server's cores, 2 on 2 cores; 1 with --pin)",
+    )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="one server core: servers on core 1 (taskset -c 1), generators on core 0 (needs 2+ cores)",
     )
     ap.add_argument("--start-timeout", type=float, default=30.0)
     ap.add_argument("--json", metavar="PATH")
-    ap.add_argument("--plot", metavar="PATH")
+    ap.add_argument("--plot", metavar="PATH", help="chart (PNG) path (default: bench.png in the logs directory)")
+    ap.add_argument("--no-plot", action="store_true", help="draw no chart")
     ap.add_argument("--logs", metavar="DIR", help="keep server/generator logs here (default: a temp dir)")
     ap.add_argument("--no-install", action="store_true", help="do not apt/pip/cargo install missing tools")
     ap.add_argument("--install-only", action="store_true", help="install the tools and exit")
     args = ap.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in args.systems if s not in ALL_SYSTEMS]
+    unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown:
         ap.error(f"unknown systems {unknown}; choose from {ALL_SYSTEMS}")
-    args.rates = [int(float(x)) for x in args.rates.split(",") if x.strip()]
+    if args.fractions is None:
+        args.fractions = "0.5,0.8,1.0" if args.quick else "0.2,0.4,0.6,0.7,0.8,0.9,1.0"
+    args.fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
     if args.duration is None:
         args.duration = 2.0 if args.quick else 10.0
     if args.warmup is None:
         args.warmup = 1.0 if args.quick else 3.0
-    if args.repeat is None:
-        args.repeat = 1 if args.quick else 2
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.pin and (os.cpu_count() or 1) < 2:
+        ap.error("--pin needs at least 2 cores (server on core 1, generators on core 0)")
+    server_cores = 1 if args.pin else len(os.sched_getaffinity(0))
+    args.server_cores = server_cores
+    if args.workers is None:
+        args.workers = server_cores
     return args
 
 
@@ -864,63 +1181,88 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
     t_start = time.monotonic()
+    want_plot = not args.no_plot
     if args.install_only:  # everything bench.py, run_locust.py and the tests use
         tools = ensure_tools(ALL_SYSTEMS, need_oha=True, need_plot=True, install=True, need_locust=True)
-    else:
-        tools = ensure_tools(
-            args.systems, need_oha=bool(args.rates), need_plot=bool(args.plot), install=not args.no_install
-        )
-    if args.install_only:
         print(json.dumps(tools, indent=2))
         return 0 if all(tools.values()) else 1
+    tools = ensure_tools(args.systems, need_oha=bool(args.fractions), need_plot=want_plot, install=not args.no_install)
+    if args.pin and not tools["taskset"]:
+        log("--pin needs taskset (util-linux)")
+        return 2
 
     logdir = args.logs or tempfile.mkdtemp(prefix="warmslot-bench-")
     os.makedirs(logdir, exist_ok=True)
     bodies = events.write_bodies(os.path.join(logdir, "bodies.jsonl"))
-    probe = events.make_bodies(1)[0].encode()
+    probe = json.dumps(events.make_event(0) | {"conversation": "bench-probe"}, separators=(",", ":")).encode()
     ctx = Ctx(logdir=logdir, tools=tools, pg=ProcessGroup())
+    if args.pin:
+        ctx.server_prefix = [tools["taskset"], "-c", "1"]
+        ctx.client_prefix = [tools["taskset"], "-c", "0"]
+    plan = Plan(
+        duration=args.duration,
+        warmup=args.warmup,
+        fractions=args.fractions,
+        slo_us=args.slo_ms * 1000,
+        open_connections=args.open_connections,
+        sample_every=args.sample_every,
+        start_timeout=args.start_timeout,
+    )
     log(f"logs in {logdir}")
 
-    # uvicorn first: its max throughput sets the open-loop rates of every system.
-    run_order = sorted(args.systems, key=lambda s: s != "uvicorn")
-    results: dict = {}
-    shared = {"rate_base": {"system": "--base-rps", "rps": args.base_rps} if args.base_rps else None}
+    entries = []
+    for name in args.systems:
+        spec = SYSTEMS[name]
+        workers = args.workers if spec.multi_worker else 1
+        entries.append(
+            {
+                "name": name,
+                "label": spec.label,
+                "workers": workers,
+                "cpus": args.server_cores,
+                "status": "not run",
+                "notes": system_notes(spec, workers),
+                "rounds": [],
+            }
+        )
     interrupted = False
     try:
-        for name in run_order:
-            log(f"== {name}: {LABELS[name]}")
-            results[name] = bench_system(name, ctx, args, bodies, probe, shared)
+        for rnd in range(args.rounds):
+            for entry in entries:
+                spec = SYSTEMS[entry["name"]]
+                log(f"== round {rnd + 1}/{args.rounds}: {spec.name} ({spec.label}, {entry['workers']} worker(s))")
+                run_round(spec, ctx, plan, entry["workers"], bodies, probe, rnd == args.rounds - 1, entry)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping servers")
     finally:
         ctx.pg.stop_all()
+    for entry in entries:
+        summarize(entry)
 
-    rate_base = shared["rate_base"]
-    order = [s for s in args.systems if s in results]
-    table = markdown(results, order, args.rates, rate_base)
+    ratios = all_ratios(entries)
+    table = markdown(entries, ratios, args.slo_ms)
     report = {
         "meta": {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": platform.node(),
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "wrk": tool_version([tools["wrk"], "-v"]) if tools["wrk"] else None,
-            "oha": tool_version([tools["oha"], "--version"]) if tools["oha"] else None,
+            "pinned": args.pin,
+            "server_cores": args.server_cores,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
-            "repeat": args.repeat,
-            "rates_pct": args.rates,
+            "rounds": args.rounds,
+            "fractions": args.fractions,
+            "slo_p99_ms": args.slo_ms,
             "open_connections": args.open_connections,
+            "sample_every": args.sample_every,
             "quick": args.quick,
             "logs": logdir,
             "interrupted": interrupted,
             "elapsed_s": round(time.monotonic() - t_start, 1),
         },
-        "rate_base": rate_base,
-        "systems": results,
-        "ratios_vs_uvicorn": ratios(results),
+        "versions": versions(tools),
+        "systems": entries,
+        "ratios": ratios,
         "table_markdown": table,
     }
     print(table)
@@ -929,12 +1271,13 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"JSON written to {args.json}")
-    if args.plot and results:
+    if want_plot:
+        path = args.plot or os.path.join(logdir, "bench.png")
         try:
-            plot(results, order, args.plot, rate_base)
-            print(f"plot written to {args.plot}")
-        except Exception as exc:  # noqa: BLE001
-            print(f"plot failed: {exc}", file=sys.stderr)
+            plot(entries, path, plan.slo_us)
+            print(f"chart written to {path}")
+        except Exception as exc:  # noqa: BLE001  -- the figures are out already
+            print(f"chart failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     return 130 if interrupted else 0
 
 

@@ -1,19 +1,19 @@
-"""Hand-written ASGI support bot (no framework), for uvicorn and granian.
+"""Hand-written ASGI support bot (no framework), for uvicorn and granian; JSON with orjson.
 
-    uvicorn asgi_bot:app --http httptools --loop uvloop --no-access-log --workers 1
-    granian --interface asgi --workers 1 asgi_bot:app
+    uvicorn asgi_bot:app --http httptools --loop uvloop --no-access-log --workers 2
+    granian --interface asgi --workers 2 asgi_bot:app
 
 Routes: ``POST /hooks/support`` (JSON event -> JSON reply) and ``GET /healthz``.
+Conversation state lives in each worker process (``botlogic.STATES``).
 """
 
-import json
-
+import orjson
 from botlogic import support
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _HEALTH = b'{"status":"ok"}'
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
+_dumps = orjson.dumps
+_loads = orjson.loads
 
 
 async def _send(send, status, body):
@@ -57,10 +57,10 @@ async def app(scope, receive, send):
         try:
             event = _loads(body)
             reply = support(event)
-        except (ValueError, KeyError, TypeError) as exc:
-            await _send(send, 400, _dumps({"error": {"code": "bad_request", "message": str(exc)}}).encode())
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            await _send(send, 400, _dumps({"error": {"code": "bad_request", "message": str(exc)}}))
             return
-        await _send(send, 200, _dumps(reply).encode())
+        await _send(send, 200, _dumps(reply))
     elif path == "/healthz":
         await _send(send, 200, _HEALTH)
     else:

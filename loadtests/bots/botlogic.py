@@ -1,20 +1,32 @@
-"""The support-bot logic shared by every peer bot (plain ASGI, FastAPI, Celery).
+"""The support-bot logic every system in the benchmark runs (warmslot, plain ASGI, FastAPI, Celery).
 
-It is the same computation as ``warmslot_bot.py``: per-conversation state holds
-the last 10 messages, and the reply echoes the text with the turn number.
+``reply(event, state)`` is the whole computation: append the text to the conversation's history,
+keep the last 10 messages, answer ``{"reply": "echo: " + text, "turn": len(history)}``.
+warmslot passes the conversation's ``ctx.state`` (kept and committed by warmslot); the peers call
+``support(event)``, which keeps the states in a dict of the serving process, so with several
+worker processes each worker holds its own share of the conversations.
 """
+
+from __future__ import annotations
 
 HISTORY_LEN = 10
 
-# conversation key -> {"history": [...]}; lives in the serving process.
-STATES: dict = {}
+# conversation key -> {"history": [...]}; lives in the serving process (one dict per worker process).
+STATES: dict[str, dict] = {}
 
 
-def support(event: dict, states: dict = STATES) -> dict:
-    state = states.get(event["conversation"])
-    if state is None:
-        state = states[event["conversation"]] = {}
+def reply(event: dict, state: dict) -> dict:
+    """Update one conversation's ``state`` with ``event`` and return the reply."""
     history = state.setdefault("history", [])
     history.append(event["text"])
     del history[:-HISTORY_LEN]
     return {"reply": "echo: " + event["text"], "turn": len(history)}
+
+
+def support(event: dict, states: dict[str, dict] = STATES) -> dict:
+    """The bot for peers without a state store: the conversation's state lives in ``states``."""
+    key = event["conversation"]
+    state = states.get(key)
+    if state is None:
+        state = states[key] = {}
+    return reply(event, state)
