@@ -16,7 +16,10 @@ import os
 import socket
 import struct
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
+
+if TYPE_CHECKING:
+    from .runner import EventRunner
 
 from . import _core
 
@@ -96,19 +99,14 @@ def main(argv: List[str]) -> int:
         return 1
     sock.sendall(_core.encode_result(HELLO, READY))
 
-    def send(i: int, result: tuple) -> None:
+    def encode(i: int, result: tuple) -> bytes:
         ok, a, b = result
         if ok:
-            sock.sendall(_core.encode_result(i, 0, a, b))
-        else:
-            sock.sendall(_core.encode_result(i, 1, a.encode(), b.encode("utf-8", "backslashreplace")))
+            return _core.encode_result(i, 0, a, b)
+        return _core.encode_result(i, 1, a.encode(), b.encode("utf-8", "backslashreplace"))
 
-    async def run_batch_async(events: list) -> None:
-        async def one(i: int, ev: tuple) -> None:
-            send(i, await runner.run_async(*ev))
-
-        await asyncio.gather(*(one(i, ev) for i, ev in enumerate(events)))
-
+    if loop is not None:
+        return loop.run_until_complete(_serve_async(sock, runner))
     while True:
         frame = _read_frame(sock)
         if frame is None:
@@ -118,17 +116,56 @@ def main(argv: List[str]) -> int:
         except ValueError as exc:
             print(f"warmslot worker: bad batch frame: {exc}", file=sys.stderr)
             return 3
-        if loop is not None:
-            loop.run_until_complete(run_batch_async(events))
-            continue
-        for i, ev in enumerate(events):
-            remaining = ev[6]
+        for ev in events:
+            remaining = ev[7]
             if remaining is not None:
                 faulthandler.dump_traceback_later(max(0.0, remaining) + HANG_DUMP_AFTER, exit=True)
-            result = runner.run_sync(*ev)
+            result = runner.run_sync(*ev[1:])
             if remaining is not None:
                 faulthandler.cancel_dump_traceback_later()
-            send(i, result)
+            sock.sendall(encode(ev[0], result))
+
+
+async def _serve_async(sock: socket.socket, runner: "EventRunner") -> int:
+    """Async pipelines: every event of every batch frame runs as a task on this loop at once (the
+    server sends at most `concurrency` at a time); results go back as each finishes."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    send_lock = asyncio.Lock()
+    tasks: set = set()
+
+    async def read_exact(n: int) -> Optional[bytes]:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = await loop.sock_recv(sock, n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    async def one(ev: tuple) -> None:
+        ok, a, b = await runner.run_async(*ev[1:])
+        if ok:
+            data = _core.encode_result(ev[0], 0, a, b)
+        else:
+            data = _core.encode_result(ev[0], 1, a.encode(), b.encode("utf-8", "backslashreplace"))
+        async with send_lock:  # frames must not interleave
+            await loop.sock_sendall(sock, data)
+
+    while True:
+        head = await read_exact(4)
+        if head is None:
+            break
+        frame = await read_exact(struct.unpack("<I", head)[0])
+        if frame is None:
+            break
+        for ev in _core.decode_batch(frame):
+            task = loop.create_task(one(ev))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -350,7 +350,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::config::PipelineConfig;
-    use crate::runtime::slot_loop::{run_slot, Backend, Begun, LoopEnd, LoopSettings, RunResult, SlotDied};
+    use crate::runtime::slot_loop::{run_slot, Backend, Begun, LoopEnd, LoopSettings, More, RunResult, SlotDied};
     use crate::state::MemoryStore;
     use bytes::Bytes;
     use std::io::{Read, Write};
@@ -390,7 +390,8 @@ mod tests {
             }
             fn run(
                 &mut self,
-                batch: &mut [Begun],
+                batch: &mut Vec<Begun>,
+                _more: &mut More<'_>,
                 done: &mut dyn FnMut(&mut Begun, RunResult),
             ) -> Result<(), SlotDied> {
                 for b in batch.iter_mut() {

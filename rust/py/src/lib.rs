@@ -433,7 +433,7 @@ fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 }
 
 /// Decodes a batch frame payload (worker side) into tuples
-/// `(execution_id, key, event, state, headers, received_at, remaining)`.
+/// `(index, execution_id, key, event, state, headers, received_at, remaining)`.
 #[pyfunction]
 fn decode_batch<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Vec<Bound<'py, PyTuple>>> {
     let events = wire::decode_batch(payload).map_err(|e| PyValueError::new_err(e.0))?;
@@ -450,7 +450,7 @@ fn decode_batch<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Vec<Bound<'py,
         for (k, v) in &ev.headers {
             headers.set_item(*k, String::from_utf8_lossy(v))?;
         }
-        out.push((ev.id, ev.key, event, state, headers, ev.received_unix, ev.remaining).into_pyobject(py)?);
+        out.push((ev.index, ev.id, ev.key, event, state, headers, ev.received_unix, ev.remaining).into_pyobject(py)?);
     }
     Ok(out)
 }

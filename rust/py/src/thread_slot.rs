@@ -4,7 +4,7 @@
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
-use warmslot_core::runtime::slot_loop::{Backend, Begun, RunResult, SlotDied};
+use warmslot_core::runtime::slot_loop::{Backend, Begun, More, RunResult, SlotDied};
 use warmslot_core::{Bytes, ErrorCode};
 
 use crate::value::{loads, to_py};
@@ -67,7 +67,12 @@ impl Backend for ThreadBackend {
         false // commits wait until the batch is done and the GIL released
     }
 
-    fn run(&mut self, batch: &mut [Begun], done: &mut dyn FnMut(&mut Begun, RunResult)) -> Result<(), SlotDied> {
+    fn run(
+        &mut self,
+        batch: &mut Vec<Begun>,
+        _more: &mut More<'_>,
+        done: &mut dyn FnMut(&mut Begun, RunResult),
+    ) -> Result<(), SlotDied> {
         Python::attach(|py| {
             let runner = self.runner.bind(py);
             for b in batch.iter_mut() {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::WorkerCommand;
 use crate::runtime::pipeline::Pipeline;
-use crate::runtime::slot_loop::{Backend, Begun, RunResult, SlotDied};
+use crate::runtime::slot_loop::{Backend, Begun, More, RunResult, SlotDied};
 use crate::runtime::wire::{self, WireResult};
 
 /// After a run's deadline, how long its worker gets before it is killed.
@@ -78,9 +78,21 @@ fn describe(status: ExitStatus) -> (&'static str, String) {
     }
 }
 
-fn read_frame(sock: &mut UnixStream) -> std::io::Result<Vec<u8>> {
+/// Reads one frame. `wait` bounds the wait for its first byte; once a frame has started, the
+/// rest is read with `rest` as the bound (so a timeout never splits a frame).
+fn read_frame(sock: &mut UnixStream, wait: Option<Duration>, rest: Option<Duration>) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
-    sock.read_exact(&mut len)?;
+    sock.set_read_timeout(wait.map(|t| t.max(Duration::from_micros(100))))?;
+    loop {
+        match sock.read(&mut len[..1]) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(_) => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    sock.set_read_timeout(rest.map(|t| t.max(Duration::from_millis(1))))?;
+    sock.read_exact(&mut len[1..])?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(std::io::Error::new(ErrorKind::InvalidData, "oversized frame from a worker"));
@@ -211,36 +223,72 @@ impl ProcessBackend {
     }
 }
 
+impl ProcessBackend {
+    fn send(&mut self, batch: &[Begun], base: usize) -> bool {
+        self.sock.write_all(&wire::encode_batch(base as u32, &batch[base..])).is_ok()
+    }
+}
+
+// NOTE: a slot with `concurrency > 1` tops itself up while its worker runs: when it has room, it
+// waits for results at most TOP_UP_POLL, then takes newly runnable events (without blocking) and
+// sends them. New events wait at most this long for a busy async slot that has room.
+const TOP_UP_POLL: Duration = Duration::from_millis(2);
+
 impl Backend for ProcessBackend {
     fn commits_inline(&self) -> bool {
         true
     }
 
-    fn run(&mut self, batch: &mut [Begun], done: &mut dyn FnMut(&mut Begun, RunResult)) -> Result<(), SlotDied> {
+    fn run(
+        &mut self,
+        batch: &mut Vec<Begun>,
+        more: &mut More<'_>,
+        done: &mut dyn FnMut(&mut Begun, RunResult),
+    ) -> Result<(), SlotDied> {
         if batch.is_empty() {
             return Ok(());
         }
-        let frame = wire::encode_batch(batch);
-        if self.sock.write_all(&frame).is_err() {
-            return Err(self.died(batch, None, true));
-        }
-        let mut left = batch.len();
-        let concurrent = self.pipeline.config.concurrency > 1;
+        let concurrency = self.pipeline.config.concurrency.max(1);
+        let concurrent = concurrency > 1;
         if concurrent {
             batch.iter_mut().for_each(Begun::start_run);
         } else {
             batch[0].start_run();
         }
+        if !self.send(batch, 0) {
+            return Err(self.died(batch, None, true));
+        }
+        let mut left = batch.len();
         while left > 0 {
+            if concurrent && left < concurrency && !self.pipeline.is_closed() {
+                let mut extra = more(concurrency - left);
+                if !extra.is_empty() {
+                    let base = batch.len();
+                    extra.iter_mut().for_each(Begun::start_run);
+                    left += extra.len();
+                    batch.append(&mut extra);
+                    if !self.send(batch, base) {
+                        return Err(self.died(batch, None, true));
+                    }
+                }
+            }
             // The worker runs events in order (or all at once with concurrency > 1): bound the
             // wait by the earliest deadline among those still out, plus a grace period.
             let deadline = batch.iter().filter(|b| !b.has_result()).filter_map(|b| b.job.exec.deadline).min();
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()) + HANG_GRACE);
-            let _ = self.sock.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1))));
-            let frame = match read_frame(&mut self.sock) {
+            let hang_at = deadline.map(|d| d + HANG_GRACE);
+            let mut timeout = hang_at.map(|t| t.saturating_duration_since(Instant::now()));
+            let polling = concurrent && left < concurrency;
+            if polling {
+                timeout = Some(timeout.map_or(TOP_UP_POLL, |t| t.min(TOP_UP_POLL)));
+            }
+            let rest = hang_at.map(|t| t.saturating_duration_since(Instant::now()) + HANG_GRACE);
+            let frame = match read_frame(&mut self.sock, timeout, rest) {
                 Ok(f) => f,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(self.died(batch, Some("hang"), true));
+                    if hang_at.is_some_and(|t| Instant::now() >= t) {
+                        return Err(self.died(batch, Some("hang"), true));
+                    }
+                    continue; // top-up poll (a partial frame cannot time out: frames are written whole)
                 }
                 Err(e) if e.kind() == ErrorKind::InvalidData => return Err(self.died(batch, Some("protocol"), true)),
                 Err(_) => return Err(self.died(batch, None, false)),
@@ -267,6 +315,9 @@ impl Backend for ProcessBackend {
     }
 
     fn recycle(&mut self) -> Option<&'static str> {
+        if self.executions == 0 {
+            return None; // a fresh worker runs at least one batch, whatever its size
+        }
         if self.recycle_after.is_some_and(|n| self.executions >= n) {
             return Some("max_executions");
         }

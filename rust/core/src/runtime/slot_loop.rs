@@ -70,13 +70,23 @@ pub struct SlotDied {
     pub started: usize,
 }
 
+/// Takes up to `n` more begun events without waiting (a backend that runs several events at once
+/// tops itself up while it runs).
+pub type More<'a> = dyn FnMut(usize) -> Vec<Begun> + 'a;
+
 /// Runs pipeline code for a batch. Implementations call `done` once per event that produced a
 /// result, in any order, and never touch the store.
 pub trait Backend {
     /// True when results may be committed as they arrive: the backend holds no interpreter lock
     /// while it waits (then commits overlap the next runs).
     fn commits_inline(&self) -> bool;
-    fn run(&mut self, batch: &mut [Begun], done: &mut dyn FnMut(&mut Begun, RunResult)) -> Result<(), SlotDied>;
+    /// Runs `batch`; may append events from `more` to it and run them too.
+    fn run(
+        &mut self,
+        batch: &mut Vec<Begun>,
+        more: &mut More<'_>,
+        done: &mut dyn FnMut(&mut Begun, RunResult),
+    ) -> Result<(), SlotDied>;
     /// Asked between batches: `Some(reason)` when the slot should be recycled now.
     fn recycle(&mut self) -> Option<&'static str> {
         None
@@ -119,6 +129,21 @@ fn settle(begun: &mut Begun, result: RunResult) {
     begun.pending = Pending::Done;
 }
 
+/// Begins each job: `queued → running`, its key's state loaded. A job that cannot begin was
+/// already answered (timed out, state error, closed) and is dropped here.
+fn begin_all(pipeline: &Pipeline, settings: &LoopSettings, jobs: Vec<Job>) -> Vec<Begun> {
+    let mut batch = Vec::with_capacity(jobs.len());
+    for mut job in jobs {
+        if job.exec.received < settings.warm_at {
+            pipeline.slots.count_cold_start();
+        }
+        if let Ok(state) = job.begin() {
+            batch.push(Begun { job, state, pending: Pending::NotRun });
+        }
+    }
+    batch
+}
+
 /// Runs the slot until it retires, the pipeline closes, or the backend dies or asks to recycle.
 pub fn run_slot(pipeline: &Arc<Pipeline>, slot: usize, backend: &mut dyn Backend, settings: &LoopSettings) -> LoopEnd {
     let max_batch = pipeline.config.max_batch.max(1);
@@ -143,19 +168,12 @@ pub fn run_slot(pipeline: &Arc<Pipeline>, slot: usize, backend: &mut dyn Backend
             continue;
         }
         pipeline.slots.set_busy(slot, true);
-        let mut batch: Vec<Begun> = Vec::with_capacity(jobs.len());
-        for mut job in jobs {
-            if job.exec.received < settings.warm_at {
-                pipeline.slots.count_cold_start();
-            }
-            // An error here already answered the execution (timed out, state error, closed).
-            if let Ok(state) = job.begin() {
-                batch.push(Begun { job, state, pending: Pending::NotRun });
-            }
-        }
+        let mut batch = begin_all(pipeline, settings, jobs);
         let inline = backend.commits_inline();
         let started = Instant::now();
-        let outcome = backend.run(&mut batch, &mut |b: &mut Begun, result: RunResult| {
+        let mut more =
+            |n: usize| begin_all(pipeline, settings, pipeline.intake.take_batch(n, Duration::ZERO, Duration::ZERO));
+        let outcome = backend.run(&mut batch, &mut more, &mut |b: &mut Begun, result: RunResult| {
             if !matches!(b.pending, Pending::NotRun) {
                 return; // a second result for one event: ignore it
             }

@@ -4,7 +4,7 @@
 //! answers with one result frame per event as each finishes (so the server commits while the
 //! worker runs the next), plus one hello frame (ready, or warm-up failed) after it starts.
 //!
-//! Batch payload: `u32 n`, then per event: `u8 flags (1 key, 2 state, 4 deadline)`, `str id`,
+//! Batch payload: `u32 base` (index of its first event in the slot's batch), `u32 n`, then per event: `u8 flags (1 key, 2 state, 4 deadline)`, `str id`,
 //! `[str key]`, `bytes body`, `[bytes state]`, `f64 received_unix`, `[f64 remaining_s]`,
 //! `u16 headers`, per header `str name`, `bytes value`. `str`/`bytes` are `u32 len + data`.
 //!
@@ -28,10 +28,11 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Encodes a batch frame (length prefix included).
-pub fn encode_batch(batch: &[Begun]) -> Vec<u8> {
+/// Encodes a batch frame (length prefix included); its events are numbered from `base`.
+pub fn encode_batch(base: u32, batch: &[Begun]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + batch.iter().map(|b| b.job.body.len() + 256).sum::<usize>());
     out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&base.to_le_bytes());
     out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
     for b in batch {
         let exec = &b.job.exec;
@@ -66,6 +67,8 @@ pub fn encode_batch(batch: &[Begun]) -> Vec<u8> {
 /// One event of a batch frame, borrowed from the frame.
 #[derive(Debug, PartialEq)]
 pub struct WireEvent<'a> {
+    /// Index in the slot's batch: result frames carry it back.
+    pub index: u32,
     pub id: &'a str,
     pub key: Option<&'a str>,
     pub body: &'a [u8],
@@ -115,9 +118,10 @@ impl<'a> Reader<'a> {
 /// Decodes a batch payload (without its length prefix).
 pub fn decode_batch(payload: &[u8]) -> Result<Vec<WireEvent<'_>>, WireError> {
     let mut r = Reader { buf: payload };
+    let base = r.u32()?;
     let n = r.u32()? as usize;
     let mut out = Vec::with_capacity(n.min(4096));
-    for _ in 0..n {
+    for i in 0..n {
         let flags = r.u8()?;
         let id = r.str()?;
         let key = if flags & 1 != 0 { Some(r.str()?) } else { None };
@@ -130,7 +134,7 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<WireEvent<'_>>, WireError> {
         for _ in 0..nh {
             headers.push((r.str()?, r.bytes()?));
         }
-        out.push(WireEvent { id, key, body, state, received_unix, remaining, headers });
+        out.push(WireEvent { index: base + i as u32, id, key, body, state, received_unix, remaining, headers });
     }
     Ok(out)
 }

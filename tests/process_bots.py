@@ -1,0 +1,88 @@
+"""Apps with process-isolated pipelines for tests/test_process_slots.py. Worker processes import
+this file, so the apps live at module level."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import time
+
+import warmslot
+
+crash_app = warmslot.App()
+
+
+@crash_app.pipeline("count", slots=2, key="user", isolation="process", timeout=5.0)
+def count(event, ctx):
+    crash = event.get("crash")
+    if crash == "exit":
+        os._exit(3)
+    if crash == "segv":
+        ctypes.string_at(0)
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    ctx.state["n"] = ctx.state.get("n", 0) + 1
+    return {"n": ctx.state["n"], "pid": os.getpid()}
+
+
+hang_app = warmslot.App()
+
+
+@hang_app.pipeline("hang", slots=1, isolation="process", timeout=0.5)
+def hang(event, ctx):
+    if event.get("hang"):
+        time.sleep(60)
+    return {"ok": True, "pid": os.getpid()}
+
+
+recycle_app = warmslot.App()
+
+
+@recycle_app.pipeline("recycle", slots=1, key="k", isolation="process", max_executions=5)
+def recycle(event, ctx):
+    ctx.state["n"] = ctx.state.get("n", 0) + 1
+    return {"n": ctx.state["n"], "pid": os.getpid()}
+
+
+memory_app = warmslot.App()
+
+
+@memory_app.pipeline("grow", slots=1, isolation="process", max_memory_mb=1)
+def grow(event, ctx):
+    return {"pid": os.getpid()}
+
+
+class Warm:
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.warmed_at = time.time()
+
+    def __call__(self, event, ctx):
+        return {"pid": self.pid, "warmed_at": self.warmed_at, "resources": ctx.resources}
+
+
+class_app = warmslot.App(isolation="process")
+class_app.pipeline("warm", slots=2, setup=lambda: {"model": "loaded"})(Warm)
+
+
+class Broken:
+    def __init__(self) -> None:
+        raise RuntimeError("model file missing")
+
+    def __call__(self, event, ctx):
+        return {}
+
+
+broken_app = warmslot.App()
+broken_app.pipeline("broken", slots=1, isolation="process")(Broken)
+
+
+async_app = warmslot.App()
+
+
+@async_app.pipeline("llm", slots=1, key="k", isolation="process", concurrency=4, timeout=5.0)
+async def llm(event, ctx):
+    await asyncio.sleep(event.get("sleep", 0))
+    ctx.state["n"] = ctx.state.get("n", 0) + 1
+    return {"n": ctx.state["n"], "pid": os.getpid()}

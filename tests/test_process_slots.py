@@ -1,0 +1,185 @@
+"""Process slots: warm worker processes that survive crashes and hangs (issue 6)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import process_bots
+import pytest
+import warmslot
+from conftest import Client, concurrently
+
+
+def children() -> list:
+    """(pid, state, cmdline) of this process's direct children."""
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == me:
+            out.append((int(entry), fields[0], cmd))
+    return out
+
+
+def workers() -> list:
+    return [c for c in children() if "warmslot.worker" in c[2]]
+
+
+def wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_workers_are_warm_before_healthz_and_run_in_other_processes(serve):
+    server, c = serve(process_bots.class_app)
+    assert c.get("/healthz")[0] == 200
+    status, _, body = c.post("warm", {"x": 1})
+    assert status == 200
+    assert body["pid"] != os.getpid(), "the pipeline runs in a worker process"
+    assert body["resources"] == {"model": "loaded"}
+    assert body["warmed_at"] < time.time()
+    pids = {c.post("warm", {})[2]["pid"] for _ in range(20)} | {body["pid"]}
+    assert pids <= {w[0] for w in workers()}
+    assert len(workers()) == 2
+
+
+@pytest.mark.parametrize("crash", ["exit", "segv"])
+def test_a_crash_fails_only_its_execution_and_the_pool_recovers(serve, crash):
+    server, c = serve(process_bots.crash_app)
+    before = {w[0] for w in workers()}
+    assert len(before) == 2
+
+    def other(i: int):
+        with Client(server.host, server.port) as cc:
+            return [cc.post("count", {"user": f"u{i}"})[0] for _ in range(10)]
+
+    import threading
+
+    results: dict = {}
+    t = threading.Thread(target=lambda: results.setdefault("others", concurrently(4, other)))
+    t.start()
+    status, _, body = c.post("count", {"user": "victim", "crash": crash})
+    t.join()
+    assert status == 500, body
+    assert body["error"]["code"] == "slot_crashed"
+    expected = "exited with code 3" if crash == "exit" else "signal 11 (SIGSEGV)"
+    assert expected in body["error"]["message"]
+    assert all(s == 200 for r in results["others"] for s in r), results
+    # A fresh warm worker replaces the dead one; the dead one is reaped (no zombie).
+    wait_for(lambda: server._core.pool(0)["warm"] == 2, 3.0, "the pool to be full again")
+    assert all(state != "Z" for _, state, _ in children()), children()
+    after = {w[0] for w in workers()}
+    assert len(after) == 2 and after != before
+    pool = server._core.pool(0)
+    assert pool["crashes"]["exit" if crash == "exit" else "signal"] == 1
+    assert pool["warmups"]["replace"] == 1
+    # Nothing was committed for the crashed run: the victim key starts from scratch.
+    assert c.post("count", {"user": "victim"})[2]["n"] == 1
+    metrics = c.get("/metrics")[2]
+    assert 'warmslot_slot_crashes_total{pipeline="count",reason="' in metrics
+
+
+def test_per_key_counts_stay_exact_across_worker_processes(serve):
+    server, c = serve(process_bots.crash_app)
+    keys = [f"k{i}" for i in range(4)]
+
+    def client(i: int):
+        with Client(server.host, server.port) as cc:
+            return [cc.post("count", {"user": keys[(i + j) % 4]})[0] for j in range(25)]
+
+    assert all(s == 200 for r in concurrently(8, client) for s in r)
+    pids = set()
+    for k in keys:
+        status, _, body = c.post("count", {"user": k})
+        assert (status, body["n"]) == (200, 51), body
+        pids.add(body["pid"])
+
+
+def test_a_hung_run_gets_504_and_the_slot_is_replaced(serve):
+    server, c = serve(process_bots.hang_app)
+    first = c.post("hang", {})[2]["pid"]
+    t0 = time.monotonic()
+    status, _, body = c.post("hang", {"hang": True})
+    assert status == 504 and body["error"]["code"] == "pipeline_timeout"
+    # The next event is served by a fresh worker once the hung one is killed.
+    while True:
+        status, _, body = c.post("hang", {})
+        if status == 200:
+            break
+        assert status == 504, body  # queued behind the hung run past its own deadline
+        assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 3.5
+    assert body["pid"] != first
+    wait_for(lambda: server._core.pool(0)["crashes"]["hang"] == 1, 3.0, "the hang to be counted")
+    assert all(state != "Z" for _, state, _ in children())
+
+
+def test_workers_recycle_after_max_executions(serve):
+    server, c = serve(process_bots.recycle_app)
+    pids = []
+    for i in range(1, 21):
+        status, _, body = c.post("recycle", {"k": "a"})
+        assert (status, body["n"]) == (200, i), body
+        pids.append(body["pid"])
+    assert len(set(pids)) >= 3, "recycled about every 5 executions (plus jitter)"
+    assert server._core.pool(0)["recycles"]["max_executions"] >= 2
+    assert len(workers()) == 1
+
+
+def test_workers_recycle_above_max_memory(serve):
+    server, c = serve(process_bots.memory_app)
+    pids = {c.post("grow", {})[2]["pid"] for _ in range(3)}
+    assert len(pids) >= 2, "every worker is above 1 MB of RSS, so each is recycled after a batch"
+    assert server._core.pool(0)["recycles"]["max_memory"] >= 1
+
+
+def test_a_worker_that_cannot_warm_up_fails_the_start_clearly():
+    with pytest.raises(RuntimeError, match="model file missing"):
+        process_bots.broken_app.start("127.0.0.1", 0, timeout=20)
+    wait_for(lambda: not workers(), 5.0, "no worker left behind")
+
+
+def test_an_app_workers_cannot_import_fails_at_start():
+    app = warmslot.App()
+
+    @app.pipeline("local", isolation="process")
+    def local(event, ctx):
+        return {}
+
+    with pytest.raises(RuntimeError, match="cannot import"):
+        app.start("127.0.0.1", 0)
+
+
+def test_async_pipelines_run_concurrently_on_the_workers_loop(serve):
+    server, c = serve(process_bots.async_app)
+
+    def client(i: int):
+        with Client(server.host, server.port) as cc:
+            return cc.post("llm", {"k": f"k{i}", "sleep": 0.3})
+
+    t0 = time.monotonic()
+    out = concurrently(4, client)
+    assert all(s == 200 for s, _, _ in out), out
+    assert time.monotonic() - t0 < 1.1, "4 events of distinct keys share one slot at once (concurrency=4)"
+    assert c.post("llm", {"k": "k0"})[2]["n"] == 2
+
+
+def test_stop_leaves_no_worker_behind():
+    server = process_bots.crash_app.start("127.0.0.1", 0)
+    assert len(workers()) == 2
+    server.stop(drain=1.0)
+    wait_for(lambda: not workers(), 5.0, "workers to exit")
+    assert all(state != "Z" for _, state, _ in children())
