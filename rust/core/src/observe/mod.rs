@@ -1,4 +1,6 @@
-//! Observation: counters, latency histograms and their Prometheus text; execution records.
+//! Observation: counters, latency histograms and their Prometheus text; per-second series;
+//! execution records.
 
 pub mod metrics;
 pub mod records;
+pub mod series;
