@@ -137,6 +137,7 @@ def run_demo(host: str, port: int, seconds: float, clients: int, keep_serving: b
     try:
         names = list(app.pipelines)
         print(f"warmslot demo: serving {', '.join('/hooks/' + n for n in names)} on {server.url}", flush=True)
+        print(f"live dashboard: {server.url}/dashboard (per-second series as JSON: {server.url}/stats)", flush=True)
         print(f"driving {clients} keep-alive clients for {seconds:.0f}s...", flush=True)
         ok, errors, rtts = drive(server, names, seconds, clients)
         print(report(server, seconds, ok, errors, rtts), flush=True)
