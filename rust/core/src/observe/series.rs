@@ -314,6 +314,40 @@ mod tests {
         assert!(s.since(1e12).is_empty());
     }
 
+    /// The figures of the NOTE in `http/stats.rs`:
+    /// `cargo test --release -p warmslot-core write_json_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check; run it in release"]
+    fn write_json_cost() {
+        let s = Series::default();
+        let start = 1_796_000_000;
+        for t in 0..CAPACITY as u64 {
+            for v in 0..50 {
+                s.finished(&ok(300 + v * 37 + t));
+            }
+            let g = Gauges { queue: t % 7, warm: 4, busy: 2, target: 5, forecast_rps: 123.456, ..Gauges::default() };
+            s.tick(start + t, g);
+        }
+        let time = |n: u32, since: f64| {
+            let t0 = std::time::Instant::now();
+            let mut len = 0;
+            for _ in 0..n {
+                let mut out = String::new();
+                s.write_json(since, &mut out);
+                len = out.len();
+            }
+            (t0.elapsed().as_secs_f64() / f64::from(n) * 1e6, len)
+        };
+        let (full, bytes) = time(200, 0.0);
+        let (last, _) = time(100_000, (start + CAPACITY as u64 - 2) as f64);
+        let t0 = std::time::Instant::now();
+        for i in 0..1_000_000 {
+            s.finished(&ok(300 + i % 5000));
+        }
+        let record_ns = t0.elapsed().as_secs_f64() * 1e3;
+        println!("full hour: {full:.0} µs ({bytes} bytes); last second: {last:.2} µs; finished(): {record_ns:.0} ns");
+    }
+
     #[test]
     fn json_has_every_documented_field() {
         let s = Series::default();
