@@ -143,7 +143,10 @@ def run_demo(host: str, port: int, seconds: float, clients: int, keep_serving: b
         print(report(server, seconds, ok, errors, rtts), flush=True)
         if keep_serving:
             example = f'curl -s -XPOST {server.url}/hooks/echo -d \'{{"user":"me","text":"hi"}}\''
-            print(f"\nstill serving on {server.url}; try: {example}\nCtrl-C to stop.", flush=True)
+            print(
+                f"\nstill serving on {server.url} (dashboard: {server.url}/dashboard); try: {example}\nCtrl-C to stop.",
+                flush=True,
+            )
             while True:
                 time.sleep(0.5)
     except KeyboardInterrupt:
