@@ -55,8 +55,9 @@ impl PhaseHistogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
-    /// Cumulative counts (the last is `+Inf`, the count) and the sum in µs. Scrapes race with
-    /// records: `_sum` may lead or lag `_count` by an execution, never the buckets each other.
+    /// Cumulative counts (the last is `+Inf`, the count) and the sum in µs. The buckets come
+    /// from one pass of loads, so they never decrease along `le` and `+Inf` is `_count`; a
+    /// scrape racing a record may see `_sum` one execution ahead of or behind `_count`.
     fn snapshot(&self) -> ([u64; BUCKETS_US.len() + 1], u64) {
         let mut acc = 0;
         let cumulative = std::array::from_fn(|i| {
