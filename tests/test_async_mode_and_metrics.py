@@ -97,9 +97,15 @@ def test_metrics_exposition(serve):
     assert 'warmslot_requests_total{pipeline="boom",status="failed"} 1' in text
     assert 'warmslot_requests_total{pipeline="echo",status="invalid_json"} 1' in text
     for phase in ("queue", "run", "commit", "total"):
-        m = re.search(rf'warmslot_latency_seconds{{pipeline="echo",phase="{phase}",quantile="0.99"}} ([0-9.]+)', text)
+        m = re.search(
+            rf'warmslot_latency_quantile_seconds{{pipeline="echo",phase="{phase}",quantile="0.99"}} ([0-9.]+)', text
+        )
         assert m and float(m.group(1)) > 0
         assert f'warmslot_latency_seconds_count{{pipeline="echo",phase="{phase}"}} 5' in text
+        assert f'warmslot_latency_seconds_bucket{{pipeline="echo",phase="{phase}",le="+Inf"}} 5' in text
+    # The failure is latency too: it counts in the total phase, not in commit.
+    assert 'warmslot_latency_seconds_count{pipeline="boom",phase="total"} 1' in text
+    assert 'warmslot_latency_seconds_count{pipeline="boom",phase="commit"} 0' in text
     assert 'warmslot_slots{pipeline="echo",state="warm"} 2' in text
     assert 'warmslot_ring_depth{pipeline="echo"} 0' in text
     assert 'warmslot_arrivals_total{pipeline="echo"} 5' in text, "invalid JSON never reaches admission"
@@ -148,7 +154,8 @@ def test_metrics_parse_with_the_prometheus_client(serve):
         c.post("echo", {"user": "a"})
     families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics")[2])}
     assert families["warmslot_requests"].type == "counter"
-    assert families["warmslot_latency_seconds"].type == "summary"
+    assert families["warmslot_latency_seconds"].type == "histogram"
+    assert families["warmslot_latency_quantile_seconds"].type == "gauge"
     assert families["warmslot_slots"].type == "gauge"
     assert families["warmslot_ring_depth"].type == "gauge"
     ok = [
@@ -159,7 +166,15 @@ def test_metrics_parse_with_the_prometheus_client(serve):
     assert ok and ok[0].value == 3
     quantiles = {
         s.labels["quantile"]
-        for s in families["warmslot_latency_seconds"].samples
+        for s in families["warmslot_latency_quantile_seconds"].samples
         if s.labels.get("phase") == "total" and "quantile" in s.labels
     }
     assert quantiles == {"0.5", "0.95", "0.99"}
+    total = {
+        s.name: s
+        for s in families["warmslot_latency_seconds"].samples
+        if s.labels.get("phase") == "total" and s.labels.get("le") in (None, "+Inf")
+    }
+    assert total["warmslot_latency_seconds_count"].value == 3
+    assert total["warmslot_latency_seconds_bucket"].value == 3
+    assert total["warmslot_latency_seconds_sum"].value > 0

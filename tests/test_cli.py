@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -139,6 +140,7 @@ def test_demo_serves_drives_load_and_reports(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "req/s, 0 errors" in out
+    assert re.search(r"live dashboard: http://127\.0\.0\.1:\d+/dashboard", out), out
     for name in ("echo", "support", "signals"):
         line = next(ln for ln in out.splitlines() if ln.startswith(name))
         requests = int(line.split()[1])

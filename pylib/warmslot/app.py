@@ -189,7 +189,10 @@ class App:
         try:
             server.wait_ready(60.0, stop)
             names = ", ".join(f"/hooks/{n}" for n in self.pipelines)
-            print(f"warmslot: serving {names} on {server.url} (Ctrl-C to stop)", flush=True)
+            print(
+                f"warmslot: serving {names} on {server.url}, dashboard at {server.url}/dashboard (Ctrl-C to stop)",
+                flush=True,
+            )
             while not stop.wait(0.5):
                 pass
         except KeyboardInterrupt:

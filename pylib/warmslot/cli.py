@@ -26,7 +26,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "processes (every core; a crash or hang costs one execution). A pipeline's own isolation= wins.",
     )
 
-    demo = sub.add_parser("demo", help="serve the bundled example bots and drive a short load at them")
+    demo = sub.add_parser(
+        "demo", help="serve the bundled example bots, drive a short load at them and print the live dashboard's URL"
+    )
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--seconds", type=float, default=5.0)

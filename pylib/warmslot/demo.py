@@ -137,12 +137,16 @@ def run_demo(host: str, port: int, seconds: float, clients: int, keep_serving: b
     try:
         names = list(app.pipelines)
         print(f"warmslot demo: serving {', '.join('/hooks/' + n for n in names)} on {server.url}", flush=True)
+        print(f"live dashboard: {server.url}/dashboard (per-second series as JSON: {server.url}/stats)", flush=True)
         print(f"driving {clients} keep-alive clients for {seconds:.0f}s...", flush=True)
         ok, errors, rtts = drive(server, names, seconds, clients)
         print(report(server, seconds, ok, errors, rtts), flush=True)
         if keep_serving:
             example = f'curl -s -XPOST {server.url}/hooks/echo -d \'{{"user":"me","text":"hi"}}\''
-            print(f"\nstill serving on {server.url}; try: {example}\nCtrl-C to stop.", flush=True)
+            print(
+                f"\nstill serving on {server.url} (dashboard: {server.url}/dashboard); try: {example}\nCtrl-C to stop.",
+                flush=True,
+            )
             while True:
                 time.sleep(0.5)
     except KeyboardInterrupt:

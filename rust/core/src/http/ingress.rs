@@ -6,13 +6,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, LOCATION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
@@ -22,7 +21,7 @@ use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::http::body::{self, EventError};
 use crate::http::responses::{error, execution, healthz, json, json_str, reply, HttpResponse, EXECUTION_ID};
-use crate::http::signature;
+use crate::http::{signature, stats};
 use crate::runtime::execution::{Job, Status};
 use crate::runtime::pipeline::Pipeline;
 
@@ -35,6 +34,7 @@ const DRAIN_CAP: u64 = 8 << 20;
 pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: Arc<Notify>, grace: Duration) {
     let permits = Arc::new(Semaphore::new(engine.config.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let ticker = tokio::spawn(stats::tick_every_second(engine.clone()));
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
@@ -73,6 +73,7 @@ pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: Arc<
         });
     }
     drop(listener);
+    ticker.abort();
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
 }
 
@@ -107,11 +108,7 @@ async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
     };
     match path {
         "/healthz" => get_only(healthz(engine)),
-        "/metrics" => get_only({
-            let mut resp = Response::new(Full::new(Bytes::from(engine.metrics_text())));
-            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-            resp
-        }),
+        "/metrics" | "/stats" | "/dashboard" => get_only(stats::observation(path, req.uri().query(), engine)),
         _ => match path.strip_prefix("/executions/") {
             Some(id) => get_only(execution(engine, id)),
             None => error(ErrorCode::NotFound, &format!("no route for {path}")),

@@ -1,8 +1,10 @@
-//! The HTTP edge: the ingress (routes, limits, admission), its answers, webhook signatures and
-//! the body check. Uses the runtime; nothing below imports it.
+//! The HTTP edge: the ingress (routes, limits, admission), its answers, webhook signatures, the
+//! body check and the observation routes (`/metrics`, `/stats`, `/dashboard`). Uses the runtime;
+//! nothing below imports it.
 
 pub mod body;
 pub mod ingress;
 pub mod responses;
 pub mod signature;
+pub(crate) mod stats;
 pub use hyper::HeaderMap;

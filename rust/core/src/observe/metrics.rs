@@ -1,5 +1,9 @@
-//! Per-pipeline counters and latency histograms (HdrHistogram, microseconds), and their
-//! Prometheus text exposition.
+//! Per-pipeline counters and latency histograms, and their Prometheus text exposition.
+//!
+//! Every finished execution is recorded three ways: in fixed-bucket Prometheus histograms
+//! (atomics; exact `_sum` and `_count`, so Grafana computes quantiles over any window), in
+//! cumulative HdrHistograms (the quantiles of `stats()` and `warmslot_latency_quantile_seconds`)
+//! and in the per-second [`Series`] behind `/stats`.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +12,7 @@ use std::sync::Mutex;
 use hdrhistogram::Histogram;
 
 use crate::error::ErrorCode;
+use crate::observe::series::{Latency, Series};
 use crate::runtime::execution::{Status, Timings};
 
 /// Every `status` label of `warmslot_requests_total`.
@@ -25,12 +30,53 @@ pub const REQUEST_STATUSES: [&str; 9] = [
 
 pub const PHASES: [&str; 4] = ["queue", "run", "commit", "total"];
 
+/// Upper bounds (µs) of the Prometheus latency buckets, `+Inf` implied: 100 µs (an in-process
+/// echo) to 60 s (a slow pipeline near a long timeout).
+pub const BUCKETS_US: [u64; 18] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// A Prometheus histogram of one phase: per-bucket counts (not cumulative; cumulated when
+/// rendered) and the exact sum, all relaxed atomics.
+struct PhaseHistogram {
+    counts: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl PhaseHistogram {
+    fn new() -> Self {
+        PhaseHistogram { counts: std::array::from_fn(|_| AtomicU64::new(0)), sum_us: AtomicU64::new(0) }
+    }
+
+    fn record(&self, us: u64) {
+        let i = BUCKETS_US.partition_point(|&b| b < us);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts (the last is `+Inf`, the count) and the sum in µs. The buckets come
+    /// from one pass of loads, so they never decrease along `le` and `+Inf` is `_count`; a
+    /// scrape racing a record may see `_sum` one execution ahead of or behind `_count`.
+    fn snapshot(&self) -> ([u64; BUCKETS_US.len() + 1], u64) {
+        let mut acc = 0;
+        let cumulative = std::array::from_fn(|i| {
+            acc += self.counts[i].load(Ordering::Relaxed);
+            acc
+        });
+        (cumulative, self.sum_us.load(Ordering::Relaxed))
+    }
+}
+
 pub struct PipelineMetrics {
     requests: [AtomicU64; REQUEST_STATUSES.len()],
     /// Executions that ran (succeeded or failed) and their summed run time: the service time.
     ran: AtomicU64,
     run_us_sum: AtomicU64,
+    /// queue, run, commit, total (the order of `PHASES`)
     latency: Mutex<[Histogram<u64>; 4]>,
+    buckets: [PhaseHistogram; 4],
+    series: Series,
 }
 
 /// Quantiles of one phase, in microseconds.
@@ -56,6 +102,8 @@ impl Default for PipelineMetrics {
             ran: AtomicU64::new(0),
             run_us_sum: AtomicU64::new(0),
             latency: Mutex::new(std::array::from_fn(|_| histogram())),
+            buckets: std::array::from_fn(|_| PhaseHistogram::new()),
+            series: Series::default(),
         }
     }
 }
@@ -70,30 +118,47 @@ impl PipelineMetrics {
     /// Counts a webhook refused before admission (its `status` label is the error code).
     pub fn refused(&self, code: ErrorCode) {
         self.count(code.as_str());
+        self.series.refused(code == ErrorCode::Overloaded);
+    }
+
+    /// The per-second series of this pipeline.
+    pub fn series(&self) -> &Series {
+        &self.series
     }
 
     pub fn requests(&self, status: &str) -> u64 {
         REQUEST_STATUSES.iter().position(|s| *s == status).map_or(0, |i| self.requests[i].load(Ordering::Relaxed))
     }
 
-    /// Records a finished execution. Only successes enter the latency histograms: they are the
-    /// executions that reached the state commit, the boundary the figures promise.
+    /// Records a finished execution, failures and timeouts included: a 504 is latency a client
+    /// saw. `total` counts every execution; `queue` and `run` those that ran; `commit` those
+    /// that committed.
     pub(crate) fn record(&self, status: Status, t: &Timings) {
         if t.run_us > 0 {
             self.ran.fetch_add(1, Ordering::Relaxed);
             self.run_us_sum.fetch_add(t.run_us, Ordering::Relaxed);
         }
-        match status {
-            Status::Succeeded => {
-                self.count("succeeded");
-                let mut h = self.latency.lock().unwrap();
-                for (hist, v) in h.iter_mut().zip([t.queue_us, t.run_us, t.commit_us, t.total_us]) {
+        self.count(match status {
+            Status::Succeeded => "succeeded",
+            Status::TimedOut => "timed_out",
+            _ => "failed",
+        });
+        let l = latency(status, t);
+        let phases = [l.queue_us, l.run_us, l.commit_us, Some(l.total_us)];
+        for (b, v) in self.buckets.iter().zip(phases) {
+            if let Some(v) = v {
+                b.record(v);
+            }
+        }
+        {
+            let mut h = self.latency.lock().unwrap();
+            for (hist, v) in h.iter_mut().zip(phases) {
+                if let Some(v) = v {
                     hist.saturating_record(v.max(1));
                 }
             }
-            Status::TimedOut => self.count("timed_out"),
-            _ => self.count("failed"),
         }
+        self.series.finished(&l);
     }
 
     /// (executions that ran, their summed run time in µs), for service-time estimates.
@@ -120,6 +185,19 @@ impl PipelineMetrics {
         for h in self.latency.lock().unwrap().iter_mut() {
             h.reset();
         }
+    }
+}
+
+/// The phases an execution went through, from its final status and timings.
+fn latency(status: Status, t: &Timings) -> Latency {
+    let ok = status == Status::Succeeded;
+    let ran = ok || t.run_us > 0;
+    Latency {
+        ok,
+        total_us: t.total_us,
+        queue_us: ran.then_some(t.queue_us),
+        run_us: ran.then_some(t.run_us),
+        commit_us: ok.then_some(t.commit_us),
     }
 }
 
@@ -157,8 +235,34 @@ pub fn render(pipelines: &[(PipelineGauges<'_>, &PipelineMetrics)]) -> String {
         }
     }
     out.push_str(
-        "# HELP warmslot_latency_seconds Execution latency by phase, request read to state committed.\n\
-         # TYPE warmslot_latency_seconds summary\n",
+        "# HELP warmslot_latency_seconds Execution latency by phase, request read to state committed \
+         (failures and timeouts included).\n# TYPE warmslot_latency_seconds histogram\n",
+    );
+    for (g, m) in pipelines {
+        let name = escape(g.name);
+        for (phase, b) in PHASES.iter().zip(m.buckets.iter()) {
+            let (cumulative, sum_us) = b.snapshot();
+            for (i, n) in cumulative.iter().enumerate() {
+                let le = BUCKETS_US.get(i).map_or_else(|| "+Inf".to_string(), |&us| (us as f64 / 1e6).to_string());
+                let _ = writeln!(
+                    out,
+                    "warmslot_latency_seconds_bucket{{pipeline=\"{name}\",phase=\"{phase}\",le=\"{le}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "warmslot_latency_seconds_sum{{pipeline=\"{name}\",phase=\"{phase}\"}} {}.{:06}",
+                sum_us / 1_000_000,
+                sum_us % 1_000_000
+            );
+            let count = cumulative[BUCKETS_US.len()];
+            let _ = writeln!(out, "warmslot_latency_seconds_count{{pipeline=\"{name}\",phase=\"{phase}\"}} {count}");
+        }
+    }
+    out.push_str(
+        "# HELP warmslot_latency_quantile_seconds Latency quantiles by phase since the server started \
+         (for windows, use histogram_quantile over warmslot_latency_seconds_bucket).\n\
+         # TYPE warmslot_latency_quantile_seconds gauge\n",
     );
     for (g, m) in pipelines {
         let name = escape(g.name);
@@ -167,17 +271,10 @@ pub fn render(pipelines: &[(PipelineGauges<'_>, &PipelineMetrics)]) -> String {
             for (label, v) in [("0.5", q.p50_us), ("0.95", q.p95_us), ("0.99", q.p99_us)] {
                 let _ = writeln!(
                     out,
-                    "warmslot_latency_seconds{{pipeline=\"{name}\",phase=\"{phase}\",quantile=\"{label}\"}} {:.6}",
+                    "warmslot_latency_quantile_seconds{{pipeline=\"{name}\",phase=\"{phase}\",quantile=\"{label}\"}} {:.6}",
                     v as f64 / 1e6
                 );
             }
-            let _ = writeln!(
-                out,
-                "warmslot_latency_seconds_sum{{pipeline=\"{name}\",phase=\"{phase}\"}} {:.6}",
-                q.mean_us * q.count as f64 / 1e6
-            );
-            let _ =
-                writeln!(out, "warmslot_latency_seconds_count{{pipeline=\"{name}\",phase=\"{phase}\"}} {}", q.count);
         }
     }
     out.push_str("# HELP warmslot_slots Slots of each pipeline by state.\n# TYPE warmslot_slots gauge\n");
@@ -217,4 +314,70 @@ pub fn render(pipelines: &[(PipelineGauges<'_>, &PipelineMetrics)]) -> String {
         let _ = writeln!(out, "warmslot_ring_capacity{{pipeline=\"{}\"}} {}", escape(g.name), g.ring_capacity);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render_one(m: &PipelineMetrics) -> String {
+        let g = PipelineGauges {
+            name: "p",
+            ring_depth: 0,
+            ring_capacity: 8,
+            slots_warm: 1,
+            slots_busy: 0,
+            slots_max: 1,
+            slots_min: 1,
+            slots_target: 1,
+            forecast_rps: 0.0,
+            arrivals: 0,
+        };
+        render(&[(g, m)])
+    }
+
+    fn sample(text: &str, series: &str) -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+        line.unwrap_or_else(|| panic!("{series} missing in\n{text}"))[series.len() + 1..].parse().unwrap()
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_exact_sums_and_count_failures() {
+        let m = PipelineMetrics::default();
+        let ok = |total_us| Timings { queue_us: 50, run_us: 300, commit_us: 7, total_us };
+        m.record(Status::Succeeded, &ok(400));
+        m.record(Status::Succeeded, &ok(2_000_001));
+        m.record(Status::Failed, &Timings { queue_us: 20, run_us: 900, commit_us: 1, total_us: 950 });
+        m.record(Status::TimedOut, &Timings { total_us: 5_000_000, ..Timings::default() });
+        let text = render_one(&m);
+        let total = |le: &str| {
+            sample(&text, &format!("warmslot_latency_seconds_bucket{{pipeline=\"p\",phase=\"total\",le=\"{le}\"}}"))
+        };
+        assert_eq!((total("0.00025"), total("0.0005"), total("0.001")), (0.0, 1.0, 2.0));
+        assert_eq!((total("2.5"), total("5"), total("+Inf")), (3.0, 4.0, 4.0), "a value on a bound counts in it");
+        assert_eq!(sample(&text, "warmslot_latency_seconds_count{pipeline=\"p\",phase=\"total\"}"), 4.0);
+        assert!(text.contains("warmslot_latency_seconds_sum{pipeline=\"p\",phase=\"total\"} 7.001351\n"), "{text}");
+        // The timeout never ran; the failure ran but committed nothing.
+        assert_eq!(sample(&text, "warmslot_latency_seconds_count{pipeline=\"p\",phase=\"run\"}"), 3.0);
+        assert_eq!(sample(&text, "warmslot_latency_seconds_count{pipeline=\"p\",phase=\"commit\"}"), 2.0);
+        assert!(text.contains("warmslot_latency_seconds_sum{pipeline=\"p\",phase=\"commit\"} 0.000014\n"), "{text}");
+        assert!(text.contains("# TYPE warmslot_latency_seconds histogram"));
+        let p99 = sample(&text, "warmslot_latency_quantile_seconds{pipeline=\"p\",phase=\"total\",quantile=\"0.99\"}");
+        assert!((4.99..5.01).contains(&p99), "the timeout is the p99: {p99}");
+        assert_eq!(m.quantiles()[3].count, 4);
+        assert_eq!((m.requests("succeeded"), m.requests("failed"), m.requests("timed_out")), (2, 1, 1));
+    }
+
+    #[test]
+    fn refusals_count_in_the_series_as_refused_or_errors() {
+        let m = PipelineMetrics::default();
+        m.refused(ErrorCode::Overloaded);
+        m.refused(ErrorCode::InvalidJson);
+        m.refused(ErrorCode::ShuttingDown);
+        m.record(Status::TimedOut, &Timings { total_us: 10, ..Timings::default() });
+        m.series().tick(1, crate::observe::series::Gauges::default());
+        let s = m.series().since(0.0);
+        assert_eq!((s[0].refused, s[0].errors, s[0].completed), (1, 3, 0));
+        assert_eq!(m.requests("overloaded"), 1);
+    }
 }
