@@ -22,6 +22,10 @@ pub enum SignatureScheme {
     Slack { tolerance: Duration },
     /// Stripe: `Stripe-Signature: t=TS,v1=hex(hmac(TS + "." + body))[,v1=...]`.
     Stripe { tolerance: Duration },
+    /// Standard Webhooks (standardwebhooks.com): `webhook-signature: v1,base64(hmac(ID + "." + TS +
+    /// "." + body)) [v1,...]` with `webhook-id` and `webhook-timestamp`. The secret is the raw key
+    /// (the bytes behind a `whsec_` base64 secret).
+    Standard { tolerance: Duration },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,10 +34,22 @@ pub struct SignatureSpec {
     pub scheme: SignatureScheme,
 }
 
+/// What a keyed pipeline does with an event whose key field is missing or null.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissingKey {
+    /// Run it without a key (no per-key order, scratch state), as an unkeyed pipeline would.
+    #[default]
+    Unkeyed,
+    /// Refuse it with `400 bad_request` naming the field.
+    Reject,
+}
+
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
     pub name: String,
     pub key: KeySpec,
+    /// Events of a `KeySpec::Field` pipeline without that field (or with `null` there).
+    pub missing_key: MissingKey,
     /// Slots warmed before `/healthz` turns 200.
     pub min_slots: usize,
     /// Upper bound on slots; the pool may grow to this many.
@@ -57,6 +73,7 @@ impl PipelineConfig {
         PipelineConfig {
             name: name.into(),
             key: KeySpec::None,
+            missing_key: MissingKey::Unkeyed,
             min_slots: 1,
             max_slots: 1,
             timeout: Some(Duration::from_secs(30)),
@@ -85,6 +102,24 @@ pub struct AppConfig {
     pub drain_timeout: Duration,
     /// How long an idle scheduler (and an idle slot) spins for the next event before parking.
     pub idle_spin: Duration,
+    /// Bearer token that `/metrics`, `/executions/*` and every other admin route require
+    /// (`Authorization: Bearer <token>`); `None` leaves them open. Webhooks and `/healthz` stay open.
+    pub admin_token: Option<String>,
+    /// Largest request head (request line and headers) answered normally; above it `431`.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request's headers, and how long a keep-alive connection may
+    /// sit idle between requests.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request body once its headers arrived; after it `408`.
+    pub body_timeout: Duration,
+    /// Bytes the execution records may hold (replies and error messages included); the oldest
+    /// records are evicted first, like `max_records`.
+    pub max_record_bytes: usize,
+    /// Keys the in-memory state store keeps per pipeline; past it the least recently used key is
+    /// evicted (its state is forgotten).
+    pub max_keys: usize,
+    /// Largest committed state of one key, in bytes (see `state::check_size`).
+    pub max_state_bytes: usize,
 }
 
 impl Default for AppConfig {
@@ -98,6 +133,13 @@ impl Default for AppConfig {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
             idle_spin: Duration::from_micros(50),
+            admin_token: None,
+            max_header_bytes: 64 << 10,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            max_record_bytes: 64 << 20,
+            max_keys: 100_000,
+            max_state_bytes: 1 << 20,
         }
     }
 }

@@ -105,7 +105,35 @@ pub fn verify_at(
                 bad("no v1 signature in stripe-signature")
             }
         }
+        SignatureScheme::Standard { tolerance } => {
+            let id = header(headers, "webhook-id")?;
+            let ts = header(headers, "webhook-timestamp")?;
+            check_timestamp(ts, *tolerance, now)?;
+            let value = header(headers, "webhook-signature")?;
+            let expected = mac(&spec.secret, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+            if standard_signatures(value).any(|sig| expected.clone().verify_slice(&sig).is_ok()) {
+                Ok(())
+            } else {
+                bad("no v1 signature in webhook-signature")
+            }
+        }
     }
+}
+
+/// The `v1` signatures of a Standard Webhooks `webhook-signature` header: a space-separated list
+/// of `<version>,<base64>`; other versions and undecodable entries are skipped.
+pub fn standard_signatures(value: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
+    use base64::Engine as _;
+    value.split_ascii_whitespace().filter_map(|item| {
+        let (version, sig) = item.split_once(',')?;
+        (version == "v1").then(|| base64::engine::general_purpose::STANDARD.decode(sig).ok()).flatten()
+    })
+}
+
+/// The base64 HMAC-SHA256 of `parts` (Standard Webhooks' encoding), for tests that sign requests.
+pub fn sign_base64(secret: &[u8], parts: &[&[u8]]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(mac(secret, parts).finalize().into_bytes())
 }
 
 /// The hex HMAC-SHA256 of `parts`, for clients and tests that sign requests.
@@ -155,5 +183,37 @@ mod tests {
         let h = headers(&[("stripe-signature", &format!("t=1700000000,v1=deadbeef,v1={v1}"))]);
         assert_eq!(verify_at(&stripe, &h, b"{}", now), Ok(()));
         assert!(verify_at(&stripe, &h, b"{ }", now).is_err());
+    }
+
+    #[test]
+    fn standard_webhooks_example() {
+        // The example of the Standard Webhooks specification (and its reference libraries' tests).
+        let secret = base64_decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let spec = SignatureSpec { secret, scheme: SignatureScheme::Standard { tolerance: Duration::from_secs(300) } };
+        let body = br#"{"test": 2432232314}"#;
+        let now = UNIX_EPOCH + Duration::from_secs(1_614_265_330);
+        let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let h = |sig: &str, ts: &str| {
+            headers(&[
+                ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+                ("webhook-timestamp", ts),
+                ("webhook-signature", sig),
+            ])
+        };
+        assert_eq!(verify_at(&spec, &h(good, "1614265330"), body, now), Ok(()));
+        let several = format!("v1,Zm9v v1a,whatever {good}");
+        assert_eq!(verify_at(&spec, &h(&several, "1614265330"), body, now), Ok(()));
+        assert!(verify_at(&spec, &h(good, "1614265330"), b"{}", now).is_err());
+        assert!(
+            verify_at(&spec, &h("v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", "1614265330"), body, now).is_err()
+        );
+        let stale = verify_at(&spec, &h(good, "1614265330"), body, now + Duration::from_secs(301));
+        assert!(stale.unwrap_err().0.contains("tolerance"));
+        assert!(verify_at(&spec, &headers(&[]), body, now).unwrap_err().0.contains("webhook-id"));
+    }
+
+    fn base64_decode(s: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.decode(s).unwrap()
     }
 }
