@@ -2,10 +2,16 @@
 //!
 //! The body stays as bytes (it is parsed again, once, by the pipeline's language); here we only
 //! validate it and read one top-level field, without building a document tree.
+//!
+//! Validation visits every value (`Valid`), not serde's `IgnoredAny`: serde_json skips ignored
+//! values without its nesting limit and without converting numbers, so a 100,000-deep array or a
+//! 100,000-digit number would pass here and fail in the pipeline's parser. Visiting them applies
+//! serde_json's limits: nesting deeper than 128 levels and numbers outside the `f64` range are
+//! invalid JSON (orjson, the Python side, refuses the same numbers and nests up to 1024).
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventError {
@@ -30,7 +36,7 @@ pub fn scan(body: &[u8], key_field: Option<&str>) -> Result<Option<String>, Even
     let mut de = serde_json::Deserializer::from_slice(body);
     let key = match key_field {
         Some(field) => FindKey { field }.deserialize(&mut de),
-        None => IgnoredAny::deserialize(&mut de).map(|_| Ok(None)),
+        None => Valid::deserialize(&mut de).map(|_| Ok(None)),
     }
     .map_err(|e| EventError::InvalidJson(e.to_string()))?;
     de.end().map_err(|e| EventError::InvalidJson(e.to_string()))?;
@@ -67,14 +73,14 @@ impl<'de> Visitor<'de> for FindKey<'_> {
                 // Like Python's json, the last duplicate wins.
                 found = map.next_value::<KeyValue>()?.0;
             } else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<Valid>()?;
             }
         }
         Ok(found)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyResult, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Valid>()?.is_some() {}
         Ok(Ok(None))
     }
 
@@ -152,12 +158,56 @@ impl<'de> Visitor<'de> for KeyValueVisitor {
         Ok(KeyValue(Ok(None)))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyValue, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        while map.next_entry::<Valid, Valid>()?.is_some() {}
         Ok(KeyValue(Err("an object")))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyValue, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Valid>()?.is_some() {}
         Ok(KeyValue(Err("an array")))
+    }
+}
+
+/// Any JSON value, visited (so that serde_json checks nesting depth and number range) and dropped.
+struct Valid;
+
+impl<'de> Deserialize<'de> for Valid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValidVisitor)
+    }
+}
+
+struct ValidVisitor;
+
+impl<'de> Visitor<'de> for ValidVisitor {
+    type Value = Valid;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_unit<E>(self) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
+        while map.next_entry::<Valid, Valid>()?.is_some() {}
+        Ok(Valid)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Valid, A::Error> {
+        while seq.next_element::<Valid>()?.is_some() {}
+        Ok(Valid)
     }
 }
 
@@ -187,6 +237,25 @@ mod tests {
             assert!(matches!(scan(bad, Some("a")), Err(EventError::InvalidJson(_))), "{:?}", bad);
             assert!(matches!(scan(bad, None), Err(EventError::InvalidJson(_))), "{:?}", bad);
         }
+    }
+
+    #[test]
+    fn rejects_what_the_python_parser_rejects() {
+        let deep = |n: usize| [vec![b'['; n], vec![b']'; n]].concat();
+        assert_eq!(scan(&deep(100), None), Ok(None));
+        let huge_int = [&b"{\"n\":"[..], &vec![b'9'; 100_000], b"}"].concat();
+        let bad: [&[u8]; 6] = [&deep(129), &deep(100_000), &huge_int, b"1e999", b"{\"a\":\"\xff\"}", b"\"\\ud800\""];
+        for body in bad {
+            assert!(matches!(scan(body, None), Err(EventError::InvalidJson(_))), "{:?}", &body[..body.len().min(20)]);
+            assert!(matches!(scan(body, Some("user")), Err(EventError::InvalidJson(_))));
+        }
+        // Deep values beside the key, or inside it, are checked too.
+        let beside = [&b"{\"user\":\"u\",\"x\":"[..], &deep(200), b"}"].concat();
+        assert!(matches!(scan(&beside, Some("user")), Err(EventError::InvalidJson(_))));
+        let inside = [&b"{\"user\":"[..], &deep(200), b"}"].concat();
+        assert!(matches!(scan(&inside, Some("user")), Err(EventError::InvalidJson(_))));
+        // Big integers become floats on both sides: accepted.
+        assert_eq!(scan(b"{\"user\":18446744073709551616}", Some("user")), Ok(Some("1.8446744073709552e+19".into())));
     }
 
     #[test]
