@@ -74,7 +74,7 @@ def test_default_header_limit_is_64_kib(serve):
 def test_slow_body_gets_408_and_does_not_block_others(serve):
     server, c = serve(make_app(body_timeout=0.5))
     with socket.create_connection((server.host, server.port)) as s:
-        s.sendall(b"POST /hooks/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"user\":")
+        s.sendall(b'POST /hooks/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{"user":')
         started = time.monotonic()
         assert c.post("echo", {"user": "b"})[0] == 200, "others are served meanwhile"
         data = read_until_closed(s, started + 10)

@@ -12,7 +12,8 @@ from typing import List, Optional
 from .loader import LoadError, load_app
 
 #: A DNS host name (RFC 1123 labels); IP addresses are checked with `ipaddress`.
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 
 
 def _check_host(host: str) -> Optional[str]:
@@ -78,6 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"warmslot: {problem}", file=sys.stderr)
         return 2
     port = int(args.port)
+    host = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
     debug = args.log_level == "debug"
     handler = logging.StreamHandler()
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -93,15 +95,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             app = load_app(args.target)
             try:
                 app._on_serving = lambda: setattr(quiet, "starting", False)
-                app.serve(args.host, port)
+                app.serve(host, port)
             except StartupError as exc:
-                for name, line in exc.failures.items():
-                    print(f"warmslot: pipeline {name!r} did not start: {line}", file=sys.stderr)
+                for line in exc.failures.values():  # "slot N of pipeline 'x' failed to warm up: Exc: msg"
+                    print(f"warmslot: {line}", file=sys.stderr)
                 return 1
             return 0
         from .demo import run_demo
 
-        return run_demo(args.host, port, args.seconds, args.clients, keep_serving=not args.exit)
+        return run_demo(host, port, args.seconds, args.clients, keep_serving=not args.exit)
     except LoadError as exc:
         print(f"warmslot: {exc}", file=sys.stderr)
         return 2

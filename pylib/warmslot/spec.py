@@ -111,16 +111,16 @@ def check_count(arg: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def check_seconds(arg: str, value: Any, allow_none: bool = False) -> Optional[float]:
-    """A positive number of seconds (or None when `allow_none`), or an error naming `arg`."""
-    if value is None and allow_none:
-        return None
+def check_seconds(arg: str, value: Any, allow_none: bool = False) -> float:
+    """A positive number of seconds, or a TypeError/ValueError naming `arg` (`allow_none` only
+    changes the message: callers skip the check for None)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         none = " or None" if allow_none else ""
         raise TypeError(f"{arg} must be a number of seconds{none}, got {type(value).__name__} {value!r}")
-    if not value > 0:
+    seconds = float(value)
+    if not seconds > 0:
         raise ValueError(f"{arg} must be positive, got {value!r}")
-    return float(value)
+    return seconds
 
 
 def check_name(name: Any) -> str:
@@ -165,7 +165,8 @@ def check_options(
             raise TypeError(f"key must be a field name (str) or a callable(event) -> str, got {type(key).__name__}")
         if not key:
             raise ValueError("key must be a non-empty field name")
-    check_seconds("timeout", timeout, allow_none=True)
+    if timeout is not None:
+        check_seconds("timeout", timeout, allow_none=True)
     if setup is not None and not callable(setup):
         raise TypeError(f"setup must be a callable run once per slot, got {type(setup).__name__}")
     if max_body_bytes is not None:
