@@ -387,3 +387,47 @@ mod tests {
         assert!(!prefers_respond_async(""));
     }
 }
+
+/// Property tests of `Prefer` parsing (256 cases in `cargo test`; see docs/fuzzing.md).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `respond-async` in a random ASCII case (regex `(?i)` would also draw Unicode case folds).
+    fn respond_async() -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<bool>(), 13).prop_map(|upper| {
+            "respond-async".chars().zip(upper).map(|(c, u)| if u { c.to_ascii_uppercase() } else { c }).collect()
+        })
+    }
+
+    fn preference() -> impl Strategy<Value = (String, bool)> {
+        let name = prop_oneof![
+            respond_async().prop_map(|n| (n, true)),
+            "[a-z-]{1,16}".prop_map(|n| {
+                let yes = n == "respond-async";
+                (n, yes)
+            }),
+            (respond_async(), "[a-z]{1,3}").prop_map(|(n, tail)| (n + &tail, false)),
+        ];
+        (name, "( *= *[a-z0-9]{1,4})?", "( *; *[a-z]{1,5}(=[a-z0-9]{1,4})?){0,2}", " {0,2}", " {0,2}").prop_map(
+            |((name, yes), value, params, before, after)| (format!("{before}{name}{value}{params}{after}"), yes),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn prefer_never_panics(value in "\\PC{0,64}") {
+            let _ = prefers_respond_async(&value);
+        }
+
+        /// `respond-async` is found as a preference name in any position, in any case, with
+        /// values and parameters; never as a parameter, a value or a longer name.
+        #[test]
+        fn finds_respond_async_among_preferences(prefs in prop::collection::vec(preference(), 1..5)) {
+            let header = prefs.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(",");
+            let expected = prefs.iter().any(|(_, yes)| *yes);
+            prop_assert_eq!(prefers_respond_async(&header), expected, "{}", header);
+        }
+    }
+}
