@@ -79,7 +79,8 @@ class App:
     client has to send a body (``408 request_timeout`` after). ``max_record_bytes``: bytes the
     execution records may hold, replies included (oldest evicted first). ``max_keys``: keys the
     in-memory state store keeps per pipeline (the least recently used key is evicted past it).
-    ``max_state_bytes``: largest state of one key.
+    ``max_state_bytes``: largest state of one key (passed to the core; enforced once the slot
+    runtime calls ``state::check_size`` before committing).
     """
 
     def __init__(

@@ -22,7 +22,7 @@ pub fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
 /// The credentials of a `Bearer` authorization value (the scheme name is case-insensitive).
 fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first().is_some_and(|&b| b == b' ') {
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
         return None;
     }
     let rest = rest.trim_ascii();
