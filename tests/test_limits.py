@@ -69,6 +69,11 @@ def test_default_header_limit_is_64_kib(serve):
     server, c = serve(make_app())
     assert c.post("echo", {"user": "a"}, {"X-Pad": "p" * 60000})[0] == 200
     assert c.post("echo", {"user": "a"}, {"X-Pad": "p" * 70000})[0] == 431
+    with socket.create_connection((server.host, server.port)) as s:
+        s.sendall(b"POST /hooks/echo HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * 200_000 + b"\r\n\r\n")
+        data = read_until_closed(s, time.monotonic() + 10)
+    assert data.startswith(b"HTTP/1.1 431"), data[:100]
+    assert c.post("echo", {"user": "a"})[0] == 200
 
 
 def test_slow_body_gets_408_and_does_not_block_others(serve):
@@ -84,6 +89,8 @@ def test_slow_body_gets_408_and_does_not_block_others(serve):
     assert json.loads(body)["error"]["code"] == "request_timeout"
     assert headers["connection"] == "close"
     assert 0.3 < waited < 5, waited
+    echo_stats = next(s for s in server.stats() if s["name"] == "echo")
+    assert echo_stats["requests"]["request_timeout"] == 1
 
 
 def test_idle_keep_alive_and_slow_headers_are_closed(serve):

@@ -32,7 +32,7 @@ use crate::http::admin;
 use crate::http::body::{self, EventError};
 use crate::http::responses::{error, execution, healthz, json, json_str, reply, HttpResponse, EXECUTION_ID};
 use crate::http::signature;
-use crate::runtime::execution::{Job, Status};
+use crate::runtime::execution::{Execution, Job, Status};
 use crate::runtime::pipeline::Pipeline;
 
 /// How long the rest of an oversized body is read and dropped after the `413` (nginx's
@@ -328,6 +328,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     }
     engine.wake_scheduler();
     engine.remember(exec.clone());
+    let mut settle = SettleLater(Some((exec.clone(), engine.clone())));
     // Pairs with `Engine::shutdown`: it closes the pipeline, then the scheduler drains the ring.
     // Either that drain sees this job, or we see `closed` here and answer it ourselves.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
@@ -349,6 +350,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
             exec2.wait().await;
             engine2.settle(&exec2);
         });
+        settle.0 = None;
         let mut resp = json(StatusCode::ACCEPTED, format!("{{\"execution_id\":{}}}", json_str(&exec.id_str)));
         if let Ok(v) = HeaderValue::from_str(&format!("/executions/{}", exec.id_str)) {
             resp.headers_mut().insert(LOCATION, v);
@@ -369,7 +371,24 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     debug_assert!(exec.status() != Status::Queued);
     let resp = reply(&exec, outcome);
     engine.settle(&exec);
+    settle.0 = None;
     resp
+}
+
+/// Settles a recorded execution whose client went away before the answer (hyper drops the
+/// request's future): its reply still counts against the records' byte budget once it comes.
+struct SettleLater(Option<(Arc<Execution>, Arc<Engine>)>);
+
+impl Drop for SettleLater {
+    fn drop(&mut self) {
+        let Some((exec, engine)) = self.0.take() else { return };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                exec.wait().await;
+                engine.settle(&exec);
+            });
+        }
+    }
 }
 
 #[cfg(test)]

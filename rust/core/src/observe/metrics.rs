@@ -11,7 +11,7 @@ use crate::error::ErrorCode;
 use crate::runtime::execution::{Status, Timings};
 
 /// Every `status` label of `warmslot_requests_total`.
-pub const REQUEST_STATUSES: [&str; 9] = [
+pub const REQUEST_STATUSES: [&str; 10] = [
     "succeeded",
     "failed",
     "timed_out",
@@ -21,6 +21,7 @@ pub const REQUEST_STATUSES: [&str; 9] = [
     "payload_too_large",
     "shutting_down",
     "bad_request",
+    "request_timeout",
 ];
 
 pub const PHASES: [&str; 4] = ["queue", "run", "commit", "total"];
