@@ -130,7 +130,7 @@ def check_name(name: Any) -> str:
     bad = sorted({c for c in name if c in _NAME_FORBIDDEN})
     if not name or bad:
         raise ValueError(
-            f"name must be a non-empty path segment without '/', '?', '#', '%', '\\\\', spaces or control "
+            f"name must be a non-empty path segment without '/', '?', '#', '%', '\\', spaces or control "
             f"characters (it becomes /hooks/<name>), got {name!r}"
         )
     return name
