@@ -41,7 +41,7 @@ def test_declaration_errors_are_clear():
     app = warmslot.App()
     with pytest.raises(ValueError, match="not both"):
         app.pipeline("x", slots=2, min_slots=1)(lambda e, c: e)
-    with pytest.raises(ValueError, match="min_slots <= max_slots"):
+    with pytest.raises(ValueError, match=r"max_slots \(2\) must be at least min_slots \(3\)"):
         app.pipeline("y", min_slots=3, max_slots=2)(lambda e, c: e)
 
     @app.pipeline("z")

@@ -144,3 +144,18 @@ def test_bodies_the_slot_could_not_decode_are_refused_at_the_ingress(serve):
     assert list(reply["got"]) == ["user", "z", "a", "s"]
     assert reply["got"]["a"] == [1.5, -2, 18446744073709551615] and reply["got"]["s"] == "é"
     assert c.post("p", {"user": "x"})[0] == 200, "the state written above decodes"
+
+
+def test_a_state_over_max_state_bytes_is_not_committed(serve):
+    app = warmslot.App(max_state_bytes=200)
+
+    @app.pipeline("p", key="k")
+    def p(event, ctx):
+        ctx.state["blob"] = "x" * event["size"]
+        return {"ok": True}
+
+    server, c = serve(app)
+    assert c.post("p", {"k": "a", "size": 10})[0] == 200
+    status, _, body = c.post("p", {"k": "a", "size": 1000})
+    assert status == 500 and body["error"]["code"] == "state_too_large", body
+    assert "200-byte limit" in body["error"]["message"]

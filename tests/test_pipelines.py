@@ -23,7 +23,7 @@ def test_echo_reply_state_and_execution_id(serve):
         status, headers, body = c.post("echo", {"user": "ann", "text": "hi"})
         assert status == 200
         assert body == {"reply": "echo: hi", "count": n, "key": "ann"}
-        assert len(headers["x-warmslot-execution-id"]) == 20
+        assert len(headers["x-warmslot-execution-id"]) == 32
         assert headers["content-type"] == "application/json"
     status, _, body = c.post("echo", {"user": "bob", "text": "yo"})
     assert body["count"] == 1, "state is per key"

@@ -10,12 +10,15 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
 
 from . import _core, _json
 from .predictor import Autoscaler
 from .slots import PipelineRuntime
-from .spec import KeySpec, PipelineSpec, Signature
+from .spec import KeySpec, PipelineSpec, Signature, check_count, check_name, check_options, check_seconds
+
+#: A pipeline: a function or a class. The decorator returns it unchanged, with its type.
+P = TypeVar("P", bound=Callable[..., Any])
 
 log = logging.getLogger("warmslot")
 
@@ -27,6 +30,16 @@ def _stop_all() -> None:
     # Stop Rust threads and join slot threads before the interpreter finalizes.
     for server in list(_running):
         server.stop(drain=1.0)
+
+
+class StartupError(RuntimeError):
+    """Pipelines failed to warm up, so the server did not start serving.
+
+    ``failures`` maps each failing pipeline to one line: which slot failed, and the exception."""
+
+    def __init__(self, failures: Dict[str, str]) -> None:
+        self.failures = failures
+        super().__init__("; ".join(failures.values()))
 
 
 def _parse_state(state: str) -> Tuple[Optional[str], Optional[str]]:
@@ -58,6 +71,17 @@ class App:
     ``spin_us``: how long idle threads spin for the next event before parking (lower latency at
     low load against some CPU; 0 parks at once). ``io_threads``: tokio threads for HTTP (1 runs a
     current-thread runtime).
+
+    Hardening: ``admin_token`` (default: the ``WARMSLOT_ADMIN_TOKEN`` environment variable) makes
+    ``/metrics`` and ``/executions/*`` require ``Authorization: Bearer <token>`` (else ``401
+    unauthorized``); webhooks and ``/healthz`` stay open. ``max_header_bytes``: largest request
+    head (``431 headers_too_large`` above). ``header_timeout``: seconds a client has to send a
+    request's headers, and how long a keep-alive connection may idle. ``body_timeout``: seconds a
+    client has to send a body (``408 request_timeout`` after). ``max_record_bytes``: bytes the
+    execution records may hold, replies included (oldest evicted first). ``max_keys``: keys the
+    in-memory state store keeps per pipeline (the least recently used key is evicted past it).
+    ``max_state_bytes``: largest state of one key (passed to the core; enforced once the slot
+    runtime calls ``state::check_size`` before committing).
     """
 
     def __init__(
@@ -71,8 +95,17 @@ class App:
         max_connections: int = 10_000,
         drain_timeout: float = 10.0,
         spin_us: int = 50,
+        admin_token: Optional[str] = None,
+        max_header_bytes: int = 64 << 10,
+        header_timeout: float = 30.0,
+        body_timeout: float = 30.0,
+        max_record_bytes: int = 64 << 20,
+        max_keys: int = 100_000,
+        max_state_bytes: int = 1 << 20,
         isolation: str = "thread",
     ) -> None:
+        if not isinstance(state, str):
+            raise TypeError(f"state must be a str such as 'memory' or 'sqlite:///state.db', got {type(state).__name__}")
         if isolation not in ("thread", "process"):
             raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
         self.isolation = isolation
@@ -81,17 +114,35 @@ class App:
         self.target: Optional[str] = None
         self.state = state
         self.sqlite_path, self.redis_url = _parse_state(state)
-        self.debug = debug
-        self.max_body_bytes = max_body_bytes
-        self.max_records = max_records
-        self.io_threads = io_threads
-        self.max_connections = max_connections
-        self.drain_timeout = drain_timeout
-        self.spin_us = spin_us
+        self.debug = bool(debug)
+        self.max_body_bytes = check_count("max_body_bytes", max_body_bytes)
+        self.max_records = check_count("max_records", max_records)
+        self.io_threads = check_count("io_threads", io_threads)
+        self.max_connections = check_count("max_connections", max_connections)
+        self.drain_timeout = check_seconds("drain_timeout", drain_timeout) if drain_timeout != 0 else 0.0
+        self.spin_us = check_count("spin_us", spin_us, minimum=0)
+        if admin_token is None:
+            admin_token = os.environ.get("WARMSLOT_ADMIN_TOKEN") or None
+        elif not isinstance(admin_token, str) or not admin_token.strip():
+            raise ValueError("admin_token must be a non-empty str (or None to read WARMSLOT_ADMIN_TOKEN)")
+        if admin_token is not None and (admin_token != admin_token.strip() or not admin_token.isprintable()):
+            raise ValueError("admin_token must be printable, without leading or trailing spaces")
+        self.admin_token: Optional[str] = admin_token
+        self.max_header_bytes = check_count("max_header_bytes", max_header_bytes, minimum=1024)
+        self.header_timeout = check_seconds("header_timeout", header_timeout)
+        self.body_timeout = check_seconds("body_timeout", body_timeout)
+        self.max_record_bytes = check_count("max_record_bytes", max_record_bytes)
+        self.max_keys = check_count("max_keys", max_keys)
+        self.max_state_bytes = check_count("max_state_bytes", max_state_bytes)
         self.pipelines: Dict[str, PipelineSpec] = {}
         self._servers: List[Server] = []
         self._stop_requested: Optional[threading.Event] = None
+        self._on_serving: Optional[Callable[[], None]] = None  # the CLI's hook: startup is over
 
+    @overload
+    def pipeline(self, name: P) -> P: ...
+
+    @overload
     def pipeline(
         self,
         name: Optional[str] = None,
@@ -107,20 +158,48 @@ class App:
         max_batch: int = 64,
         signature: Optional[Signature] = None,
         reply: str = "sync",
+        missing_key: str = "unkeyed",
         isolation: Optional[str] = None,
         concurrency: int = 1,
         max_executions: Optional[int] = None,
         max_memory_mb: Optional[int] = None,
-    ) -> Callable[[Any], Any]:
+    ) -> Callable[[P], P]: ...
+
+    def pipeline(
+        self,
+        name: Union[str, None, P] = None,
+        *,
+        slots: Optional[int] = None,
+        min_slots: Optional[int] = None,
+        max_slots: Optional[int] = None,
+        key: KeySpec = None,
+        timeout: Optional[float] = 30.0,
+        setup: Optional[Callable[[], Any]] = None,
+        max_body_bytes: Optional[int] = None,
+        queue_size: int = 4096,
+        max_batch: int = 64,
+        signature: Optional[Signature] = None,
+        reply: str = "sync",
+        missing_key: str = "unkeyed",
+        isolation: Optional[str] = None,
+        concurrency: int = 1,
+        max_executions: Optional[int] = None,
+        max_memory_mb: Optional[int] = None,
+    ) -> Union[P, Callable[[P], P]]:
         """Registers a function or class as the pipeline ``name`` (default: its ``__name__``).
+        Usable bare (``@app.pipeline``) or with options (``@app.pipeline("echo", slots=4)``);
+        returns the function or class unchanged.
 
         ``slots`` pre-warmed workers (or ``min_slots`` warm, up to ``max_slots``); ``key``: event
         field (or callable(event) -> str) whose events run one at a time, in order, sharing
-        ``ctx.state``; ``timeout``: seconds from receipt to answer (504 after); ``setup``: called
+        ``ctx.state``; ``missing_key``: what a keyed pipeline does with an event without the key
+        (``"unkeyed"``: runs it without a key, the default; ``"reject"``: ``400 bad_request``);
+        ``timeout``: seconds from receipt to answer (504 after); ``setup``: called
         once per slot, its result is ``ctx.resources``; ``queue_size``: events that may wait
         before 429; ``signature``: a webhook signature check (see ``warmslot.github_signature``);
         ``reply="async"`` answers every webhook 202 at once (providers that want a fast 2xx), as
-        ``Prefer: respond-async`` does per request.
+        ``Prefer: respond-async`` does per request. Every option is checked here, at declaration;
+        errors name the argument.
 
         ``isolation``: ``"thread"`` (slots are threads in this interpreter; the default unless
         ``App(isolation=...)`` says otherwise) or ``"process"`` (each slot is a warm worker
@@ -129,18 +208,40 @@ class App:
         ``max_memory_mb``: recycle a worker process after about that many executions (+ up to
         10% jitter) or once its resident memory exceeds that, between batches.
         """
+        if name is not None and not isinstance(name, str):
+            if not callable(name):
+                raise TypeError(f"name must be a str (or use @app.pipeline bare), got {type(name).__name__}")
+            # Bare `@app.pipeline`: the decorated function or class arrived as `name`.
+            return self.pipeline()(name)
+        if name is not None:
+            check_name(name)
+        check_options(
+            slots=slots,
+            min_slots=min_slots,
+            max_slots=max_slots,
+            key=key,
+            timeout=timeout,
+            setup=setup,
+            max_body_bytes=max_body_bytes,
+            queue_size=queue_size,
+            max_batch=max_batch,
+            signature=signature,
+            reply=reply,
+            missing_key=missing_key,
+        )
 
-        def register(target: Any) -> Any:
-            pname = name or getattr(target, "__name__", None)
+        def register(target: P) -> P:
+            if not callable(target):
+                raise TypeError(f"@app.pipeline decorates a function or a class, got {type(target).__name__}")
+            pname = name if name is not None else getattr(target, "__name__", None)
             if not pname:
-                raise ValueError("pipeline needs a name")
+                raise ValueError("pipeline needs a name: @app.pipeline('name')")
+            check_name(pname)
             if pname in self.pipelines:
                 raise ValueError(f"pipeline {pname!r} is declared twice")
             default = 16 if _is_async_target(target) else 4
             lo = min_slots if min_slots is not None else (slots if slots is not None else 1)
             hi = max_slots if max_slots is not None else (slots if slots is not None else max(lo, default))
-            if slots is not None and (min_slots is not None or max_slots is not None):
-                raise ValueError(f"pipeline {pname!r}: give slots=, or min_slots=/max_slots=, not both")
             self.pipelines[pname] = PipelineSpec(
                 name=pname,
                 target=target,
@@ -154,6 +255,7 @@ class App:
                 max_batch=max_batch,
                 signature=signature,
                 reply=reply,
+                missing_key=missing_key,
                 isolation=isolation,
                 concurrency=concurrency,
                 max_executions=max_executions,
@@ -186,20 +288,29 @@ class App:
             # (background jobs of non-interactive shells).
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())
+        serving = False
         try:
             server.wait_ready(60.0, stop)
+            serving = True
+            if self._on_serving is not None:
+                self._on_serving()
             names = ", ".join(f"/hooks/{n}" for n in self.pipelines)
             print(
                 f"warmslot: serving {names} on {server.url}, dashboard at {server.url}/dashboard (Ctrl-C to stop)",
                 flush=True,
             )
+            if self.admin_token:
+                print("warmslot: /metrics, /stats, /dashboard and /executions/* need Authorization: Bearer <admin token>", flush=True)
             while not stop.wait(0.5):
                 pass
         except KeyboardInterrupt:
             pass
         finally:
-            print("warmslot: stopping (draining in-flight executions)...", flush=True)
-            server.stop()
+            if serving:
+                print("warmslot: stopping (draining in-flight executions)...", flush=True)
+                server.stop()
+            else:
+                server.stop(drain=0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -266,6 +377,13 @@ class Server:
             "spin_us": app.spin_us,
             "sqlite_path": app.sqlite_path,
             "redis_url": app.redis_url,
+            "admin_token": app.admin_token,
+            "max_header_bytes": app.max_header_bytes,
+            "header_timeout": app.header_timeout,
+            "body_timeout": app.body_timeout,
+            "max_record_bytes": app.max_record_bytes,
+            "max_keys": app.max_keys,
+            "max_state_bytes": app.max_state_bytes,
         }
         key_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
             _key_fn(s.key) if callable(s.key) else None for s in specs
@@ -307,17 +425,29 @@ class Server:
         return bool(self._core.is_ready())
 
     def wait_ready(self, timeout: float = 60.0, stop: Optional[threading.Event] = None) -> None:
-        """Blocks until every pipeline has its minimum of warm slots (or `stop` is set)."""
+        """Blocks until every pipeline has its minimum of warm slots (or `stop` is set). Raises
+        `StartupError` (one line per failing pipeline) when slots fail to warm up."""
         deadline = time.monotonic() + timeout
+        settle: Optional[float] = None
         while not self._core.is_ready():
             if stop is not None and stop.is_set():
                 return
-            errors = [e for rt in self.runtimes for e in rt.errors]
-            if errors:
-                raise RuntimeError("; ".join(errors))
+            failures = {rt.spec.name: rt.errors[0] for rt in self.runtimes if rt.errors}
+            if failures:
+                # Give the other pipelines' first warm-up a moment to report too, so that every
+                # failing pipeline is named at once.
+                settle = settle if settle is not None else time.monotonic() + 1.0
+                pending = [rt for rt in self.runtimes if not rt.errors and not self._warm(rt)]
+                if not pending or time.monotonic() > settle:
+                    raise StartupError(failures)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"pipelines not warm after {timeout}s")
             time.sleep(0.005)
+
+    def _warm(self, rt: PipelineRuntime) -> bool:
+        idx = self.runtimes.index(rt)
+        loads = self._core.load()
+        return loads[idx][2] >= rt.spec.min_slots
 
     def stats(self) -> List[Dict[str, Any]]:
         """Per-pipeline counters and latency quantiles (µs) measured at the execution boundary."""

@@ -129,6 +129,15 @@ def report(server: Server, seconds: float, ok: int, errors: int, rtts: Dict[str,
     return "\n".join(lines)
 
 
+def admin_hint(url: str) -> str:
+    """How to reach the admin routes when an admin token is set (the token itself is not shown)."""
+    return (
+        "admin routes need the token (WARMSLOT_ADMIN_TOKEN): "
+        f'curl -H "Authorization: Bearer $WARMSLOT_ADMIN_TOKEN" {url}/metrics\n'
+        "Prometheus scrape config: authorization: {type: Bearer, credentials_file: /path/to/token}"
+    )
+
+
 def run_demo(host: str, port: int, seconds: float, clients: int, keep_serving: bool) -> int:
     from .examples.bots import app as bots
 
@@ -143,10 +152,10 @@ def run_demo(host: str, port: int, seconds: float, clients: int, keep_serving: b
         print(report(server, seconds, ok, errors, rtts), flush=True)
         if keep_serving:
             example = f'curl -s -XPOST {server.url}/hooks/echo -d \'{{"user":"me","text":"hi"}}\''
-            print(
-                f"\nstill serving on {server.url} (dashboard: {server.url}/dashboard); try: {example}\nCtrl-C to stop.",
-                flush=True,
-            )
+            print(f"\nstill serving on {server.url} (dashboard: {server.url}/dashboard); try: {example}", flush=True)
+            if app.admin_token:
+                print(admin_hint(server.url), flush=True)
+            print("Ctrl-C to stop.", flush=True)
             while True:
                 time.sleep(0.5)
     except KeyboardInterrupt:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import inspect
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 KeySpec = Union[None, str, Callable[[Any], Any]]
+
+#: Characters a pipeline name may not contain: it is one segment of ``/hooks/<name>``.
+_NAME_FORBIDDEN = set("/?#%\\") | {chr(c) for c in range(33)} | {"\x7f"}
 
 
 @dataclass
@@ -14,7 +20,7 @@ class Signature:
     """A webhook signature check (HMAC-SHA256), verified in Rust before the event is admitted."""
 
     secret: bytes
-    scheme: str = "hex"  # "hex", "slack" or "stripe"
+    scheme: str = "hex"  # "hex", "slack", "stripe" or "standard"
     header: str = "x-signature"
     prefix: str = ""
     tolerance: float = 300.0
@@ -30,12 +36,30 @@ class Signature:
 
 
 def _secret(secret: Union[str, bytes]) -> bytes:
+    if not isinstance(secret, (str, bytes, bytearray)):
+        raise TypeError(f"secret must be a str or bytes, got {type(secret).__name__}")
+    if not secret:
+        raise ValueError("secret must not be empty (an empty HMAC key accepts forged signatures)")
     return secret.encode() if isinstance(secret, str) else bytes(secret)
+
+
+def _tolerance(tolerance: float) -> float:
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not tolerance > 0:
+        raise ValueError(f"tolerance must be a positive number of seconds, got {tolerance!r}")
+    return float(tolerance)
+
+
+def _header_name(value: str, arg: str) -> str:
+    if not isinstance(value, str) or not value or any(c in _NAME_FORBIDDEN or c == ":" for c in value):
+        raise ValueError(f"{arg} must be an HTTP header name such as 'x-signature', got {value!r}")
+    return value
 
 
 def hmac_signature(secret: Union[str, bytes], header: str = "x-signature", prefix: str = "") -> Signature:
     """``header: <prefix><hex hmac-sha256(secret, body)>``."""
-    return Signature(_secret(secret), "hex", header, prefix)
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    return Signature(_secret(secret), "hex", _header_name(header, "header"), prefix)
 
 
 def github_signature(secret: Union[str, bytes]) -> Signature:
@@ -45,12 +69,121 @@ def github_signature(secret: Union[str, bytes]) -> Signature:
 
 def slack_signature(secret: Union[str, bytes], tolerance: float = 300.0) -> Signature:
     """Slack: ``X-Slack-Signature: v0=<hex>`` over ``v0:<X-Slack-Request-Timestamp>:<body>``."""
-    return Signature(_secret(secret), "slack", tolerance=tolerance)
+    return Signature(_secret(secret), "slack", tolerance=_tolerance(tolerance))
 
 
 def stripe_signature(secret: Union[str, bytes], tolerance: float = 300.0) -> Signature:
     """Stripe: ``Stripe-Signature: t=<ts>,v1=<hex>`` over ``<ts>.<body>``."""
-    return Signature(_secret(secret), "stripe", tolerance=tolerance)
+    return Signature(_secret(secret), "stripe", tolerance=_tolerance(tolerance))
+
+
+def standard_webhooks_signature(secret: Union[str, bytes], tolerance: float = 300.0) -> Signature:
+    """Standard Webhooks (standardwebhooks.com; Svix, Resend, Clerk and others): headers
+    ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature: v1,<base64> [v1,<base64> ...]``,
+    the HMAC-SHA256 of ``<id>.<timestamp>.<body>``; timestamps more than ``tolerance`` seconds
+    away from now are refused.
+
+    ``secret``: the ``whsec_<base64>`` string the provider shows (the prefix is optional; the rest
+    is base64), or the raw key as ``bytes``.
+    """
+    if isinstance(secret, str):
+        if not secret:
+            raise ValueError("secret must not be empty (an empty HMAC key accepts forged signatures)")
+        encoded = secret[len("whsec_") :] if secret.startswith("whsec_") else secret
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("secret must be 'whsec_' followed by base64 (as the provider shows it), or raw bytes")
+        return Signature(_secret(key), "standard", tolerance=_tolerance(tolerance))
+    return Signature(_secret(secret), "standard", tolerance=_tolerance(tolerance))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_count(arg: str, value: Any, minimum: int = 1) -> int:
+    """An integer option of at least `minimum`, or a TypeError/ValueError naming `arg`."""
+    if not _is_int(value):
+        raise TypeError(f"{arg} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{arg} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_seconds(arg: str, value: Any, allow_none: bool = False) -> float:
+    """A positive number of seconds, or a TypeError/ValueError naming `arg` (`allow_none` only
+    changes the message: callers skip the check for None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        none = " or None" if allow_none else ""
+        raise TypeError(f"{arg} must be a number of seconds{none}, got {type(value).__name__} {value!r}")
+    seconds = float(value)
+    if not seconds > 0:
+        raise ValueError(f"{arg} must be positive, got {value!r}")
+    return seconds
+
+
+def check_name(name: Any) -> str:
+    """A pipeline name: one path segment of ``/hooks/<name>``."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+    bad = sorted({c for c in name if c in _NAME_FORBIDDEN})
+    if not name or bad:
+        raise ValueError(
+            f"name must be a non-empty path segment without '/', '?', '#', '%', '\\', spaces or control "
+            f"characters (it becomes /hooks/<name>), got {name!r}"
+        )
+    return name
+
+
+def check_options(
+    *,
+    slots: Any,
+    min_slots: Any,
+    max_slots: Any,
+    key: Any,
+    timeout: Any,
+    setup: Any,
+    max_body_bytes: Any,
+    queue_size: Any,
+    max_batch: Any,
+    signature: Any,
+    reply: Any,
+    missing_key: Any,
+) -> None:
+    """Checks the options of ``@app.pipeline(...)`` where they are declared; every error names
+    the argument."""
+    for arg, value in (("slots", slots), ("min_slots", min_slots), ("max_slots", max_slots)):
+        if value is not None:
+            check_count(arg, value)
+    if slots is not None and (min_slots is not None or max_slots is not None):
+        raise ValueError("give slots=, or min_slots=/max_slots=, not both")
+    if min_slots is not None and max_slots is not None and max_slots < min_slots:
+        raise ValueError(f"max_slots ({max_slots}) must be at least min_slots ({min_slots})")
+    if key is not None and not callable(key):
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a field name (str) or a callable(event) -> str, got {type(key).__name__}")
+        if not key:
+            raise ValueError("key must be a non-empty field name")
+    if timeout is not None:
+        check_seconds("timeout", timeout, allow_none=True)
+    if setup is not None and not callable(setup):
+        raise TypeError(f"setup must be a callable run once per slot, got {type(setup).__name__}")
+    if max_body_bytes is not None:
+        check_count("max_body_bytes", max_body_bytes)
+    check_count("queue_size", queue_size)
+    check_count("max_batch", max_batch)
+    if signature is not None and not isinstance(signature, Signature):
+        raise TypeError(
+            "signature must be a warmslot signature check such as warmslot.github_signature('secret'), "
+            f"got {type(signature).__name__} {signature!r:.40}"
+        )
+    if reply not in ("sync", "async"):
+        raise ValueError(f"reply must be 'sync' or 'async', got {reply!r}")
+    if missing_key not in ("unkeyed", "reject"):
+        raise ValueError(f"missing_key must be 'unkeyed' or 'reject', got {missing_key!r}")
+    if missing_key == "reject" and key is None:
+        raise ValueError("missing_key='reject' needs key= (without a key every event is unkeyed)")
 
 
 def _class_call(cls: type) -> Any:
@@ -102,6 +235,7 @@ class PipelineSpec:
     concurrency: int = 1
     max_executions: Optional[int] = None
     max_memory_mb: Optional[int] = None
+    missing_key: str = "unkeyed"
     is_async: bool = field(init=False)
     is_class: bool = field(init=False)
     takes_ctx: bool = field(init=False)
@@ -172,4 +306,5 @@ class PipelineSpec:
             "max_memory_mb": self.max_memory_mb,
             "signature": self.signature.as_config() if self.signature else None,
             "reply_async": self.reply == "async",
+            "missing_key": self.missing_key,
         }

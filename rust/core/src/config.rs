@@ -22,6 +22,10 @@ pub enum SignatureScheme {
     Slack { tolerance: Duration },
     /// Stripe: `Stripe-Signature: t=TS,v1=hex(hmac(TS + "." + body))[,v1=...]`.
     Stripe { tolerance: Duration },
+    /// Standard Webhooks (standardwebhooks.com): `webhook-signature: v1,base64(hmac(ID + "." + TS +
+    /// "." + body)) [v1,...]` with `webhook-id` and `webhook-timestamp`. The secret is the raw key
+    /// (the bytes behind a `whsec_` base64 secret).
+    Standard { tolerance: Duration },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,10 +50,22 @@ pub enum Isolation {
     Process(WorkerCommand),
 }
 
+/// What a keyed pipeline does with an event whose key field is missing or null.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissingKey {
+    /// Run it without a key (no per-key order, scratch state), as an unkeyed pipeline would.
+    #[default]
+    Unkeyed,
+    /// Refuse it with `400 bad_request` naming the field.
+    Reject,
+}
+
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
     pub name: String,
     pub key: KeySpec,
+    /// Events of a `KeySpec::Field` pipeline without that field (or with `null` there).
+    pub missing_key: MissingKey,
     /// Slots warmed before `/healthz` turns 200.
     pub min_slots: usize,
     /// Upper bound on slots; the pool may grow to this many.
@@ -64,6 +80,8 @@ pub struct PipelineConfig {
     pub isolation: Isolation,
     /// Events one slot runs at once (async pipelines); lanes still keep per-key exclusion.
     pub concurrency: usize,
+    /// Largest committed state of one key (the app's `max_state_bytes`, copied here by the engine).
+    pub max_state_bytes: usize,
     /// Recycle a worker process after about this many executions (+ up to 10% jitter).
     pub max_executions: Option<u64>,
     /// Recycle a worker process whose resident memory exceeds this, checked between batches.
@@ -78,6 +96,7 @@ impl PipelineConfig {
         PipelineConfig {
             name: name.into(),
             key: KeySpec::None,
+            missing_key: MissingKey::Unkeyed,
             min_slots: 1,
             max_slots: 1,
             timeout: Some(Duration::from_secs(30)),
@@ -86,6 +105,7 @@ impl PipelineConfig {
             max_batch: 64,
             isolation: Isolation::Thread,
             concurrency: 1,
+            max_state_bytes: 1 << 20,
             max_executions: None,
             max_memory_mb: None,
             signature: None,
@@ -109,6 +129,24 @@ pub struct AppConfig {
     pub drain_timeout: Duration,
     /// How long an idle slot spins for the next event before parking.
     pub idle_spin: Duration,
+    /// Bearer token that `/metrics`, `/executions/*` and every other admin route require
+    /// (`Authorization: Bearer <token>`); `None` leaves them open. Webhooks and `/healthz` stay open.
+    pub admin_token: Option<String>,
+    /// Largest request head (request line and headers) answered normally; above it `431`.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request's headers, and how long a keep-alive connection may
+    /// sit idle between requests.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request body once its headers arrived; after it `408`.
+    pub body_timeout: Duration,
+    /// Bytes the execution records may hold (replies and error messages included); the oldest
+    /// records are evicted first, like `max_records`.
+    pub max_record_bytes: usize,
+    /// Keys the in-memory state store keeps per pipeline; past it the least recently used key is
+    /// evicted (its state is forgotten).
+    pub max_keys: usize,
+    /// Largest committed state of one key, in bytes (see `state::check_size`).
+    pub max_state_bytes: usize,
 }
 
 impl Default for AppConfig {
@@ -122,6 +160,13 @@ impl Default for AppConfig {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
             idle_spin: Duration::from_micros(50),
+            admin_token: None,
+            max_header_bytes: 64 << 10,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            max_record_bytes: 64 << 20,
+            max_keys: 100_000,
+            max_state_bytes: 1 << 20,
         }
     }
 }

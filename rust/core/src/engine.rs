@@ -7,7 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -16,7 +16,7 @@ use crate::observe::metrics::{self, PipelineGauges, Quantiles};
 use crate::observe::pool::PoolCounters;
 use crate::observe::records::Records;
 use crate::runtime::execution::Execution;
-use crate::runtime::ids::IdGenerator;
+use crate::runtime::ids::{self, IdGenerator};
 use crate::runtime::pipeline::Pipeline;
 use crate::runtime::slots::{WarmupReason, CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS};
 use crate::state::StateStore;
@@ -79,7 +79,6 @@ pub struct Engine {
     pipelines: Vec<Arc<Pipeline>>,
     by_name: HashMap<String, usize>,
     records: Records,
-    node: u32,
     ids: IdGenerator,
     key_fn: Option<Arc<dyn KeyFn>>,
     accepting: AtomicBool,
@@ -118,16 +117,15 @@ impl Engine {
                 )));
             }
             let store = store_for(p).map_err(EngineError::Config)?;
-            pipelines.push(Arc::new(Pipeline::new(i, p.clone(), store)));
+            let mut p = p.clone();
+            p.max_state_bytes = config.max_state_bytes;
+            pipelines.push(Arc::new(Pipeline::new(i, p, store)));
         }
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        let node = ((seed ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
         Ok(Arc::new(Engine {
-            records: Records::new(config.max_records),
+            records: Records::new(config.max_records, config.max_record_bytes),
             config,
             pipelines,
             by_name,
-            node,
             ids: IdGenerator::default(),
             key_fn,
             accepting: AtomicBool::new(false),
@@ -162,23 +160,22 @@ impl Engine {
         key: Option<Box<str>>,
         received: Instant,
     ) -> Execution {
-        let id = self.ids.next();
-        let id_str = format!("{:08x}{:012x}", self.node, id).into_boxed_str();
-        Execution::new(id, id_str, pipeline.clone(), key, received)
+        let (seq, id_str) = self.ids.next();
+        Execution::new(seq, id_str, pipeline.clone(), key, received)
     }
 
     pub(crate) fn remember(&self, exec: Arc<Execution>) {
         self.records.insert(exec);
     }
 
+    /// Charges a finished execution's reply to the records' byte budget.
+    pub(crate) fn settle(&self, exec: &Execution) {
+        self.records.settle(exec);
+    }
+
     /// Looks up an execution by its public id.
     pub fn execution(&self, id: &str) -> Option<Arc<Execution>> {
-        if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return None;
-        }
-        let node = u32::from_str_radix(&id[..8], 16).ok()?;
-        let n = u64::from_str_radix(&id[8..], 16).ok()?;
-        (node == self.node).then(|| self.records.get(n)).flatten()
+        ids::is_well_formed(id).then(|| self.records.get(id)).flatten()
     }
 
     /// Binds the listener and starts the ingress runtime.

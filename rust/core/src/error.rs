@@ -19,13 +19,14 @@ pub enum ErrorCode {
     Overloaded,
     PipelineError,
     StateError,
+    StateTooLarge,
     SlotCrashed,
     ShuttingDown,
     PipelineTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidJson,
         ErrorCode::BadRequest,
         ErrorCode::BadSignature,
@@ -40,6 +41,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::PipelineError,
         ErrorCode::StateError,
+        ErrorCode::StateTooLarge,
         ErrorCode::SlotCrashed,
         ErrorCode::ShuttingDown,
         ErrorCode::PipelineTimeout,
@@ -62,6 +64,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::PipelineError => "pipeline_error",
             ErrorCode::StateError => "state_error",
+            ErrorCode::StateTooLarge => "state_too_large",
             ErrorCode::SlotCrashed => "slot_crashed",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::PipelineTimeout => "pipeline_timeout",
@@ -79,7 +82,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::HeadersTooLarge => 431,
             ErrorCode::Overloaded => 429,
-            ErrorCode::PipelineError | ErrorCode::StateError | ErrorCode::SlotCrashed => 500,
+            // A state over `max_state_bytes` is the pipeline's doing, not the request's: 500, not 413.
+            ErrorCode::PipelineError | ErrorCode::StateError | ErrorCode::StateTooLarge | ErrorCode::SlotCrashed => 500,
             ErrorCode::ShuttingDown => 503,
             ErrorCode::PipelineTimeout => 504,
         }

@@ -17,10 +17,12 @@ pub mod runtime;
 pub mod state;
 
 pub use bytes::Bytes;
-pub use config::{AppConfig, Isolation, KeySpec, PipelineConfig, SignatureScheme, SignatureSpec, WorkerCommand};
+pub use config::{
+    AppConfig, Isolation, KeySpec, MissingKey, PipelineConfig, SignatureScheme, SignatureSpec, WorkerCommand,
+};
 pub use engine::{Engine, EngineError, KeyFn, PipelineStats};
 pub use error::ErrorCode;
 pub use runtime::execution::{BeginError, Job, Outcome, Status, Timings};
 pub use state::redis::RedisDb;
 pub use state::sqlite::SqliteDb;
-pub use state::{MemoryStore, StateStore, StoreError};
+pub use state::{check_size, MemoryStore, StateStore, StateTooLarge, StoreError};

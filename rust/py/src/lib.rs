@@ -13,8 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use warmslot_core::state::redis::lease_for;
 use warmslot_core::{
-    AppConfig, Engine, EngineError, Isolation, KeyFn, KeySpec, MemoryStore, PipelineConfig, RedisDb, SignatureScheme,
-    SignatureSpec, SqliteDb, StateStore, WorkerCommand,
+    AppConfig, Engine, EngineError, Isolation, KeyFn, KeySpec, MemoryStore, MissingKey, PipelineConfig, RedisDb,
+    SignatureScheme, SignatureSpec, SqliteDb, StateStore, WorkerCommand,
 };
 
 mod job;
@@ -90,6 +90,13 @@ fn pipeline_config(d: &Bound<'_, PyDict>) -> PyResult<PipelineConfig> {
     p.max_executions = get(d, "max_executions")?;
     p.max_memory_mb = get(d, "max_memory_mb")?;
     p.reply_async = get(d, "reply_async")?.unwrap_or(false);
+    p.missing_key = match get::<String>(d, "missing_key")?.as_deref() {
+        Some("unkeyed") | None => MissingKey::Unkeyed,
+        Some("reject") => MissingKey::Reject,
+        Some(other) => {
+            return Err(PyValueError::new_err(format!("missing_key must be 'unkeyed' or 'reject', got {other:?}")))
+        }
+    };
     if let Some(sig) = get::<Bound<'_, PyDict>>(d, "signature")? {
         let secret: Vec<u8> = get(&sig, "secret")?.ok_or_else(|| PyValueError::new_err("signature needs a secret"))?;
         let tolerance = seconds(get(&sig, "tolerance")?)?.unwrap_or(Duration::from_secs(300));
@@ -100,6 +107,7 @@ fn pipeline_config(d: &Bound<'_, PyDict>) -> PyResult<PipelineConfig> {
             },
             Some("slack") => SignatureScheme::Slack { tolerance },
             Some("stripe") => SignatureScheme::Stripe { tolerance },
+            Some("standard") => SignatureScheme::Standard { tolerance },
             Some(other) => return Err(PyValueError::new_err(format!("unknown signature scheme {other:?}"))),
         };
         p.signature = Some(SignatureSpec { secret, scheme });
@@ -171,6 +179,15 @@ impl Core {
         if let Some(v) = get::<u64>(app, "spin_us")? {
             config.idle_spin = Duration::from_micros(v);
         }
+        // Hardening limits (issue 9); absent keys keep the core's defaults.
+        config.admin_token = get(app, "admin_token")?;
+        config.max_header_bytes = get(app, "max_header_bytes")?.unwrap_or(config.max_header_bytes);
+        config.header_timeout = seconds(get(app, "header_timeout")?)?.unwrap_or(config.header_timeout);
+        config.body_timeout = seconds(get(app, "body_timeout")?)?.unwrap_or(config.body_timeout);
+        config.max_record_bytes = get(app, "max_record_bytes")?.unwrap_or(config.max_record_bytes);
+        config.max_keys = get(app, "max_keys")?.unwrap_or(config.max_keys);
+        config.max_state_bytes = get(app, "max_state_bytes")?.unwrap_or(config.max_state_bytes);
+        let max_keys = config.max_keys;
         for p in pipelines.iter() {
             config.pipelines.push(pipeline_config(p.cast::<PyDict>()?)?);
         }
@@ -189,7 +206,8 @@ impl Core {
                 Engine::new(config, &store_for, key_fn)
             }
             (None, None) => {
-                let store_for = |_: &PipelineConfig| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
+                let store_for =
+                    move |_: &PipelineConfig| Ok(Arc::new(MemoryStore::new(max_keys)) as Arc<dyn StateStore>);
                 Engine::new(config, &store_for, key_fn)
             }
         }

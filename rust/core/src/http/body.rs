@@ -97,8 +97,108 @@ mod tests {
     }
 
     #[test]
+    fn rejects_what_the_python_parser_rejects() {
+        let deep = |n: usize| [vec![b'['; n], vec![b']'; n]].concat();
+        assert_eq!(scan(&deep(100), None), Ok(None));
+        let huge_int = [&b"{\"n\":"[..], &vec![b'9'; 100_000], b"}"].concat();
+        let bad: [&[u8]; 6] = [&deep(129), &deep(100_000), &huge_int, b"1e999", b"{\"a\":\"\xff\"}", b"\"\\ud800\""];
+        for body in bad {
+            assert!(matches!(scan(body, None), Err(EventError::InvalidJson(_))), "{:?}", &body[..body.len().min(20)]);
+            assert!(matches!(scan(body, Some("user")), Err(EventError::InvalidJson(_))));
+        }
+        // Deep values beside the key, or inside it, are checked too.
+        let beside = [&b"{\"user\":\"u\",\"x\":"[..], &deep(200), b"}"].concat();
+        assert!(matches!(scan(&beside, Some("user")), Err(EventError::InvalidJson(_))));
+        let inside = [&b"{\"user\":"[..], &deep(200), b"}"].concat();
+        assert!(matches!(scan(&inside, Some("user")), Err(EventError::InvalidJson(_))));
+        // Big integers become floats on both sides: accepted.
+        assert_eq!(scan(b"{\"user\":18446744073709551616}", Some("user")), Ok(Some("1.8446744073709552e+19".into())));
+    }
+
+    #[test]
     fn object_key_is_a_clear_error() {
         let err = scan(br#"{"user":{"id":1}}"#, Some("user")).unwrap_err();
         assert_eq!(err.to_string(), "key field \"user\" must be a string or a number, found an object");
+    }
+}
+
+/// Property tests (proptest). `cargo test` runs 256 cases per property; a longer run:
+/// `PROPTEST_CASES=100000 cargo test -p warmslot-core --release props` (see docs/fuzzing.md).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Number, Value};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            any::<f64>().prop_filter_map("finite", |f| Number::from_f64(f).map(Value::Number)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..8).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn found(e: EventError) -> &'static str {
+        match e {
+            EventError::BadKey { found, .. } => found,
+            EventError::InvalidJson(_) => "invalid json",
+        }
+    }
+
+    /// Bytes that are often almost JSON: a JSON text with a few bytes changed, cut or added.
+    fn mangled_json() -> impl Strategy<Value = Vec<u8>> {
+        (json_value(), prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 0..4)).prop_map(
+            |(v, edits)| {
+                let mut bytes = serde_json::to_vec(&v).unwrap();
+                for (at, byte, op) in edits {
+                    let i = at.index(bytes.len() + 1);
+                    match op {
+                        0 if i < bytes.len() => bytes[i] = byte,
+                        1 => bytes.insert(i, byte),
+                        _ => bytes.truncate(i),
+                    }
+                }
+                bytes
+            },
+        )
+    }
+
+    proptest! {
+        /// The ingress accepts exactly what a full JSON parse with the same limits accepts, and
+        /// whether a body is valid does not depend on the key field asked for.
+        #[test]
+        fn valid_iff_serde_json_parses(body in prop_oneof![mangled_json(), prop::collection::vec(any::<u8>(), 0..64)]) {
+            let parsed = serde_json::from_slice::<Value>(&body).is_ok();
+            let unkeyed = scan(&body, None);
+            prop_assert_eq!(unkeyed.is_ok(), parsed);
+            match scan(&body, Some("user")) {
+                Err(EventError::InvalidJson(_)) => prop_assert!(!parsed),
+                _ => prop_assert!(parsed),
+            }
+        }
+
+        /// The key found is the top-level field's value as text; other shapes have no key.
+        #[test]
+        fn finds_the_top_level_key(mut fields in prop::collection::btree_map("[a-z]{1,6}", json_value(), 0..6), key in json_value()) {
+            fields.insert("user".into(), key.clone());
+            let body = serde_json::to_vec(&Value::Object(fields.into_iter().collect::<Map<_, _>>())).unwrap();
+            let got = scan(&body, Some("user"));
+            match key {
+                Value::Null => prop_assert_eq!(got, Ok(None)),
+                Value::String(s) => prop_assert_eq!(got, Ok(Some(s))),
+                Value::Bool(b) => prop_assert_eq!(got, Ok(Some(b.to_string()))),
+                Value::Number(n) => prop_assert_eq!(got, Ok(Some(n.to_string()))),
+                Value::Array(_) => prop_assert_eq!(got.map_err(found), Err("an array")),
+                Value::Object(_) => prop_assert_eq!(got.map_err(found), Err("an object")),
+            }
+        }
     }
 }

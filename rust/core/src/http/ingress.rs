@@ -1,14 +1,23 @@
 //! The HTTP ingress: tokio + hyper (HTTP/1.1, keep-alive). Routes webhooks to pipelines, checks
 //! size, signature and JSON, admits them to the ring (or answers 429 at once) and replies when
 //! the execution has an outcome.
+//!
+//! Limits that hold against hostile clients: a request head above `max_header_bytes` gets `431`
+//! (JSON up to twice the limit; past that hyper's read buffer is full and hyper itself answers a
+//! bare `431` and closes); headers must arrive within `header_timeout`, which is also how long a
+//! keep-alive connection may idle; a body must arrive within `body_timeout` (`408`); an oversized
+//! body gets `413` at once and is then read and dropped, never buffered, for up to `LINGER`
+//! (nginx's lingering close), so that clients which write the whole body before reading still
+//! read the `413` instead of a reset.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, LOCATION};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, LOCATION, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
@@ -16,18 +25,21 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::KeySpec;
+use crate::config::{KeySpec, MissingKey};
 use crate::engine::Engine;
 use crate::error::ErrorCode;
+use crate::http::admin;
 use crate::http::body::{self, EventError};
 use crate::http::responses::{error, execution, healthz, json, json_str, reply, HttpResponse, EXECUTION_ID};
 use crate::http::{signature, stats};
-use crate::runtime::execution::{Job, Status};
+use crate::runtime::execution::{Execution, Job, Status};
 use crate::runtime::pipeline::Pipeline;
 
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Oversized bodies up to this size are read and discarded before the 413 (see `hook`).
-const DRAIN_CAP: u64 = 8 << 20;
+/// How long the rest of an oversized body is read and dropped after the `413` (nginx's
+/// `lingering_time` idea, shorter: enough for a client on a LAN to finish writing megabytes).
+const LINGER: Duration = Duration::from_secs(5);
+/// hyper refuses to shrink its read buffer below this (`MINIMUM_MAX_BUFFER_SIZE`).
+const MIN_READ_BUFFER: usize = 8192;
 
 /// Accepts connections until `stop` fires, then lets open connections finish their current
 /// request (hyper's graceful shutdown) for at most `grace`.
@@ -55,17 +67,21 @@ pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: Arc<
             _ = &mut stopped => break,
         };
         let _ = stream.set_nodelay(true);
+        let cfg = &engine.config;
+        // hyper answers a bare 431 and closes once a head fills its read buffer; heads between
+        // `max_header_bytes` and the buffer's size get the JSON 431 from `route`.
+        let read_buffer = cfg.max_header_bytes.saturating_mul(2).max(MIN_READ_BUFFER);
+        // The header timer runs from the moment hyper waits for a request head, so it bounds both
+        // a slowloris head and an idle keep-alive connection.
+        let mut builder = http1::Builder::new();
+        builder.keep_alive(true).timer(TokioTimer::new()).header_read_timeout(cfg.header_timeout);
+        builder.max_buf_size(read_buffer);
         let engine = engine.clone();
         let service = service_fn(move |req| {
             let engine = engine.clone();
             async move { Ok::<_, Infallible>(route(req, &engine).await) }
         });
-        // A client gets HEADER_TIMEOUT to send each request's headers (no slowloris pinning a permit).
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
@@ -78,6 +94,14 @@ pub(crate) async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: Arc<
 }
 
 async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
+    let limit = engine.config.max_header_bytes;
+    let head = head_bytes(&req);
+    if head > limit {
+        return closing(error(
+            ErrorCode::HeadersTooLarge,
+            &format!("the request head takes {head} bytes, above the {limit}-byte limit (max_header_bytes)"),
+        ));
+    }
     let path = req.uri().path();
     if let Some(name) = path.strip_prefix("/hooks/") {
         // Webhook providers are often configured with a trailing slash: accept `/hooks/<name>/`.
@@ -106,22 +130,103 @@ async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
             resp
         }
     };
+    // Admin routes: each calls `admin::authorized` before it answers.
+    let token = engine.config.admin_token.as_deref();
     match path {
         "/healthz" => get_only(healthz(engine)),
+        "/metrics" | "/stats" | "/dashboard"
+            if !(admin::authorized(req.headers(), token)
+                || (path == "/dashboard" && admin::authorized_query(req.uri().query(), token))) =>
+        {
+            unauthorized()
+        }
         "/metrics" | "/stats" | "/dashboard" => get_only(stats::observation(path, req.uri().query(), engine)),
         _ => match path.strip_prefix("/executions/") {
+            Some(_) if !admin::authorized(req.headers(), token) => unauthorized(),
             Some(id) => get_only(execution(engine, id)),
             None => error(ErrorCode::NotFound, &format!("no route for {path}")),
         },
     }
 }
 
-/// `Prefer: respond-async` (RFC 7240: comma-separated preferences, names case-insensitive).
-fn wants_async(req: &Request<Incoming>) -> bool {
-    req.headers().get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',')
-            .any(|pref| pref.split(';').next().is_some_and(|name| name.trim().eq_ignore_ascii_case("respond-async")))
+fn unauthorized() -> HttpResponse {
+    let mut resp =
+        error(ErrorCode::Unauthorized, "this route needs the admin token: send Authorization: Bearer <admin_token>");
+    resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"warmslot\""));
+    resp
+}
+
+/// Marks a response as the connection's last (the request was not fully read, or was hostile).
+fn closing(mut resp: HttpResponse) -> HttpResponse {
+    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// The size of the request head as sent: request line and header lines with their separators.
+fn head_bytes(req: &Request<Incoming>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len();
+    line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() + 2
+}
+
+/// `Prefer: respond-async` (RFC 7240: comma-separated preferences, names case-insensitive,
+/// parameters after `;`).
+pub fn prefers_respond_async(value: &str) -> bool {
+    value.split(',').any(|pref| {
+        let name = pref.split(';').next().unwrap_or_default();
+        let name = name.split('=').next().unwrap_or_default();
+        name.trim().eq_ignore_ascii_case("respond-async")
     })
+}
+
+fn wants_async(req: &Request<Incoming>) -> bool {
+    req.headers().get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(prefers_respond_async)
+}
+
+enum BodyError {
+    /// Over the limit; the rest of the body is still unread.
+    TooLarge(Incoming),
+    TimedOut,
+    Read(hyper::Error),
+}
+
+/// Reads a body of at most `limit` bytes that must have arrived by `deadline`. A body sent in one
+/// piece is returned without a copy.
+async fn read_body(mut body: Incoming, limit: usize, deadline: tokio::time::Instant) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(BodyError::TimedOut),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let have = more.as_ref().map_or_else(|| first.as_ref().map_or(0, Bytes::len), BytesMut::len);
+        if have + data.len() > limit {
+            return Err(BodyError::TooLarge(body));
+        }
+        match (&mut more, first.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(head)) => {
+                let mut buf = BytesMut::with_capacity((head.len() + data.len()) * 2);
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&data);
+                more = Some(buf);
+            }
+        }
+    }
+    Ok(more.map(BytesMut::freeze).or(first).unwrap_or_default())
+}
+
+/// Reads and drops what the client still sends of a refused body, for at most `LINGER`, while
+/// hyper writes the answer; then the connection closes. Nothing is kept.
+fn linger(mut body: Incoming) {
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + LINGER;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(until, body.frame()).await {}
+    });
 }
 
 async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engine>) -> HttpResponse {
@@ -138,23 +243,35 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let is_async = cfg.reply_async || wants_async(&req);
     let (parts, body) = req.into_parts();
-    if let Some(len) = declared.filter(|&len| len > limit as u64) {
-        // Read and discard a moderately oversized body so the client sees the 413 instead of a
-        // reset while it is still sending; past DRAIN_CAP, answer at once and let hyper close.
-        // With `Expect: 100-continue` the client has not sent the body yet: answer at once.
+    if declared.is_some_and(|len| len > limit as u64) {
+        // With `Expect: 100-continue` the client has not sent the body yet and will not: answer
+        // and close. Otherwise it may be writing the body before it reads: let it finish.
         let expects_continue = parts
             .headers
             .get(hyper::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if len <= DRAIN_CAP && !expects_continue {
-            let _ = Limited::new(body, DRAIN_CAP as usize).collect().await;
+        if !expects_continue {
+            linger(body);
         }
-        return refuse(ErrorCode::PayloadTooLarge, too_large());
+        return closing(refuse(ErrorCode::PayloadTooLarge, too_large()));
     }
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return refuse(ErrorCode::PayloadTooLarge, too_large()),
-        Err(e) => return refuse(ErrorCode::BadRequest, format!("could not read the request body: {e}")),
+    let deadline = tokio::time::Instant::now() + engine.config.body_timeout;
+    let body = match read_body(body, limit, deadline).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge(rest)) => {
+            linger(rest);
+            return closing(refuse(ErrorCode::PayloadTooLarge, too_large()));
+        }
+        Err(BodyError::TimedOut) => {
+            let secs = engine.config.body_timeout.as_secs_f64();
+            return closing(refuse(
+                ErrorCode::RequestTimeout,
+                format!("the request body did not arrive within {secs}s"),
+            ));
+        }
+        Err(BodyError::Read(e)) => {
+            return refuse(ErrorCode::BadRequest, format!("could not read the request body: {e}"))
+        }
     };
     let received = Instant::now();
     if !engine.is_accepting() {
@@ -184,6 +301,22 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
         },
         _ => key,
     };
+    if key.is_none() && cfg.missing_key == MissingKey::Reject {
+        let message = match &cfg.key {
+            KeySpec::Field(field) => Some(format!(
+                "the event has no key field {field:?} (pipeline {:?} rejects events without a key)",
+                cfg.name
+            )),
+            KeySpec::Callable => Some(format!(
+                "the key function of {:?} returned None (the pipeline rejects events without a key)",
+                cfg.name
+            )),
+            KeySpec::None => None,
+        };
+        if let Some(message) = message {
+            return refuse(ErrorCode::BadRequest, message);
+        }
+    }
 
     pipeline.arrived();
     let exec = Arc::new(engine.new_execution(&pipeline, key.map(String::into_boxed_str), received));
@@ -197,6 +330,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
         );
     }
     engine.remember(exec.clone());
+    let mut settle = SettleLater(Some((exec.clone(), engine.clone())));
     // Pairs with `Engine::shutdown`: it closes the pipeline, then drains the intake. Either that
     // drain sees this job, or we see `closed` here and answer it ourselves.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
@@ -205,14 +339,20 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     }
 
     if is_async {
-        if let Some(deadline) = exec.deadline {
-            let exec = exec.clone();
-            tokio::spawn(async move {
-                if tokio::time::timeout_at(deadline.into(), exec.wait()).await.is_err() {
-                    exec.time_out();
+        // Waits for the outcome (timing it out at the deadline) so its reply is counted against
+        // the records' byte budget.
+        let (exec2, engine2) = (exec.clone(), engine.clone());
+        tokio::spawn(async move {
+            match exec2.deadline {
+                Some(deadline) if tokio::time::timeout_at(deadline.into(), exec2.wait()).await.is_err() => {
+                    exec2.time_out();
                 }
-            });
-        }
+                _ => {}
+            }
+            exec2.wait().await;
+            engine2.settle(&exec2);
+        });
+        settle.0 = None;
         let mut resp = json(StatusCode::ACCEPTED, format!("{{\"execution_id\":{}}}", json_str(&exec.id_str)));
         if let Ok(v) = HeaderValue::from_str(&format!("/executions/{}", exec.id_str)) {
             resp.headers_mut().insert(LOCATION, v);
@@ -224,13 +364,91 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     }
 
     if let Some(deadline) = exec.deadline {
-        if let Ok((outcome, _)) = tokio::time::timeout_at(deadline.into(), exec.wait()).await {
-            return reply(&exec, outcome);
+        if tokio::time::timeout_at(deadline.into(), exec.wait()).await.is_err() {
+            // Deadline passed: time it out unless it is already committing, then report what won.
+            exec.time_out();
         }
-        // Deadline passed: time it out unless it is already committing, then report what won.
-        exec.time_out();
     }
     let (outcome, _) = exec.wait().await;
     debug_assert!(exec.status() != Status::Queued);
-    reply(&exec, outcome)
+    let resp = reply(&exec, outcome);
+    engine.settle(&exec);
+    settle.0 = None;
+    resp
+}
+
+/// Settles a recorded execution whose client went away before the answer (hyper drops the
+/// request's future): its reply still counts against the records' byte budget once it comes.
+struct SettleLater(Option<(Arc<Execution>, Arc<Engine>)>);
+
+impl Drop for SettleLater {
+    fn drop(&mut self) {
+        let Some((exec, engine)) = self.0.take() else { return };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                exec.wait().await;
+                engine.settle(&exec);
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefer_header_forms() {
+        assert!(prefers_respond_async("respond-async"));
+        assert!(prefers_respond_async("return=minimal, Respond-Async ; wait=10"));
+        assert!(prefers_respond_async("wait=5,respond-async"));
+        assert!(!prefers_respond_async("return=representation"));
+        assert!(!prefers_respond_async("respond-asynchronously"));
+        assert!(!prefers_respond_async("wait=respond-async"));
+        assert!(!prefers_respond_async(""));
+    }
+}
+
+/// Property tests of `Prefer` parsing (256 cases in `cargo test`; see docs/fuzzing.md).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `respond-async` in a random ASCII case (regex `(?i)` would also draw Unicode case folds).
+    fn respond_async() -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<bool>(), 13).prop_map(|upper| {
+            "respond-async".chars().zip(upper).map(|(c, u)| if u { c.to_ascii_uppercase() } else { c }).collect()
+        })
+    }
+
+    fn preference() -> impl Strategy<Value = (String, bool)> {
+        let name = prop_oneof![
+            respond_async().prop_map(|n| (n, true)),
+            "[a-z-]{1,16}".prop_map(|n| {
+                let yes = n == "respond-async";
+                (n, yes)
+            }),
+            (respond_async(), "[a-z]{1,3}").prop_map(|(n, tail)| (n + &tail, false)),
+        ];
+        (name, "( *= *[a-z0-9]{1,4})?", "( *; *[a-z]{1,5}(=[a-z0-9]{1,4})?){0,2}", " {0,2}", " {0,2}").prop_map(
+            |((name, yes), value, params, before, after)| (format!("{before}{name}{value}{params}{after}"), yes),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn prefer_never_panics(value in "\\PC{0,64}") {
+            let _ = prefers_respond_async(&value);
+        }
+
+        /// `respond-async` is found as a preference name in any position, in any case, with
+        /// values and parameters; never as a parameter, a value or a longer name.
+        #[test]
+        fn finds_respond_async_among_preferences(prefs in prop::collection::vec(preference(), 1..5)) {
+            let header = prefs.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(",");
+            let expected = prefs.iter().any(|(_, yes)| *yes);
+            prop_assert_eq!(prefers_respond_async(&header), expected, "{}", header);
+        }
+    }
 }

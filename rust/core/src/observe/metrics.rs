@@ -16,7 +16,7 @@ use crate::observe::series::{Latency, Series};
 use crate::runtime::execution::{Status, Timings};
 
 /// Every `status` label of `warmslot_requests_total`.
-pub const REQUEST_STATUSES: [&str; 9] = [
+pub const REQUEST_STATUSES: [&str; 10] = [
     "succeeded",
     "failed",
     "timed_out",
@@ -26,6 +26,7 @@ pub const REQUEST_STATUSES: [&str; 9] = [
     "payload_too_large",
     "shutting_down",
     "bad_request",
+    "request_timeout",
 ];
 
 pub const PHASES: [&str; 4] = ["queue", "run", "commit", "total"];

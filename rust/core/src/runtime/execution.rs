@@ -323,6 +323,12 @@ impl Job {
     /// execution is then failed with `state_error`).
     pub fn commit(&mut self, reply: Bytes, state: Option<Bytes>) -> bool {
         debug_assert_eq!(self.exec.status(), Status::Committing);
+        if let (Some(_), Some(state)) = (&self.exec.key, &state) {
+            if let Err(e) = crate::state::check_size(state, self.exec.pipeline.config.max_state_bytes) {
+                self.fail_claimed(ErrorCode::StateTooLarge, e.to_string());
+                return false;
+            }
+        }
         let commit_start = Instant::now();
         if let (Some(key), Some(state)) = (&self.exec.key, state) {
             self.holds_state = false; // a commit ends the lease, whether it succeeds or not

@@ -1,42 +1,37 @@
-//! Execution ids: unique per process and hard to guess, so that `GET /executions/<id>` does not
-//! hand one client's results to another who counts upwards.
-//!
-//! A counter is run through a keyed Feistel permutation of 48 bits (four rounds, SipHash with a
-//! per-process random key as the round function): a bijection, so ids never repeat before 2^48
-//! executions, and without the key the next id cannot be derived from earlier ones.
+//! Execution ids: 128 random bits from the operating system (`getrandom`), written as 32
+//! lower-case hex characters (URL-safe), so that `GET /executions/<id>` only serves whoever was
+//! handed the id. A per-process counter beside it numbers executions in arrival order.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const HALF_BITS: u32 = 24;
-const HALF_MASK: u64 = (1 << HALF_BITS) - 1;
-const ROUNDS: usize = 4;
+/// Length of the textual id.
+pub const ID_LEN: usize = 32;
 
+#[derive(Default)]
 pub struct IdGenerator {
     counter: AtomicU64,
-    keys: [RandomState; ROUNDS],
-}
-
-impl Default for IdGenerator {
-    fn default() -> Self {
-        IdGenerator { counter: AtomicU64::new(0), keys: std::array::from_fn(|_| RandomState::new()) }
-    }
+    fallback: RandomState,
 }
 
 impl IdGenerator {
-    /// The next id, below 2^48.
-    pub fn next(&self) -> u64 {
-        self.permute(self.counter.fetch_add(1, Ordering::Relaxed) & ((1 << (2 * HALF_BITS)) - 1))
-    }
-
-    fn permute(&self, x: u64) -> u64 {
-        let (mut left, mut right) = (x >> HALF_BITS, x & HALF_MASK);
-        for key in &self.keys {
-            let f = key.hash_one(right) & HALF_MASK;
-            (left, right) = (right, left ^ f);
+    /// The next (sequence number, public id).
+    pub fn next(&self) -> (u64, Box<str>) {
+        let seq = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut bits = [0u8; 16];
+        if getrandom::fill(&mut bits).is_err() {
+            // The OS generator does not fail on supported systems once it has been seeded; should
+            // it, ids stay unique (the counter) and keyed by a per-process random SipHash key.
+            bits[..8].copy_from_slice(&self.fallback.hash_one((seq, 0u8)).to_le_bytes());
+            bits[8..].copy_from_slice(&self.fallback.hash_one((seq, 1u8)).to_le_bytes());
         }
-        (left << HALF_BITS) | right
+        (seq, hex::encode(bits).into_boxed_str())
     }
+}
+
+/// True for strings shaped like an id (32 lower-case hex characters).
+pub fn is_well_formed(id: &str) -> bool {
+    id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -45,13 +40,29 @@ mod tests {
     use std::collections::HashSet;
 
     #[test]
-    fn ids_are_unique_below_2_pow_48_and_not_sequential() {
+    fn ids_are_128_bit_hex_unique_and_numbered() {
         let ids = IdGenerator::default();
-        let n = if cfg!(miri) { 100 } else { 200_000 };
-        let seen: HashSet<u64> = (0..n).map(|_| ids.next()).collect();
-        assert_eq!(seen.len(), n, "a permutation never repeats");
-        assert!(seen.iter().all(|&id| id < 1 << 48));
-        let (a, b) = (ids.next(), ids.next());
-        assert!(a.abs_diff(b) > 1, "consecutive ids should not be neighbours");
+        let n = if cfg!(miri) { 100 } else { 100_000 };
+        let mut seen = HashSet::new();
+        for i in 0..n {
+            let (seq, id) = ids.next();
+            assert_eq!(seq, i as u64);
+            assert!(is_well_formed(&id), "{id}");
+            assert!(seen.insert(id));
+        }
+        // Every bit position takes both values across ids (not a counter in disguise).
+        let (ones, zeros) = seen.iter().fold((0u128, 0u128), |(o, z), id| {
+            let v = u128::from_str_radix(id, 16).unwrap();
+            (o | v, z | !v)
+        });
+        assert_eq!((ones, zeros), (u128::MAX, u128::MAX));
+    }
+
+    #[test]
+    fn well_formed_ids_only() {
+        assert!(is_well_formed(&"0123456789abcdef".repeat(2)));
+        assert!(!is_well_formed(&"0123456789ABCDEF".repeat(2)));
+        assert!(!is_well_formed("0123"));
+        assert!(!is_well_formed(&"g".repeat(32)));
     }
 }

@@ -57,6 +57,16 @@ fn err(e: redis::RedisError) -> StoreError {
     StoreError(format!("redis: {e}"))
 }
 
+/// Opens a connection with `IO_TIMEOUT` on connect, reads and writes. Every connection, the first
+/// pooled one included, comes from here: redis-rs applies the connect timeout during setup only,
+/// so a Redis that stops answering would otherwise block a commit (and its slot) forever.
+fn connect(client: &redis::Client) -> redis::RedisResult<Connection> {
+    let conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(conn)
+}
+
 /// A Redis server and a small pool of connections to it.
 pub struct RedisDb {
     client: redis::Client,
@@ -73,9 +83,7 @@ impl RedisDb {
     /// Connects to `url` (`redis://host:port/db`) and checks the server answers.
     pub fn open(url: &str) -> Result<Arc<RedisDb>, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError(format!("invalid redis URL {url:?}: {e}")))?;
-        let mut conn = client
-            .get_connection_with_timeout(IO_TIMEOUT)
-            .map_err(|e| StoreError(format!("cannot reach redis at {url}: {e}")))?;
+        let mut conn = connect(&client).map_err(|e| StoreError(format!("cannot reach redis at {url}: {e}")))?;
         redis::cmd("PING").query::<String>(&mut conn).map_err(|e| StoreError(format!("redis at {url}: {e}")))?;
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -96,11 +104,7 @@ impl RedisDb {
     }
 
     fn connect(&self) -> Result<Connection, StoreError> {
-        let conn = self.client.get_connection_with_timeout(IO_TIMEOUT).map_err(err)?;
-        // A Redis that stops answering must not hold a slot forever.
-        conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(err)?;
-        conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(err)?;
-        Ok(conn)
+        connect(&self.client).map_err(err)
     }
 
     /// Runs `f` on a pooled connection. A pooled connection that turns out dead (server restarted,
@@ -248,6 +252,25 @@ pub(crate) mod tests {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+
+    #[test]
+    fn a_hung_redis_times_out_on_the_first_pooled_connection() {
+        let server = RedisServer::start();
+        let db = RedisDb::open(&server.url).unwrap(); // pools its first connection
+        let store = db.store("hung", Duration::from_secs(5));
+        let signal = |sig: &str| {
+            let ok = Command::new("kill").args([sig, &server.child.id().to_string()]).status().unwrap().success();
+            assert!(ok, "kill {sig}");
+        };
+        signal("-STOP"); // the server stops answering but keeps the connection open
+        let started = Instant::now();
+        let result = store.load("k");
+        let waited = started.elapsed();
+        signal("-CONT");
+        assert!(result.is_err(), "a frozen redis must fail the call");
+        assert!(waited >= IO_TIMEOUT - Duration::from_millis(100), "{waited:?}");
+        assert!(waited < IO_TIMEOUT * 2 + Duration::from_secs(1), "timed out after {waited:?}");
     }
 
     #[test]
