@@ -307,10 +307,13 @@ class PredictivePolicy:
         tau_trend: float = 2.0,
         noise_band: float = 1.5,
         scale_down_after: float = 10.0,
-        burst_slots: float = 2.0,
+        burst_slots: float = 1.0,
         burst_end_s: float = 1.0,
         min_history: int = 4,
         keep_alive: float = 60.0,
+        max_burst_s: float = 30.0,
+        backlog_factor: float = 1.5,
+        rise_s: float = 0.5,
         min_gap_ratio: float = 0.5,
         prewarm_margin: float = 0.5,
         cpu_saturation: float = 0.9,
@@ -328,6 +331,10 @@ class PredictivePolicy:
         self.burst_end_s = burst_end_s
         self.min_history = min_history
         self.keep_alive = keep_alive
+        self.max_burst_s = max_burst_s
+        self.backlog_factor = backlog_factor
+        self.rise_s = rise_s
+        self._rise_since: Optional[float] = None
         self.min_gap_ratio = min_gap_ratio
         self.prewarm_margin = prewarm_margin
         self.cpu_saturation = cpu_saturation
@@ -351,7 +358,11 @@ class PredictivePolicy:
         # Pattern learning.
         self._in_burst = False
         self._burst_start = 0.0
-        self._burst_peak = 0
+        self._burst_t0 = 0.0
+        self._burst_rate = 0.0
+        self._burst_base = 0.0
+        self._burst_a0 = 0
+        self._below_arrivals = 0
         self._below_since: Optional[float] = None
         self._last_burst_end: Optional[float] = None
         self.gaps: Deque[float] = deque(maxlen=32)
@@ -363,13 +374,24 @@ class PredictivePolicy:
             return 0
         return math.ceil(demand + self.beta * math.sqrt(demand) - 1e-9)
 
+    def _burst_size(self, service: float, per_slot: int, warmup: float) -> int:
+        """Slots for the burst that just ended: its events' work spread over its length plus
+        one warm-up (a wait shorter than a warm-up is not worth a slot: see the backlog rule);
+        a burst that lasts more than ``4 x warm-up`` is sized as steady load."""
+        length = max(0.1, self._below_since - self._burst_t0 - 0.25)
+        events = max(0.0, self._below_arrivals - self._burst_a0 - self._burst_base * length)
+        if length > 4 * warmup:
+            return max(1, self._slots_for(events * service / length / per_slot))
+        return max(1, math.ceil(self._burst_rate * service / per_slot - 1e-9))
+
     def pattern(self) -> Optional[Tuple[float, float]]:
         """(p5, p99) of the learned idle gaps, or None while the pattern is unclear."""
         if len(self.gaps) < self.min_history or not self.peaks:
             return None
         gaps = list(self.gaps)
-        p5, p95, p99 = _percentile(gaps, 0.05), _percentile(gaps, 0.95), _percentile(gaps, 0.99)
-        if p95 <= 0 or p5 < self.min_gap_ratio * p95:
+        # A missed burst doubles a gap now and then: the spread is judged against the median.
+        p5, p50, p99 = _percentile(gaps, 0.05), _percentile(gaps, 0.5), _percentile(gaps, 0.99)
+        if p50 <= 0 or p5 < self.min_gap_ratio * p50:
             return None
         # Shahrad et al. widen the window by a 10 % margin on both ends.
         return 0.9 * p5, 1.1 * p99
@@ -418,52 +440,75 @@ class PredictivePolicy:
         rate_second = (obs.arrivals - a1) / (obs.t - t1) if obs.t > t1 else rate
 
         service = self.service if self.service is not None else 0.0
-        self.forecast = max(0.0, self.rate_fast + max(0.0, self.trend) * self.horizon)
-        slow_demand = max(self.rate_slow * service, self.conc_slow)
-        fast_demand = max(self.forecast * service, self.conc_fast)
-        if fast_demand > self.noise_band * slow_demand + 0.5 or self.trend > 0.1 * self.rate_slow + 1.0:
-            demand = fast_demand
-            rising = True
-        else:
-            demand = max(slow_demand, self.conc_fast)
-            rising = False
-        # Events already waiting need a slot now, whatever the smoothing says.
-        demand = max(demand, float(obs.busy + obs.waiting) if obs.waiting > obs.warm else 0.0)
-        need = self._slots_for(demand / per_slot)
+        warmup = max(obs.warmup_s, dt)
 
         # Bursts and the gaps between them.
         baseline = self._slots_for(self.rate_slow * service / per_slot)
         short_need = self._slots_for(rate_short * service / per_slot)
         # A burst: the last half second needs burst_slots more than (and twice) the baseline,
-        # and its arrivals are beyond what Poisson noise around the slow rate gives (5 sigma).
+        # and its arrivals are beyond what Poisson noise around the slow rate gives (6 sigma).
         expected = self.rate_slow * (obs.t - t0)
-        surprising = obs.arrivals - a0 >= expected + 5 * math.sqrt(expected) + 2
+        surprising = obs.arrivals - a0 >= expected + 6 * math.sqrt(expected) + 2
         onset = max(baseline + self.burst_slots, 2 * baseline)
         if not self._in_burst and service > 0 and short_need >= onset and surprising:
             self._in_burst = True
             self._burst_start = obs.t
-            self._burst_peak = 0
+            self._burst_t0, self._burst_a0 = t0, a0
+            self._burst_rate = rate_second
+            self._burst_base = self.rate_slow  # the background the burst stands on
             self._below_since = None
             if self._last_burst_end is not None:
                 self.gaps.append(max(0.0, obs.t - 0.5 - self._last_burst_end))
         if self._in_burst:
-            # The burst's size is what its arrival rate needs, not a backlog it built up.
-            self._burst_peak = max(self._burst_peak, self._slots_for(rate_second * service / per_slot))
+            self._burst_rate = max(self._burst_rate, rate_second)
             if short_need < baseline + 1 and conc <= obs.warm * per_slot * 0.5:
                 if self._below_since is None:
-                    self._below_since = obs.t
+                    self._below_since, self._below_arrivals = obs.t, obs.arrivals
                 elif obs.t - self._below_since >= self.burst_end_s:
                     self._in_burst = False
-                    self._last_burst_end = self._below_since
-                    self.peaks.append(self._burst_peak)
+                    if self._below_since - self._burst_start <= self.max_burst_s:
+                        self._last_burst_end = self._below_since
+                        self.peaks.append(self._burst_size(service, per_slot, warmup))
+                    else:  # a shift of the load that lasted, not a burst: nothing to learn
+                        self._last_burst_end = None
             else:
                 self._below_since = None
+        # A burst younger than 4 warm-ups is served by the slots warmed for it (and the backlog
+        # rule below), not by extrapolating its first half second: a short burst is over before
+        # slots started for it are warm, and they would only turn waits into cold starts.
+        short_burst = self._in_burst and (obs.t - self._burst_start < 4 * warmup or short_need < onset)
+
+        self.forecast = max(0.0, self.rate_fast + max(0.0, self.trend) * self.horizon)
+        slow_demand = max(self.rate_slow * service, self.conc_slow)
+        fast_demand = max(self.forecast * service, self.conc_fast)
+        # A rise counts once it has lasted a warm-up (at least rise_s): a jump that ends sooner
+        # is a burst, for the burst logic and the backlog rule, not a trend to extrapolate.
+        if fast_demand > self.noise_band * slow_demand + 0.5:
+            if self._rise_since is None:
+                self._rise_since = obs.t
+        else:
+            self._rise_since = None
+        rising = (
+            not short_burst and self._rise_since is not None and obs.t - self._rise_since >= self.rise_s
+        )
+        demand = fast_demand if rising else slow_demand
+        need = self._slots_for(demand / per_slot)
+        # A backlog: a new slot helps only if the queue would outlast backlog_factor warm-ups on
+        # the slots there are (else its events are sooner served by a busy slot than a cold one).
+        if obs.waiting > 0 and service > 0:
+            drain = obs.waiting * service / max(1, obs.warm * per_slot)
+            if drain > self.backlog_factor * warmup:
+                # Enough slots to clear the queue within a warm-up and keep up with arrivals.
+                backlog = obs.waiting * service / max(warmup, service) + rate_short * service
+                need = max(need, math.ceil(backlog / per_slot - 1e-9))
 
         pattern = self.pattern()
         hold = self.scale_down_after
         phase = "rising" if rising else ("idle" if self.rate_slow < 0.05 and conc == 0 else "steady")
         if self._in_burst:
             phase = "burst"
+            if self.peaks:
+                need = max(need, max(self.peaks))
         elif pattern is not None and self._last_burst_end is not None:
             p5, p99 = pattern
             since = obs.t - self._last_burst_end
@@ -524,7 +569,7 @@ _OPTIONS: Dict[str, Tuple[str, ...]] = {
     ),
     "predictive": (
         "beta", "tau_fast", "tau_slow", "tau_trend", "noise_band", "scale_down_after", "burst_slots",
-        "burst_end_s", "min_history", "keep_alive", "min_gap_ratio", "prewarm_margin", "cpu_saturation",
+        "burst_end_s", "min_history", "keep_alive", "max_burst_s", "backlog_factor", "rise_s", "min_gap_ratio", "prewarm_margin", "cpu_saturation",
     ),
 }
 
