@@ -98,6 +98,8 @@ class App:
         max_batch: int = 64,
         signature: Optional[Signature] = None,
         reply: str = "sync",
+        scaling: str = "predictive",
+        scaling_options: Optional[Dict[str, Any]] = None,
     ) -> Callable[[Any], Any]:
         """Registers a function or class as the pipeline ``name`` (default: its ``__name__``).
 
@@ -107,7 +109,11 @@ class App:
         once per slot, its result is ``ctx.resources``; ``queue_size``: events that may wait
         before 429; ``signature``: a webhook signature check (see ``warmslot.github_signature``);
         ``reply="async"`` answers every webhook 202 at once (providers that want a fast 2xx), as
-        ``Prefer: respond-async`` does per request.
+        ``Prefer: respond-async`` does per request. ``scaling``: how the pool is sized between
+        ``min_slots`` and ``max_slots``: ``"predictive"`` (default; warms slots one warm-up ahead
+        of the traffic and learns recurring bursts), ``"reactive"`` (the Knative Pod Autoscaler)
+        or ``"static"`` (``min_slots``, never more); ``scaling_options``: that policy's
+        parameters (``warmslot.policies``), e.g. ``{"stable_window": 30}`` for ``"reactive"``.
         """
 
         def register(target: Any) -> Any:
@@ -134,6 +140,8 @@ class App:
                 max_batch=max_batch,
                 signature=signature,
                 reply=reply,
+                scaling=scaling,
+                scaling_options=scaling_options,
             )
             return target
 
@@ -268,8 +276,9 @@ class Server:
         return self._core.metrics_text()
 
     def predictions(self) -> Dict[str, Dict[str, Any]]:
-        """Per pipeline: the predictor's phase, measured and forecast rates, service time, target."""
-        return {rt.spec.name: p.snapshot() for rt, p in zip(self.runtimes, self.autoscaler.predictors)}
+        """Per pipeline: its scaling policy's snapshot: ``policy``, ``phase``, ``forecast_rps``,
+        ``target_slots`` and the policy's own figures."""
+        return {rt.spec.name: snap for rt, snap in zip(self.runtimes, self.autoscaler.snapshots())}
 
     def grow(self, pipeline: str, slots: int) -> int:
         """Warms more slots for `pipeline` (up to its max_slots); returns how many were started."""

@@ -143,6 +143,7 @@ class KpaPolicy:
     """
 
     name = "reactive"
+    PHASES = ("stable", "panic")
 
     def __init__(
         self,
@@ -294,6 +295,7 @@ class PredictivePolicy:
     """
 
     name = "predictive"
+    PHASES = ("idle", "steady", "rising", "burst", "cooling", "prewarm", "gap", "hold")
 
     def __init__(
         self,

@@ -134,6 +134,11 @@ class PipelineRuntime:
                 t.start()
         return len(new)
 
+    def scale_to(self, target: int) -> int:
+        """Grows toward `target` warm-or-warming slots, as `grow` does; returns how many were
+        started. Shrinking is not done here yet."""
+        return self.grow(target) if target > self.started else 0
+
     def join(self, deadline: float) -> None:
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
+
+from .policies import check_options
 
 KeySpec = Union[None, str, Callable[[Any], Any]]
 
@@ -97,6 +99,8 @@ class PipelineSpec:
     max_batch: int
     signature: Optional[Signature]
     reply: str = "sync"
+    scaling: str = "predictive"
+    scaling_options: Optional[Dict[str, Any]] = None
     is_async: bool = field(init=False)
     is_class: bool = field(init=False)
     takes_ctx: bool = field(init=False)
@@ -117,6 +121,9 @@ class PipelineSpec:
             )
         if self.reply not in ("sync", "async"):
             raise ValueError(f"pipeline {self.name!r}: reply must be 'sync' or 'async', got {self.reply!r}")
+        if self.scaling_options is not None and not isinstance(self.scaling_options, dict):
+            raise TypeError(f"pipeline {self.name!r}: scaling_options must be a dict, got {self.scaling_options!r}")
+        self.scaling_options = check_options(self.scaling, self.scaling_options, f"pipeline {self.name!r}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"pipeline {self.name!r}: timeout must be positive seconds or None")
 
