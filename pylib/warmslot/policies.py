@@ -417,7 +417,7 @@ class PredictivePolicy:
         self.trend = _ewma(self.trend, (self.rate_fast - prev_fast) / dt, dt, self.tau_trend)
         conc = obs.busy + obs.waiting
         self.conc_fast = _ewma(self.conc_fast, conc, dt, self.tau_fast)
-        self.conc_slow = _ewma(self.conc_slow, conc, dt, self.tau_slow)
+        self.conc_slow = _ewma(self.conc_slow, conc, dt, min(self.tau_slow, self._elapsed))
 
         ran = obs.ran - last.ran
         run_us = obs.run_us - last.run_us
@@ -463,7 +463,10 @@ class PredictivePolicy:
                 self.gaps.append(max(0.0, obs.t - 0.5 - self._last_burst_end))
         if self._in_burst:
             self._burst_rate = max(self._burst_rate, rate_second)
-            if short_need < baseline + 1 and conc <= obs.warm * per_slot * 0.5:
+            # It ends when arrivals fall back to the background it stood on (not to a slow
+            # average that a long burst has pulled up).
+            base_need = self._slots_for(self._burst_base * service / per_slot)
+            if short_need < base_need + 1 and conc <= obs.warm * per_slot * 0.5:
                 if self._below_since is None:
                     self._below_since, self._below_arrivals = obs.t, obs.arrivals
                 elif obs.t - self._below_since >= self.burst_end_s:
@@ -493,7 +496,12 @@ class PredictivePolicy:
         rising = (
             not short_burst and self._rise_since is not None and obs.t - self._rise_since >= self.rise_s
         )
-        demand = fast_demand if rising else slow_demand
+        if rising:
+            demand = fast_demand
+        elif fast_demand * self.noise_band < slow_demand:
+            demand = fast_demand  # the load has clearly fallen: the hold window is the hysteresis
+        else:
+            demand = slow_demand
         need = self._slots_for(demand / per_slot)
         # A backlog: a new slot helps only if the queue would outlast backlog_factor warm-ups on
         # the slots there are (else its events are sooner served by a busy slot than a cold one).
@@ -529,9 +537,9 @@ class PredictivePolicy:
 
         # CPU-bound: more slots than 1/phi cannot overlap; a saturated core gains nothing.
         if self.cpu_share is not None and self.cpu_share > 0:
-            need = min(need, max(1, math.ceil(1.0 / self.cpu_share - 1e-9)))
+            need = min(need, max(1, round(1.0 / self.cpu_share)))
         if self.cpu_load >= self.cpu_saturation:
-            need = min(need, max(obs.warm, self.target if self.target <= obs.warm else obs.warm))
+            need = min(need, max(obs.warm, self.min_slots))
 
         need = _clamp(need, self.min_slots, self.max_slots)
         # Rolling maximum over the hold window: a deque of decreasing sizes.
