@@ -7,7 +7,6 @@ import random
 from typing import List, Tuple
 
 import pytest
-
 import warmslot
 from warmslot.policies import KpaPolicy, Observation, PredictivePolicy, StaticPolicy, make_policy
 from warmslot.simulate import PoolModel, Trace, run
@@ -25,15 +24,36 @@ class Counters:
         self.run_us = 0
         self.cpu_us = 0
 
-    def tick(self, arrivals: int = 0, ran: int = 0, service: float = 0.1, cpu_share: float = 0.05, *,
-             waiting: int = 0, busy: int = 0, warm: int = 1, warmup: float = 0.5) -> Observation:
+    def tick(
+        self,
+        arrivals: int = 0,
+        ran: int = 0,
+        service: float = 0.1,
+        cpu_share: float = 0.05,
+        *,
+        waiting: int = 0,
+        busy: int = 0,
+        warm: int = 1,
+        warmup: float = 0.5,
+    ) -> Observation:
         self.t += TICK
         self.arrivals += arrivals
         self.ran += ran
         self.run_us += int(ran * service * 1e6)
         self.cpu_us += int(ran * service * cpu_share * 1e6)
-        return Observation(t=self.t, arrivals=self.arrivals, waiting=waiting, busy=busy, warm=warm, starting=0,
-                           ran=self.ran, run_us=self.run_us, cpu_us=self.cpu_us, warmup_s=warmup, cold_starts=0)
+        return Observation(
+            t=self.t,
+            arrivals=self.arrivals,
+            waiting=waiting,
+            busy=busy,
+            warm=warm,
+            starting=0,
+            ran=self.ran,
+            run_us=self.run_us,
+            cpu_us=self.cpu_us,
+            warmup_s=warmup,
+            cold_starts=0,
+        )
 
 
 class Recording:
@@ -123,8 +143,9 @@ def test_cpu_bound_pipelines_do_not_grow_io_bound_ones_do():
         c = Counters()
         target = 1
         for _ in range(200):  # 10 s: 40 req/s arriving, 20/s served by the one slot, a queue
-            target = pol.decide(c.tick(arrivals=2, ran=1, service=0.05, cpu_share=cpu_share,
-                                       waiting=30, busy=1, warm=1, warmup=0.2))
+            target = pol.decide(
+                c.tick(arrivals=2, ran=1, service=0.05, cpu_share=cpu_share, waiting=30, busy=1, warm=1, warmup=0.2)
+            )
         return target
 
     assert drive(0.97) == 1, "the runs use the CPU: a second thread only waits for the GIL"
@@ -137,16 +158,18 @@ def test_a_saturated_interpreter_holds_the_pool():
     pol = PredictivePolicy(1, 16)
     c = Counters()
     for _ in range(200):
-        target = pol.decide(c.tick(arrivals=6, ran=5, service=0.04, cpu_share=0.25, waiting=30, busy=4, warm=4,
-                                   warmup=0.2))
+        target = pol.decide(
+            c.tick(arrivals=6, ran=5, service=0.04, cpu_share=0.25, waiting=30, busy=4, warm=4, warmup=0.2)
+        )
     assert pol.cpu_load > 0.9
     assert target == 4
     # The same queue with the core mostly idle (I/O waits): the pool grows.
     io = PredictivePolicy(1, 16)
     c = Counters()
     for _ in range(200):
-        target = io.decide(c.tick(arrivals=6, ran=5, service=0.04, cpu_share=0.02, waiting=30, busy=4, warm=4,
-                                  warmup=0.2))
+        target = io.decide(
+            c.tick(arrivals=6, ran=5, service=0.04, cpu_share=0.02, waiting=30, busy=4, warm=4, warmup=0.2)
+        )
     assert target > 4
 
 

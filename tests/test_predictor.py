@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import warmslot
+from conftest import Client, concurrently
 from warmslot.policies import KpaPolicy, PredictivePolicy, StaticPolicy
 from warmslot.predictor import WarmupClock, observation
-
-from conftest import Client, concurrently
 
 
 def test_observation_maps_the_engines_counters():

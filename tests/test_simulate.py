@@ -6,7 +6,6 @@ import json
 import sys
 
 import pytest
-
 from warmslot.cli import main
 from warmslot.policies import make_policy
 from warmslot.simulate import BUILTIN, PoolModel, Trace, get_trace, load_csv, run, simulate
@@ -25,8 +24,20 @@ def test_predictive_beats_knative_kpa_on_the_builtin_traces():
 
 
 def test_simulate_json_schema_and_determinism(capsys):
-    argv = ["simulate", "--trace", "bursts", "--trace", "poisson", "--policy", "reactive", "--policy", "predictive",
-            "--seed", "7", "--json"]
+    argv = [
+        "simulate",
+        "--trace",
+        "bursts",
+        "--trace",
+        "poisson",
+        "--policy",
+        "reactive",
+        "--policy",
+        "predictive",
+        "--seed",
+        "7",
+        "--json",
+    ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"model", "seed", "traces", "overall"}
@@ -46,11 +57,40 @@ def test_simulate_json_schema_and_determinism(capsys):
 
 
 def test_simulate_table_and_model_flags(capsys):
-    assert main(["simulate", "--trace", "onoff", "--policy", "static", "--warmup", "0.3", "--service", "0.05",
-                 "--min-slots", "2", "--max-slots", "2"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--trace",
+                "onoff",
+                "--policy",
+                "static",
+                "--warmup",
+                "0.3",
+                "--service",
+                "0.05",
+                "--min-slots",
+                "2",
+                "--max-slots",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["trace", "policy", "events", "cold", "%", "idle", "slot-s", "p50", "ms",
-                                           "p99", "ms"]
+    assert out.splitlines()[0].split() == [
+        "trace",
+        "policy",
+        "events",
+        "cold",
+        "%",
+        "idle",
+        "slot-s",
+        "p50",
+        "ms",
+        "p99",
+        "ms",
+    ]
     assert "onoff" in out and "overall" in out and "static" in out
 
 

@@ -35,11 +35,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         "trace and overall, each policy's cold-start rate (events that waited for a slot to warm up), idle "
         "slot-seconds (warm slots running nothing) and p50/p99 wait.",
     )
-    sim.add_argument("--trace", action="append", metavar="NAME|FILE.csv",
-                     help="built-in trace (poisson, diurnal, bursts, flash, onoff; default: all) or a CSV of arrival "
-                     "timestamps in seconds, or of per-minute counts (Azure Functions 2019 format); repeatable")
-    sim.add_argument("--policy", action="append", choices=["static", "reactive", "predictive"],
-                     help="policy to score (default: all three); repeatable")
+    sim.add_argument(
+        "--trace",
+        action="append",
+        metavar="NAME|FILE.csv",
+        help="built-in trace (poisson, diurnal, bursts, flash, onoff; default: all) or a CSV of arrival "
+        "timestamps in seconds, or of per-minute counts (Azure Functions 2019 format); repeatable",
+    )
+    sim.add_argument(
+        "--policy",
+        action="append",
+        choices=["static", "reactive", "predictive"],
+        help="policy to score (default: all three); repeatable",
+    )
     sim.add_argument("--seed", type=int, default=0, help="random seed for traces and service times (default 0)")
     sim.add_argument("--warmup", type=float, default=1.0, help="seconds a slot takes to warm up (default 1.0)")
     sim.add_argument("--service", type=float, default=0.2, help="mean service time in seconds (default 0.2)")
@@ -80,8 +88,9 @@ def _simulate(args: argparse.Namespace) -> int:
     from .simulate import BUILTIN, POLICIES, PoolModel, format_table, plot, simulate
 
     if args.min_slots < 1 or args.max_slots < args.min_slots:
-        print(f"warmslot: need 1 <= --min-slots <= --max-slots (got {args.min_slots}, {args.max_slots})",
-              file=sys.stderr)
+        print(
+            f"warmslot: need 1 <= --min-slots <= --max-slots (got {args.min_slots}, {args.max_slots})", file=sys.stderr
+        )
         return 2
     if args.warmup < 0 or args.service <= 0 or args.concurrency < 1:
         print("warmslot: --warmup must be >= 0, --service > 0 and --concurrency >= 1", file=sys.stderr)
@@ -90,11 +99,18 @@ def _simulate(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("warmslot: --plot needs matplotlib: pip install 'warmslot[plot]' (or pip install matplotlib)",
-                  file=sys.stderr)
+            print(
+                "warmslot: --plot needs matplotlib: pip install 'warmslot[plot]' (or pip install matplotlib)",
+                file=sys.stderr,
+            )
             return 2
-    model = PoolModel(warmup_s=args.warmup, service_s=args.service, min_slots=args.min_slots,
-                      max_slots=args.max_slots, concurrency=args.concurrency)
+    model = PoolModel(
+        warmup_s=args.warmup,
+        service_s=args.service,
+        min_slots=args.min_slots,
+        max_slots=args.max_slots,
+        concurrency=args.concurrency,
+    )
     policies = list(dict.fromkeys(args.policy)) if args.policy else list(POLICIES)
     try:
         report, results = simulate(args.trace or list(BUILTIN), policies, args.seed, model)

@@ -77,8 +77,12 @@ class StaticPolicy:
         return self.min_slots
 
     def snapshot(self) -> dict:
-        return {"policy": self.name, "phase": "static", "forecast_rps": round(self.rate, 3),
-                "target_slots": self.min_slots}
+        return {
+            "policy": self.name,
+            "phase": "static",
+            "forecast_rps": round(self.rate, 3),
+            "target_slots": self.min_slots,
+        }
 
 
 class _Buckets:
@@ -493,9 +497,7 @@ class PredictivePolicy:
                 self._rise_since = obs.t
         else:
             self._rise_since = None
-        rising = (
-            not short_burst and self._rise_since is not None and obs.t - self._rise_since >= self.rise_s
-        )
+        rising = not short_burst and self._rise_since is not None and obs.t - self._rise_since >= self.rise_s
         if rising:
             demand = fast_demand
         elif fast_demand * self.noise_band < slow_demand:
@@ -566,20 +568,40 @@ class PredictivePolicy:
             "service_s": self.service,
             "cpu_share": self.cpu_share,
             "horizon_s": round(self.horizon, 3),
-            "pattern": None if pattern is None else {"gap_p5_s": round(pattern[0], 3), "gap_p99_s": round(pattern[1], 3),
-                                                     "burst_slots": max(self.peaks)},
+            "pattern": None
+            if pattern is None
+            else {"gap_p5_s": round(pattern[0], 3), "gap_p99_s": round(pattern[1], 3), "burst_slots": max(self.peaks)},
         }
 
 
 _OPTIONS: Dict[str, Tuple[str, ...]] = {
     "static": (),
     "reactive": (
-        "stable_window", "panic_window_pct", "panic_threshold_pct", "target_utilization",
-        "max_scale_up_rate", "max_scale_down_rate", "tick_interval",
+        "stable_window",
+        "panic_window_pct",
+        "panic_threshold_pct",
+        "target_utilization",
+        "max_scale_up_rate",
+        "max_scale_down_rate",
+        "tick_interval",
     ),
     "predictive": (
-        "beta", "tau_fast", "tau_slow", "tau_trend", "noise_band", "scale_down_after", "burst_slots",
-        "burst_end_s", "min_history", "keep_alive", "max_burst_s", "backlog_factor", "rise_s", "min_gap_ratio", "prewarm_margin", "cpu_saturation",
+        "beta",
+        "tau_fast",
+        "tau_slow",
+        "tau_trend",
+        "noise_band",
+        "scale_down_after",
+        "burst_slots",
+        "burst_end_s",
+        "min_history",
+        "keep_alive",
+        "max_burst_s",
+        "backlog_factor",
+        "rise_s",
+        "min_gap_ratio",
+        "prewarm_margin",
+        "cpu_saturation",
     ),
 }
 
@@ -606,8 +628,12 @@ def check_options(scaling: str, options: Optional[Mapping[str, Any]], where: str
     return opts
 
 
-def make_policy(scaling: str, min_slots: int, max_slots: int, options: Optional[Mapping[str, Any]] = None,
-                ) -> Policy:
+def make_policy(
+    scaling: str,
+    min_slots: int,
+    max_slots: int,
+    options: Optional[Mapping[str, Any]] = None,
+) -> Policy:
     """The policy object for one pipeline. ``options`` may also carry ``concurrency`` (events
     one slot runs at once), which sets the per-slot target concurrency."""
     opts = dict(options or {})

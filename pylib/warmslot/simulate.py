@@ -139,7 +139,7 @@ def load_csv(path: str, rng: random.Random) -> Trace:
         first = header.index("1")
         counts = [0] * (len(header) - first)
         for r in rows[1:]:
-            for i, c in enumerate(r[first:first + len(counts)]):
+            for i, c in enumerate(r[first : first + len(counts)]):
                 try:
                     counts[i] += int(float(c))
                 except ValueError:
@@ -292,9 +292,18 @@ def run(trace: Trace, policy: Policy, model: PoolModel, seed: int = 0) -> Result
             live = [s for s in slots if not s.retired]
             warm = sum(1 for s in live if s.warm_at <= t)
             obs = Observation(
-                t=t, arrivals=arrivals, waiting=len(queue) - qhead, busy=busy, warm=warm, starting=warming,
-                ran=ran, run_us=run_us, cpu_us=int(run_us * model.cpu_share), warmup_s=warmup_ewma,
-                cold_starts=cold, concurrency=model.concurrency,
+                t=t,
+                arrivals=arrivals,
+                waiting=len(queue) - qhead,
+                busy=busy,
+                warm=warm,
+                starting=warming,
+                ran=ran,
+                run_us=run_us,
+                cpu_us=int(run_us * model.cpu_share),
+                warmup_s=warmup_ewma,
+                cold_starts=cold,
+                concurrency=model.concurrency,
             )
             target = max(model.min_slots, min(model.max_slots, policy.decide(obs)))
             started = warm + warming
@@ -372,8 +381,9 @@ def plot(results: Dict[str, Dict[str, Result]], path: str) -> None:
 
     names = list(results)
     policies = list(next(iter(results.values()))) if results else []
-    fig, axes = plt.subplots(len(names), len(policies), figsize=(5 * len(policies), 2.6 * len(names)),
-                             squeeze=False, sharex="row")
+    fig, axes = plt.subplots(
+        len(names), len(policies), figsize=(5 * len(policies), 2.6 * len(names)), squeeze=False, sharex="row"
+    )
     for i, name in enumerate(names):
         for j, p in enumerate(policies):
             ax = axes[i][j]
@@ -386,8 +396,8 @@ def plot(results: Dict[str, Dict[str, Result]], path: str) -> None:
             ax2.step(s["t"], s["warm"], where="post", color="tab:green", lw=0.9, label="warm slots")
             ax2.set_ylabel("slots", fontsize=8)
             sc = results[name][p].scores()
-            ax.set_title(f"{name} / {p}: cold {100 * sc['cold_start_rate']:.1f}%, idle {sc['idle_slot_seconds']:.0f} slot-s",
-                         fontsize=9)
+            title = f"{name} / {p}: cold {100 * sc['cold_start_rate']:.1f}%, idle {sc['idle_slot_seconds']:.0f} slot-s"
+            ax.set_title(title, fontsize=9)
             if i == 0 and j == 0:
                 lines = ax.get_lines() + ax2.get_lines()
                 ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="upper left")
@@ -397,7 +407,8 @@ def plot(results: Dict[str, Dict[str, Result]], path: str) -> None:
 
 
 def format_table(report: Dict[str, Any]) -> str:
-    lines = [f"{'trace':<10} {'policy':<11} {'events':>7} {'cold %':>7} {'idle slot-s':>12} {'p50 ms':>8} {'p99 ms':>8}"]
+    head = f"{'trace':<10} {'policy':<11} {'events':>7} {'cold %':>7} {'idle slot-s':>12} {'p50 ms':>8} {'p99 ms':>8}"
+    lines = [head]
     rows = [(name, per) for name, per in report["traces"].items()] + [("overall", report["overall"])]
     for name, per in rows:
         for p, sc in per.items():
