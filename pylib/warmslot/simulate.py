@@ -402,7 +402,7 @@ def plot(results: Dict[str, Dict[str, Result]], path: str) -> None:
                 lines = ax.get_lines() + ax2.get_lines()
                 ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
