@@ -268,34 +268,45 @@ class PredictivePolicy:
 
     Sizing, per tick of ``dt`` seconds:
 
-    - ``S``: the wall time of a run (EWMA of run_us / ran); ``phi``: the CPU share of it
-      (cpu_us / run_us, when measured; ``cpu_us == run_us`` is read as "not measured");
-    - ``rate``: arrivals per second, smoothed over ``tau_fast`` (1 s) and ``tau_slow`` (20 s),
-      with a trend (req/s per s, smoothed over ``tau_trend``), extrapolated over the horizon
-      ``h`` = measured warm-up time of this pipeline's slots + one tick;
-    - demand (events in service at once, per slot's target concurrency) =
-      ``max(forecast × S, smoothed busy + waiting)``; the slow average is used unless the fast
-      one is clearly above it (so Poisson noise does not move the pool);
-    - slots = ``ceil(demand + beta × sqrt(demand))``: square-root staffing keeps the chance of
-      waiting low without paying a fixed 30 % margin at every size.
+    - ``S``: the wall time of a run (EWMA of run_us / ran); ``phi``: its CPU share (cpu_us /
+      run_us, when measured: ``cpu_us == run_us`` is read as "not measured");
+    - arrivals per second smoothed over ``tau_fast`` (1 s) and ``tau_slow`` (20 s; the plain
+      mean until 20 s have passed), and their trend; the forecast extrapolates the trend over
+      the horizon ``h`` = the measured warm-up time of this pipeline's slots + one tick;
+    - demand (events in service at once, per slot's target concurrency) is the slow one,
+      ``max(rate_slow x S, busy + waiting averaged over tau_slow)``, unless the fast one
+      (``max(forecast x S, busy + waiting over tau_fast)``) has been above ``noise_band`` (1.5)
+      times it for ``rise_s`` (0.5 s): a rise; or below 1/``noise_band`` of it: a clear fall;
+      so Poisson noise does not move the pool and a jump shorter than ``rise_s`` is a burst;
+    - slots = ``ceil(d + beta x sqrt(d))`` for demand ``d``: square-root staffing keeps the
+      chance of waiting low without a fixed margin at every size;
+    - the backlog rule: a queue adds slots only if it would outlast ``backlog_factor`` (1.5)
+      warm-ups on the warm slots (a shorter one is served sooner by a busy slot than by a slot
+      still warming, and would only turn waits into cold starts); then enough to clear it
+      within a warm-up and keep up with the last half second's arrivals.
 
-    CPU-bound pipelines: the GIL runs one thread's Python at a time, so at most ``1 / phi``
-    slots can overlap usefully; and when the runs already use ``cpu_saturation`` (90 %) of one
-    core, more slots only queue on the GIL: the target is not raised above the warm slots.
+    CPU-bound pipelines: the GIL runs one thread's Python at a time, so about ``1 / phi``
+    slots can overlap usefully; and when the runs already use ``cpu_saturation`` (90 %) of a
+    core, the target is not raised above the warm slots.
 
-    Recurring patterns, after Shahrad et al., "Serverless in the Wild" (ATC '20): bursts are
-    detected (demand from the last 0.5 s of arrivals jumps ``burst_slots`` above the slow
-    baseline), their peak concurrency is kept, and the idle gaps between the end of one burst
-    and the start of the next go into a histogram. Once ``min_history`` gaps are known and
-    their spread is narrow enough (5th percentile >= ``min_gap_ratio`` of the 95th), the
-    pattern is trusted: after a burst the pool is released to the baseline (phase ``gap``)
-    and re-warmed to the burst's peak ``h + prewarm_margin`` seconds before the 5th-percentile
-    gap ends (phase ``prewarm``), held until the burst arrives or the 99th-percentile gap has
-    passed. With no trusted pattern the policy is reactive (phases ``steady``, ``rising``,
-    ``burst``, ``cooling``, ``idle``).
+    Recurring patterns, after Shahrad et al., "Serverless in the Wild" (ATC '20): a burst
+    starts when the last half second's arrivals need ``burst_slots`` more slots than (and twice)
+    the slow baseline and are beyond Poisson noise around it (6 sigma); it ends when arrivals
+    have been back at the background it stood on for ``burst_end_s`` (1 s). A burst is sized
+    by its peak one-second arrival rate x ``S`` (one lasting over 4 warm-ups as steady load);
+    one lasting over ``max_burst_s`` (30 s) is a shift of the load, not a burst. The idle gaps
+    between bursts go into a histogram. Once ``min_history`` (4) gaps are known and their 5th
+    percentile is at least ``min_gap_ratio`` (0.5) of their median, the pattern is trusted:
+    after a burst the pool is released (phase ``gap``), and warmed to the largest of the last
+    three bursts ``h + prewarm_margin`` seconds before 90 % of the 5th-percentile gap has
+    passed (phase ``prewarm``), until the burst comes or 110 % of the 99th-percentile gap has
+    passed (the paper's 10 % margins). With bursts seen but no trusted pattern, a burst's
+    slots are kept for ``keep_alive`` (60 s) after it (phase ``hold``, the paper's fixed
+    keep-alive fallback); otherwise the policy is reactive (``steady``, ``rising``, ``burst``,
+    ``cooling``, ``idle``).
 
     Scale-down hysteresis: the target is the largest sizing of the last ``scale_down_after``
-    seconds (10 s), so the pool shrinks only after that long a quiet.
+    seconds (10 s; ``burst_end_s`` in an expected gap), so the pool shrinks only after quiet.
     """
 
     name = "predictive"
