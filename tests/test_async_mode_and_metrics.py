@@ -6,6 +6,7 @@ import re
 import time
 
 import warmslot
+from warmslot.policies import PredictivePolicy
 
 
 def test_respond_async_202_then_poll(serve):
@@ -112,7 +113,8 @@ def test_metrics_exposition(serve):
     assert re.search(r'warmslot_slots\{pipeline="echo",state="target"\} \d+', text)
     assert re.search(r'warmslot_forecast_rps\{pipeline="echo"\} [0-9.]+', text)
     pred = server.predictions()["echo"]
-    assert pred["phase"] in ("idle", "steady", "rising", "spike", "cooling") and pred["target_slots"] >= 2
+    assert pred["policy"] == "predictive" and pred["phase"] in PredictivePolicy.PHASES
+    assert pred["target_slots"] >= 2
     # Every sample line parses as Prometheus text: name{labels} value
     for line in text.splitlines():
         if line and not line.startswith("#"):

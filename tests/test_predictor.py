@@ -1,100 +1,84 @@
-"""The traffic-prediction state machine, fed synthetic counters (deterministic, no server)."""
+"""The live autoscaler runs the same policy objects as the simulator, fed the engine's counters."""
 
 from __future__ import annotations
 
-import math
+import time
 
-from warmslot.predictor import Sample, TrafficPredictor
-
-TICK = 0.05
-
-
-class Feed:
-    """Turns an arrival-rate curve into the engine's cumulative counters."""
-
-    def __init__(self, pred: TrafficPredictor, service: float) -> None:
-        self.pred, self.service = pred, service
-        self.t = 0.0
-        self.arrivals = 0.0
-        self.ran = 0
-        self.run_us = 0
-
-    def tick(self, rate: float, warm: int = 1, busy: int = 0, depth: int = 0, inflight: int = 0) -> int:
-        self.t += TICK
-        self.arrivals += rate * TICK
-        done = int(rate * TICK)
-        self.ran += done
-        self.run_us += int(done * self.service * 1e6)
-        return self.pred.observe(Sample(self.t, depth, inflight, warm, busy, int(self.arrivals), self.ran, self.run_us))
+import warmslot
+from conftest import Client, concurrently
+from warmslot.policies import KpaPolicy, PredictivePolicy, StaticPolicy
+from warmslot.predictor import WarmupClock, observation
 
 
-def test_steady_load_targets_littles_law_with_headroom():
-    pred = TrafficPredictor(1, 32)
-    feed = Feed(pred, service=0.02)
-    for _ in range(60):
-        target = feed.tick(200)
-    assert pred.phase == "steady"
-    assert abs(pred.rate - 200) < 25
-    assert target == math.ceil(200 * 0.02 * 1.25)  # 4 events in service at once, plus 25 % headroom
+def test_observation_maps_the_engines_counters():
+    # (waiting, inflight, warm, busy, arrivals, ran, run_us)
+    obs = observation(12.5, (5, 9, 4, 4, 100, 90, 4_500_000), starting=2, warmup_s=0.3)
+    assert (obs.t, obs.arrivals, obs.ran, obs.run_us) == (12.5, 100, 90, 4_500_000)
+    assert obs.waiting == 5, "admitted and not yet running (ring and lanes)"
+    assert (obs.busy, obs.warm, obs.starting, obs.warmup_s, obs.cold_starts) == (4, 4, 2, 0.3, 0)
+    assert obs.cpu_us == obs.run_us, "CPU time is not measured yet: equal means unknown"
+    # The slot pool's own measurements win once it has them.
+    pool = {"warmup_s": 0.12, "cold_starts": 3}
+    obs = observation(0.0, (7, 2, 1, 1, 0, 0, 0), 0, 0.5, pool)
+    assert (obs.waiting, obs.warmup_s, obs.cold_starts) == (7, 0.12, 3)
 
 
-def test_a_ramp_is_seen_rising_and_the_pool_leads_the_load():
-    pred = TrafficPredictor(1, 64)
-    feed = Feed(pred, service=0.02)
-    for _ in range(20):
-        feed.tick(50)
-    phases = []
-    lead = []
-    for i in range(1, 41):  # 50 -> 850 req/s over 2 s
-        rate = 50 + 20 * i
-        target = feed.tick(rate)
-        phases.append(pred.phase)
-        lead.append((target, math.ceil(rate * 0.02)))
-    assert phases.count("rising") > len(phases) / 2, phases
-    # Once the trend is established, the target covers the load half a second (10 ticks) ahead.
-    for i in range(10, 30):
-        target = lead[i][0]
-        needed_later = lead[i + 10][1]
-        assert target >= needed_later, (i, lead[i], lead[i + 10])
+def test_warmup_clock_measures_from_asking_to_warm():
+    clock = WarmupClock()
+    clock.started(10.0, 2)
+    assert clock.observe(10.1, 0) == 0.0
+    assert abs(clock.observe(10.4, 1) - 0.4) < 1e-9
+    clock.started(11.0, 1)
+    seconds = clock.observe(11.2, 3)  # the second slot of the first batch (1.2 s) and the new one (0.2 s)
+    assert 0.2 < seconds < 1.2
 
 
-def test_falling_load_cools_then_idles_and_the_target_follows():
-    pred = TrafficPredictor(2, 32)
-    feed = Feed(pred, service=0.05)
-    for _ in range(40):
-        feed.tick(400)
-    high = pred.target
-    seen = set()
-    for i in range(30):
-        feed.tick(max(0, 400 - 20 * i))
-        seen.add(pred.phase)
-    assert "cooling" in seen
-    for _ in range(40):
-        feed.tick(0)
-    assert pred.phase == "idle"
-    assert pred.target == 2 < high, "the target falls back to min_slots (the pool itself keeps its slots)"
+def test_each_pipeline_runs_its_declared_policy_live(serve):
+    app = warmslot.App()
+
+    @app.pipeline("fixed", scaling="static", min_slots=1, max_slots=4, timeout=None)
+    def fixed(event):
+        time.sleep(0.05)
+        return {}
+
+    @app.pipeline("knative", scaling="reactive", scaling_options={"stable_window": 30}, max_slots=4)
+    def knative(event):
+        return {}
+
+    @app.pipeline("default", max_slots=4)
+    def default(event):
+        return {}
+
+    server, _ = serve(app)
+    kinds = [type(p) for p in server.autoscaler.policies]
+    assert kinds == [StaticPolicy, KpaPolicy, PredictivePolicy]
+    assert server.autoscaler.policies[1].panic_window == 3.0
+
+    def client(i):
+        with Client(server.host, server.port) as c:
+            for _ in range(10):
+                assert c.post("fixed", {})[0] == 200
+
+    concurrently(6, client)  # 6 clients on 1 slot: a queue, but static never grows
+    preds = server.predictions()
+    assert preds["fixed"]["policy"] == "static" and preds["fixed"]["target_slots"] == 1
+    assert server.runtimes[0].started == 1
+    assert preds["knative"]["policy"] == "reactive" and preds["knative"]["phase"] in KpaPolicy.PHASES
+    assert preds["default"]["policy"] == "predictive" and preds["default"]["phase"] in PredictivePolicy.PHASES
+    for p in preds.values():
+        assert {"policy", "phase", "forecast_rps", "target_slots"} <= set(p)
 
 
-def test_backlog_grows_only_when_slots_are_the_bottleneck():
-    # I/O-bound: 4 warm slots all busy, events waiting, load fills the slots -> one more slot.
-    io = TrafficPredictor(1, 16)
-    feed = Feed(io, service=0.1)
-    for _ in range(20):
-        target = feed.tick(40, warm=4, busy=4, depth=10, inflight=14)
-    assert io.phase == "spike"
-    assert target >= 5
-    # CPU-bound: events wait, but 4 slots are far from used by rate x service (the GIL is the
-    # bottleneck, not the slot count): no growth beyond Little's law.
-    cpu = TrafficPredictor(1, 16)
-    feed = Feed(cpu, service=0.0001)
-    for _ in range(20):
-        target = feed.tick(8000, warm=4, busy=4, depth=50, inflight=54)
-    assert cpu.phase == "spike"
-    assert target == 1
+def test_scale_to_grows_and_never_shrinks_here(serve):
+    app = warmslot.App()
 
+    @app.pipeline("p", scaling="static", min_slots=1, max_slots=3)
+    def p(event):
+        return {}
 
-def test_targets_stay_within_bounds():
-    pred = TrafficPredictor(3, 5)
-    feed = Feed(pred, service=1.0)
-    assert all(3 <= feed.tick(1000) <= 5 for _ in range(20))
-    assert pred.target == 5
+    server, _ = serve(app)
+    rt = server.runtimes[0]
+    assert rt.scale_to(3) == 2
+    assert rt.started == 3  # warm or warming
+    assert rt.scale_to(1) == 0 and rt.started == 3
+    assert rt.scale_to(5) == 0, "never past max_slots"

@@ -163,6 +163,8 @@ class App:
         concurrency: int = 1,
         max_executions: Optional[int] = None,
         max_memory_mb: Optional[int] = None,
+        scaling: str = "predictive",
+        scaling_options: Optional[Dict[str, Any]] = None,
     ) -> Callable[[P], P]: ...
 
     def pipeline(
@@ -185,6 +187,8 @@ class App:
         concurrency: int = 1,
         max_executions: Optional[int] = None,
         max_memory_mb: Optional[int] = None,
+        scaling: str = "predictive",
+        scaling_options: Optional[Dict[str, Any]] = None,
     ) -> Union[P, Callable[[P], P]]:
         """Registers a function or class as the pipeline ``name`` (default: its ``__name__``).
         Usable bare (``@app.pipeline``) or with options (``@app.pipeline("echo", slots=4)``);
@@ -199,7 +203,11 @@ class App:
         before 429; ``signature``: a webhook signature check (see ``warmslot.github_signature``);
         ``reply="async"`` answers every webhook 202 at once (providers that want a fast 2xx), as
         ``Prefer: respond-async`` does per request. Every option is checked here, at declaration;
-        errors name the argument.
+        errors name the argument. ``scaling``: how the pool is sized between
+        ``min_slots`` and ``max_slots``: ``"predictive"`` (default; warms slots one warm-up ahead
+        of the traffic and learns recurring bursts), ``"reactive"`` (the Knative Pod Autoscaler)
+        or ``"static"`` (``min_slots``, never more); ``scaling_options``: that policy's
+        parameters (``warmslot.policies``), e.g. ``{"stable_window": 30}`` for ``"reactive"``.
 
         ``isolation``: ``"thread"`` (slots are threads in this interpreter; the default unless
         ``App(isolation=...)`` says otherwise) or ``"process"`` (each slot is a warm worker
@@ -260,6 +268,8 @@ class App:
                 concurrency=concurrency,
                 max_executions=max_executions,
                 max_memory_mb=max_memory_mb,
+                scaling=scaling,
+                scaling_options=scaling_options,
             )
             return target
 
@@ -457,8 +467,9 @@ class Server:
         return self._core.metrics_text()
 
     def predictions(self) -> Dict[str, Dict[str, Any]]:
-        """Per pipeline: the predictor's phase, measured and forecast rates, service time, target."""
-        return {rt.spec.name: p.snapshot() for rt, p in zip(self.runtimes, self.autoscaler.predictors)}
+        """Per pipeline: its scaling policy's snapshot: ``policy``, ``phase``, ``forecast_rps``,
+        ``target_slots`` and the policy's own figures."""
+        return {rt.spec.name: snap for rt, snap in zip(self.runtimes, self.autoscaler.snapshots())}
 
     def grow(self, pipeline: str, slots: int) -> int:
         """Warms more slots for `pipeline` (up to its max_slots); returns how many were started."""

@@ -114,7 +114,7 @@ class PipelineRuntime:
     def grow(self, target: int) -> int:
         """Starts slots until `target` are warm or warming (at most max_slots). Returns how many
         were started. Cancels pending retirements first."""
-        self.core.retire(self.index, 0)
+        self.core.keep_at_most(self.index, None)
         waiting = self.core.pool(self.index)["waiting"] if self._next_slot else 0
         reason = "demand" if waiting > 0 else "ahead"
         new = self._take_slots(target)
@@ -138,27 +138,30 @@ class PipelineRuntime:
             t.start()
         return len(new)
 
-    def scale_to(self, target: int) -> None:
-        """Grows to `target` warm slots, or asks slots above it (never below min_slots) to retire."""
+    def scale_to(self, target: int) -> int:
+        """Grows to `target` warm slots, or asks slots above it (never below min_slots) to retire:
+        they finish what they hold, then stop. Returns how many slots were started."""
         target = max(self.spec.min_slots, min(self.spec.max_slots, target))
         started = self.started
         if target > started:
-            if not self.growth_paused():
-                self.grow(target)
-        elif target < started and self._starting == 0:
-            self.retire(started - target)
+            return 0 if self.growth_paused() else self.grow(target)
+        if target < started and self._starting == 0:
+            self.retire_to(target)
+        return 0
 
-    def retire(self, n: int) -> None:
-        """Asks `n` slots to finish what they hold and stop."""
+    def retire_to(self, keep: int) -> None:
+        """Keeps at most `keep` slots (never fewer than min_slots): the others finish what they
+        hold, then stop."""
+        keep = max(keep, self.spec.min_slots)
         if self.spec.is_async and self.isolation == "thread":
             loop = self._loop
             if loop is not None:
                 try:
-                    loop.call_soon_threadsafe(self._retire_instances, n)
+                    loop.call_soon_threadsafe(self._retire_instances, keep)
                 except RuntimeError:
                     pass
             return
-        self.core.retire(self.index, n)
+        self.core.keep_at_most(self.index, keep)
 
     def join(self, deadline: float) -> None:
         for t in self.threads:
@@ -282,9 +285,9 @@ class PipelineRuntime:
         self._warmed()
         self.core.mark_warm(self.index, slot, reason, time.monotonic() - began)
 
-    def _retire_instances(self, n: int) -> None:
+    def _retire_instances(self, keep: int) -> None:
         live = [i for i in self._instances.values() if not i.retiring]
-        for inst in sorted(live, key=lambda i: i.running)[: max(0, min(n, len(live) - self.spec.min_slots))]:
+        for inst in sorted(live, key=lambda i: i.running)[: max(0, len(live) - keep)]:
             inst.retiring = True
             if inst.running == 0:
                 self._drop_instance(inst)

@@ -7,7 +7,9 @@ import binascii
 import inspect
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
+
+from .policies import check_options as check_scaling_options
 
 KeySpec = Union[None, str, Callable[[Any], Any]]
 
@@ -236,6 +238,8 @@ class PipelineSpec:
     max_executions: Optional[int] = None
     max_memory_mb: Optional[int] = None
     missing_key: str = "unkeyed"
+    scaling: str = "predictive"
+    scaling_options: Optional[Dict[str, Any]] = None
     is_async: bool = field(init=False)
     is_class: bool = field(init=False)
     takes_ctx: bool = field(init=False)
@@ -268,6 +272,9 @@ class PipelineSpec:
             raise ValueError(
                 f"pipeline {self.name!r}: concurrency > 1 needs an async pipeline (a sync slot runs one event at a time)"
             )
+        if self.scaling_options is not None and not isinstance(self.scaling_options, dict):
+            raise TypeError(f"pipeline {self.name!r}: scaling_options must be a dict, got {self.scaling_options!r}")
+        self.scaling_options = check_scaling_options(self.scaling, self.scaling_options, f"pipeline {self.name!r}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"pipeline {self.name!r}: timeout must be positive seconds or None")
 

@@ -239,10 +239,14 @@ impl Core {
         let mut backend = ThreadBackend { runner };
         let end = py.detach(move || {
             let warm_at = Instant::now();
+            p.slots.loop_started();
             p.slots.mark_warm(slot, reason, (warmup_s.max(0.0) * 1e6) as u64);
             let settings = LoopSettings { spin, warm_at };
             let end = run_slot(&p, slot, &mut backend, &settings);
             p.slots.mark_cold(slot);
+            if !matches!(end, LoopEnd::Retired) {
+                p.slots.loop_ended();
+            }
             end
         });
         Ok(match end {
@@ -319,17 +323,14 @@ impl Core {
         Ok(())
     }
 
-    /// Asks `n` slots of `pipeline` to finish what they hold and stop (0 cancels).
-    fn retire(&self, pipeline: usize, n: usize) -> PyResult<()> {
+    /// Keeps at most `keep` slots of `pipeline` (None: no limit); those above finish what they
+    /// hold and stop.
+    #[pyo3(signature = (pipeline, keep=None))]
+    fn keep_at_most(&self, pipeline: usize, keep: Option<usize>) -> PyResult<()> {
         let p = self.pipeline(pipeline)?;
-        p.slots.request_retire(n);
+        p.slots.keep_at_most(keep.unwrap_or(usize::MAX));
         p.intake.nudge();
         Ok(())
-    }
-
-    /// A slot asks whether it should retire now (async instances); at most the requested number do.
-    fn should_retire(&self, pipeline: usize) -> PyResult<bool> {
-        Ok(self.pipeline(pipeline)?.slots.should_retire())
     }
 
     /// Pool counters of `pipeline` for the predictor and `server.pool()`.

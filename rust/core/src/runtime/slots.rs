@@ -34,7 +34,10 @@ pub struct Slot {
 
 pub struct SlotPool {
     slots: Box<[Slot]>,
-    retire_requests: AtomicUsize,
+    /// Slot loops running (warming, warm or draining); a retiring loop leaves this count first.
+    live: AtomicUsize,
+    /// The most slot loops to keep: loops above it retire between batches.
+    keep: AtomicUsize,
     warmups: [AtomicU64; 3],
     crashes: [AtomicU64; 4],
     recycles: [AtomicU64; 2],
@@ -52,7 +55,8 @@ impl SlotPool {
     pub fn new(max_slots: usize) -> Self {
         SlotPool {
             slots: (0..max_slots.max(1)).map(|_| Slot::default()).collect(),
-            retire_requests: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
+            keep: AtomicUsize::new(usize::MAX),
             warmups: Default::default(),
             crashes: Default::default(),
             recycles: Default::default(),
@@ -129,18 +133,32 @@ impl SlotPool {
         self.slots.iter().filter(|s| s.warm.load(Ordering::Acquire) && s.busy.load(Ordering::Acquire)).count()
     }
 
-    /// Asks `n` slots to finish what they hold and stop (the pool shrinks).
-    pub fn request_retire(&self, n: usize) {
-        self.retire_requests.store(n, Ordering::Release);
+    /// A slot loop starts (before its warm-up); pair with [`SlotPool::loop_ended`] unless it retired.
+    pub fn loop_started(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// A slot between batches asks whether it should retire; at most the requested number do.
+    /// A slot loop ended for another reason than retiring (stop, crash of its thread).
+    pub fn loop_ended(&self) {
+        let _ = self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Keeps at most `n` slot loops: those above it finish what they hold and stop (the pool
+    /// shrinks). `usize::MAX` cancels. Idempotent, so a predictor may repeat it every tick.
+    pub fn keep_at_most(&self, n: usize) {
+        self.keep.store(n, Ordering::Release);
+    }
+
+    /// A slot between batches asks whether it should retire. Each `true` has already taken the
+    /// slot out of the live count, so no more slots retire than the pool has above `keep`.
     pub fn should_retire(&self) -> bool {
-        self.retire_requests.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+        let keep = self.keep.load(Ordering::Acquire);
+        self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n > keep).then(|| n - 1)).is_ok()
     }
 
+    /// Slot loops above `keep` that have not retired yet.
     pub fn retire_pending(&self) -> usize {
-        self.retire_requests.load(Ordering::Acquire)
+        self.live.load(Ordering::Acquire).saturating_sub(self.keep.load(Ordering::Acquire))
     }
 
     pub fn count_crash(&self, reason: &str, message: &str) {
