@@ -86,3 +86,21 @@ async def llm(event, ctx):
     await asyncio.sleep(event.get("sleep", 0))
     ctx.state["n"] = ctx.state.get("n", 0) + 1
     return {"n": ctx.state["n"], "pid": os.getpid()}
+
+
+class Flaky:
+    """Warms up unless the file named by WARMSLOT_TEST_FLAKY exists."""
+
+    def __init__(self) -> None:
+        marker = os.environ.get("WARMSLOT_TEST_FLAKY")
+        if marker and os.path.exists(marker):
+            raise RuntimeError("warm-up refused by the test")
+
+    def __call__(self, event, ctx):
+        if event.get("exit"):
+            os._exit(1)
+        return {"pid": os.getpid()}
+
+
+flaky_app = warmslot.App()
+flaky_app.pipeline("flaky", slots=1, isolation="process")(Flaky)

@@ -183,3 +183,22 @@ def test_stop_leaves_no_worker_behind():
     server.stop(drain=1.0)
     wait_for(lambda: not workers(), 5.0, "workers to exit")
     assert all(state != "Z" for _, state, _ in children())
+
+
+def test_a_slot_that_keeps_failing_to_warm_backs_off_and_healthz_says_so(serve, tmp_path, monkeypatch):
+    marker = tmp_path / "refuse"
+    monkeypatch.setenv("WARMSLOT_TEST_FLAKY", str(marker))
+    server, c = serve(process_bots.flaky_app)
+    assert c.get("/healthz")[0] == 200
+    marker.write_text("x")
+    assert c.post("flaky", {"exit": True})[0] == 500
+    # The replacement cannot warm up: /healthz turns 503 and names the problem.
+    def unhealthy():
+        status, _, body = c.get("/healthz")
+        return status == 503 and "warm-up refused by the test" in body["pipelines"]["flaky"].get("problem", "")
+
+    wait_for(unhealthy, 5.0, "/healthz to report the failing warm-up")
+    marker.unlink()
+    wait_for(lambda: c.get("/healthz")[0] == 200, 10.0, "the slot to warm up again after its backoff")
+    assert c.post("flaky", {})[0] == 200
+    assert "problem" not in c.get("/healthz")[2]["pipelines"]["flaky"]

@@ -48,8 +48,9 @@ pub(crate) fn healthz(engine: &Engine) -> HttpResponse {
         if i > 0 {
             body.push(',');
         }
+        let problem = p.slots.last_error().map(|e| format!(",\"problem\":{}", json_str(&e))).unwrap_or_default();
         body.push_str(&format!(
-            "{}:{{\"warm_slots\":{},\"min_slots\":{},\"ready\":{}}}",
+            "{}:{{\"warm_slots\":{},\"min_slots\":{},\"ready\":{}{problem}}}",
             json_str(p.name()),
             p.slots.warm_count(),
             p.config.min_slots,
