@@ -408,4 +408,68 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), [7]);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
+
+    /// Producers and slots on real threads: per-key exclusion and order hold, nothing is lost.
+    #[test]
+    fn concurrent_slots_keep_per_key_exclusion_and_order() {
+        use std::collections::{HashMap, HashSet};
+        const PRODUCERS: u64 = 4;
+        const PER_PRODUCER: u64 = 2_000;
+        let p = pipeline(64);
+        let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        let slots: Vec<_> = (0..3)
+            .map(|_| {
+                let (p, running, seen, done) = (p.clone(), running.clone(), seen.clone(), done.clone());
+                std::thread::spawn(move || {
+                    while done.load(Ordering::SeqCst) < (PRODUCERS * PER_PRODUCER) as usize {
+                        let batch = p.intake.take_batch(8, Duration::from_millis(5), Duration::ZERO);
+                        for job in &batch {
+                            let key = job.exec.key.as_deref().unwrap().to_string();
+                            assert!(running.lock().unwrap().insert(key.clone()), "two events of {key} at once");
+                            let mut seen = seen.lock().unwrap();
+                            let last = seen.insert(key.clone(), job.exec.id);
+                            assert!(last.is_none_or(|l| l < job.exec.id), "{key} ran out of order");
+                        }
+                        std::thread::yield_now();
+                        for job in batch {
+                            running.lock().unwrap().remove(job.exec.key.as_deref().unwrap());
+                            drop(job);
+                            done.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|producer| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for i in 0..PER_PRODUCER {
+                        // Each producer owns 4 keys; ids grow with the producer's sequence.
+                        let key = format!("p{producer}k{}", i % 4);
+                        let mut j = job(&p, i * PRODUCERS + producer, Some(&key));
+                        loop {
+                            match p.intake.admit(j) {
+                                Ok(()) => break,
+                                Err((_, back)) => {
+                                    j = back;
+                                    std::thread::yield_now();
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in producers {
+            t.join().unwrap();
+        }
+        for t in slots {
+            t.join().unwrap();
+        }
+        assert_eq!(done.load(Ordering::SeqCst), (PRODUCERS * PER_PRODUCER) as usize);
+        assert_eq!(p.intake.waiting(), 0);
+    }
 }
