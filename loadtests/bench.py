@@ -1139,6 +1139,13 @@ def parse_args(argv=None):
         action="store_true",
         help="one server core: servers on core 1 (taskset -c 1), generators on core 0 (needs 2+ cores)",
     )
+    ap.add_argument(
+        "--cpu-us",
+        type=float,
+        default=0.0,
+        help="make the bot CPU-bound: every system burns about this many µs of pure Python per event "
+        "(a fixed loop count, calibrated once here, so every system does the same work; default 0)",
+    )
     ap.add_argument("--start-timeout", type=float, default=30.0)
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--plot", metavar="PATH", help="chart (PNG) path (default: bench.png in the logs directory)")
@@ -1191,6 +1198,12 @@ def main(argv=None) -> int:
         log("--pin needs taskset (util-linux)")
         return 2
 
+    if args.cpu_us > 0:
+        sys.path.insert(0, BOTS)
+        import botlogic
+
+        os.environ["BOT_CPU_ITERS"] = str(botlogic.calibrate(args.cpu_us))
+        log(f"CPU-bound bot: {os.environ['BOT_CPU_ITERS']} loop iterations per event (~{args.cpu_us:.0f} µs here)")
     logdir = args.logs or tempfile.mkdtemp(prefix="warmslot-bench-")
     os.makedirs(logdir, exist_ok=True)
     bodies = events.write_bodies(os.path.join(logdir, "bodies.jsonl"))
