@@ -4,6 +4,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
@@ -73,6 +74,15 @@ def concurrently(n: int, fn: Callable[[int], Any]) -> List[Any]:
     if errors:
         raise errors[0]
     return results
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> None:
+    """Polls `cond` until it is true; fails the test after `timeout` seconds, naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
 
 
 @pytest.fixture

@@ -6,15 +6,8 @@ import threading
 import time
 
 import warmslot
-from conftest import Client, concurrently
+from conftest import Client, concurrently, wait_for
 
-
-def wait_for(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
 
 
 def test_a_blocked_key_does_not_hold_up_other_keys_and_its_backlog_runs_in_order(serve):

@@ -8,7 +8,7 @@ import time
 import process_bots
 import pytest
 import warmslot
-from conftest import Client, concurrently
+from conftest import Client, concurrently, wait_for
 
 
 def children() -> list:
@@ -34,13 +34,6 @@ def children() -> list:
 def workers() -> list:
     return [c for c in children() if "warmslot.worker" in c[2]]
 
-
-def wait_for(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def test_workers_are_warm_before_healthz_and_run_in_other_processes(serve):

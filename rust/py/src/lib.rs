@@ -239,13 +239,13 @@ impl Core {
         let mut backend = ThreadBackend { runner };
         let end = py.detach(move || {
             let warm_at = Instant::now();
-            p.slots.loop_started();
+            let live = p.slots.live_loop();
             p.slots.mark_warm(slot, reason, (warmup_s.max(0.0) * 1e6) as u64);
             let settings = LoopSettings { spin, warm_at };
             let end = run_slot(&p, slot, &mut backend, &settings);
             p.slots.mark_cold(slot);
-            if !matches!(end, LoopEnd::Retired) {
-                p.slots.loop_ended();
+            if matches!(end, LoopEnd::Retired) {
+                live.retired();
             }
             end
         });

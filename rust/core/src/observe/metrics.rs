@@ -216,7 +216,7 @@ pub struct PipelineGauges<'a> {
     pub arrivals: u64,
 }
 
-fn escape(label: &str) -> String {
+pub(crate) fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 

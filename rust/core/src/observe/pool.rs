@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use crate::observe::metrics::escape;
+
 /// One pipeline's pool counters, read at scrape time.
 pub struct PoolCounters<'a> {
     pub name: &'a str,
@@ -14,10 +16,6 @@ pub struct PoolCounters<'a> {
     pub idle_slot_seconds: f64,
     pub worker_rss_bytes: u64,
     pub waiting: usize,
-}
-
-fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -359,34 +359,19 @@ pub fn run_process_slot(
     first_reason: crate::runtime::slots::WarmupReason,
     report: &dyn Fn(&str, &str),
 ) {
-    pipeline.slots.loop_started();
-    let retired = process_slot_loop(pipeline, slot, cmd, spin, first_reason, report);
-    if !retired {
-        pipeline.slots.loop_ended();
-    }
-}
-
-/// The body of [`run_process_slot`]; true when the slot retired.
-fn process_slot_loop(
-    pipeline: &Arc<Pipeline>,
-    slot: usize,
-    cmd: &WorkerCommand,
-    spin: Duration,
-    first_reason: crate::runtime::slots::WarmupReason,
-    report: &dyn Fn(&str, &str),
-) -> bool {
     use crate::runtime::slot_loop::{run_slot, LoopEnd, LoopSettings};
     use crate::runtime::slots::WarmupReason;
+    let live = pipeline.slots.live_loop();
     let mut reason = first_reason;
     let mut failures = 0u32;
     loop {
         if pipeline.is_closed() {
-            return false;
+            return;
         }
         let begun = Instant::now();
         let mut backend = match ProcessBackend::spawn(pipeline, slot, cmd) {
             Ok(b) => b,
-            Err(SpawnError::Stopped) => return false,
+            Err(SpawnError::Stopped) => return,
             Err(SpawnError::Warmup(m) | SpawnError::Process(m)) => {
                 failures += 1;
                 let backoff = Duration::from_millis(500) * 2u32.pow(failures.min(6) - 1);
@@ -401,7 +386,7 @@ fn process_slot_loop(
                 let until = Instant::now() + backoff;
                 while Instant::now() < until {
                     if pipeline.is_closed() {
-                        return false;
+                        return;
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -415,8 +400,11 @@ fn process_slot_loop(
         let end = run_slot(pipeline, slot, &mut backend, &LoopSettings { spin, warm_at });
         pipeline.slots.mark_cold(slot);
         match end {
-            LoopEnd::Retired => return true, // dropping the backend stops the worker
-            LoopEnd::Stopped => return false,
+            LoopEnd::Retired => {
+                live.retired();
+                return; // dropping the backend stops the worker
+            }
+            LoopEnd::Stopped => return,
             LoopEnd::Died(d) => {
                 pipeline.slots.count_crash(d.reason, &d.message);
                 report("crashed", &d.message);

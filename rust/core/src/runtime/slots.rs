@@ -24,6 +24,27 @@ pub const WARMUP_REASONS: [&str; 3] = ["ahead", "demand", "replace"];
 pub const CRASH_REASONS: [&str; 4] = ["exit", "signal", "hang", "protocol"];
 pub const RECYCLE_REASONS: [&str; 2] = ["max_executions", "max_memory"];
 
+/// A running slot loop, counted live while it exists (see [`SlotPool::live_loop`]).
+pub struct LiveLoop<'a> {
+    pool: &'a SlotPool,
+    retired: bool,
+}
+
+impl LiveLoop<'_> {
+    /// The loop retired: `should_retire` has already taken it out of the live count.
+    pub fn retired(mut self) {
+        self.retired = true;
+    }
+}
+
+impl Drop for LiveLoop<'_> {
+    fn drop(&mut self) {
+        if !self.retired {
+            let _ = self.pool.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Slot {
     warm: AtomicBool,
@@ -133,14 +154,11 @@ impl SlotPool {
         self.slots.iter().filter(|s| s.warm.load(Ordering::Acquire) && s.busy.load(Ordering::Acquire)).count()
     }
 
-    /// A slot loop starts (before its warm-up); pair with [`SlotPool::loop_ended`] unless it retired.
-    pub fn loop_started(&self) {
+    /// A slot loop starts (before its warm-up): it counts as live until the guard drops, or until
+    /// it retires ([`SlotPool::should_retire`] took it out of the count already).
+    pub fn live_loop(&self) -> LiveLoop<'_> {
         self.live.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A slot loop ended for another reason than retiring (stop, crash of its thread).
-    pub fn loop_ended(&self) {
-        let _ = self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        LiveLoop { pool: self, retired: false }
     }
 
     /// Keeps at most `n` slot loops: those above it finish what they hold and stop (the pool
