@@ -195,3 +195,58 @@ def test_a_slot_that_keeps_failing_to_warm_backs_off_and_healthz_says_so(serve, 
     wait_for(lambda: c.get("/healthz")[0] == 200, 10.0, "the slot to warm up again after its backoff")
     assert c.post("flaky", {})[0] == 200
     assert "problem" not in c.get("/healthz")[2]["pipelines"]["flaky"]
+
+
+def test_a_busy_concurrent_slot_releases_each_key_as_its_event_ends(serve):
+    server, c = serve(process_bots.async_app)
+    stop = time.monotonic() + 2.0
+
+    def load(i: int):
+        with Client(server.host, server.port) as cc:
+            n = 0
+            while time.monotonic() < stop:
+                assert cc.post("llm", {"k": f"load{i}", "sleep": 0.01})[0] == 200
+                n += 1
+            return n
+
+    import threading
+
+    t = threading.Thread(target=lambda: concurrently(3, load))
+    t.start()
+    try:
+        # While the slot never runs dry, one key's events still follow each other promptly.
+        for _ in range(5):
+            t0 = time.monotonic()
+            status, _, body = c.post("llm", {"k": "x"})
+            assert status == 200, body
+            assert time.monotonic() - t0 < 1.0
+    finally:
+        t.join()
+
+
+def test_workers_start_when_the_server_is_pid_1(tmp_path):
+    """In a container without an init, the server is PID 1: its workers must still warm up."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to run the server as PID 1 of a new PID namespace")
+    script = tmp_path / "pid1.py"
+    script.write_text(
+        "import os, sys, urllib.request\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import process_bots\n"
+        "assert os.getpid() == 1\n"
+        "server = process_bots.hang_app.start('127.0.0.1', 0, timeout=20)\n"
+        "req = urllib.request.Request(server.url + '/hooks/hang', data=b'{}', method='POST')\n"
+        "print(urllib.request.urlopen(req).status)\n"
+        "server.stop()\n"
+    )
+    out = subprocess.run(
+        ["unshare", "-p", "-f", "--mount-proc", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "200", out.stdout + out.stderr

@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from typing import TYPE_CHECKING, List, Optional
 
 if TYPE_CHECKING:
@@ -72,7 +73,8 @@ def main(argv: List[str]) -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     _die_with_parent()
-    if os.getppid() == 1:
+    parent = os.environ.get("WARMSLOT_PARENT_PID")
+    if parent and os.getppid() != int(parent):
         return 0  # the server died before we could ask to die with it
     logging.basicConfig(level=logging.WARNING, format=f"warmslot worker {os.getpid()} [{name}]: %(message)s")
     try:
@@ -116,13 +118,21 @@ def main(argv: List[str]) -> int:
         except ValueError as exc:
             print(f"warmslot worker: bad batch frame: {exc}", file=sys.stderr)
             return 3
+        received = time.monotonic()
         for ev in events:
             remaining = ev[7]
             if remaining is not None:
-                faulthandler.dump_traceback_later(max(0.0, remaining) + HANG_DUMP_AFTER, exit=True)
-            result = runner.run_sync(*ev[1:])
-            if remaining is not None:
+                # `remaining` was computed when the batch was sent: measure from its arrival.
+                left = remaining - (time.monotonic() - received)
+                if left <= 0:
+                    # Answered 504 while it waited behind its batch-mates: do not run it.
+                    sock.sendall(encode(ev[0], (False, "pipeline_timeout", "the deadline passed before the run started")))
+                    continue
+                faulthandler.dump_traceback_later(left + HANG_DUMP_AFTER, exit=True)
+                result = runner.run_sync(*ev[1:7], left)
                 faulthandler.cancel_dump_traceback_later()
+            else:
+                result = runner.run_sync(*ev[1:])
             sock.sendall(encode(ev[0], result))
 
 

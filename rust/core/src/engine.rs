@@ -226,9 +226,8 @@ impl Engine {
     }
 
     /// Stops taking webhooks (503), waits up to `drain` for accepted executions to finish, then
-    /// fails what has not started (503 `shutting_down`), stops the scheduler (disconnecting the
-    /// slots once their mailboxes are empty) and closes the ingress. Blocks; call it without
-    /// holding any lock that the slots need.
+    /// fails what has not started (503 `shutting_down`), stops the intakes (idle slots return)
+    /// and closes the ingress. Blocks; call it without holding any lock that the slots need.
     pub fn shutdown(&self, drain: Duration) {
         let Some(running) = self.running.lock().unwrap().take() else { return };
         self.accepting.store(false, Ordering::SeqCst);
@@ -402,7 +401,7 @@ mod tests {
         let p = engine.pipelines()[0].clone();
         p.slots.mark_warm(0, WarmupReason::Ahead, 1);
         let worker = std::thread::spawn(move || {
-            let settings = LoopSettings { spin: Duration::ZERO, warm_at: Instant::now() };
+            let settings = LoopSettings { spin: Duration::ZERO, warm_from: Instant::now(), warm_at: Instant::now() };
             run_slot(&p, 0, &mut Counter, &settings)
         });
         assert_eq!(request(addr, "GET", "/healthz", "").0, 200);

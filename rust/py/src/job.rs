@@ -37,6 +37,28 @@ fn store_does_io(job: &Job) -> bool {
     job.exec.pipeline.store.kind() != "memory"
 }
 
+/// Ends `job` with `f` and drops it (which releases a Redis lease it holds) without the GIL when
+/// its store does I/O.
+fn finish_without_gil<T: Send>(py: Python<'_>, mut job: Job, f: impl FnOnce(&mut Job) -> T + Send) -> T {
+    if store_does_io(&job) {
+        py.detach(move || f(&mut job))
+    } else {
+        f(&mut job)
+    }
+}
+
+impl Drop for PyJob {
+    fn drop(&mut self) {
+        // A job the slot never finished (garbage-collected): dropping it answers its execution and
+        // may release a Redis lease. The GIL may be held here, so store I/O goes to a thread.
+        if let Some(job) = self.job.take() {
+            if store_does_io(&job) {
+                std::thread::spawn(move || drop(job));
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl PyJob {
     #[getter]
@@ -87,24 +109,19 @@ impl PyJob {
     fn begin<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let job = self.job_mut()?;
         let result = if store_does_io(job) { py.detach(|| job.begin()) } else { job.begin() };
-        match result {
+        let err = match result {
             Ok(state) => {
                 self.state = state;
-                Ok(self.state.as_ref().map(|s| PyBytes::new(py, s)))
+                return Ok(self.state.as_ref().map(|s| PyBytes::new(py, s)));
             }
-            Err(BeginError::TimedOut) => {
-                self.job = None;
-                Err(PyTimeoutError::new_err("the execution timed out before it started"))
-            }
-            Err(BeginError::State(m)) => {
-                self.job = None;
-                Err(PyRuntimeError::new_err(m))
-            }
-            Err(BeginError::Closed) => {
-                self.job = None;
-                Err(PyRuntimeError::new_err("the server is shutting down"))
-            }
+            Err(BeginError::TimedOut) => PyTimeoutError::new_err("the execution timed out before it started"),
+            Err(BeginError::State(m)) => PyRuntimeError::new_err(m),
+            Err(BeginError::Closed) => PyRuntimeError::new_err("the server is shutting down"),
+        };
+        if let Some(job) = self.job.take() {
+            finish_without_gil(py, job, |_| ()); // dropping it may release a Redis lease
         }
+        Err(err)
     }
 
     /// Commits `state` (ignored for unkeyed events) and sends `reply` (JSON bytes).
@@ -122,15 +139,17 @@ impl PyJob {
 
     /// Fails the execution with an error code of the contract; commits nothing. The message is
     /// taken lossily (an exception text with lone surrogates must not fail the failure path).
-    fn fail(&mut self, code: &str, message: &Bound<'_, PyString>) -> PyResult<bool> {
-        let mut job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
-        Ok(job.fail(ErrorCode::parse(code).unwrap_or(ErrorCode::PipelineError), message.to_string_lossy().into_owned()))
+    fn fail(&mut self, py: Python<'_>, code: &str, message: &Bound<'_, PyString>) -> PyResult<bool> {
+        let job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
+        let (code, message) = (ErrorCode::parse(code).unwrap_or(ErrorCode::PipelineError), message.to_string_lossy());
+        let message = message.into_owned();
+        Ok(finish_without_gil(py, job, move |job| job.fail(code, message)))
     }
 
     /// Times the execution out (an async run cancelled at its deadline).
-    fn time_out(&mut self) -> PyResult<bool> {
-        let mut job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
-        Ok(job.time_out())
+    fn time_out(&mut self, py: Python<'_>) -> PyResult<bool> {
+        let job = self.job.take().ok_or_else(|| PyRuntimeError::new_err("this job is already finished"))?;
+        Ok(finish_without_gil(py, job, |job| job.time_out()))
     }
 
     #[getter]

@@ -134,7 +134,7 @@ impl KeyFn for PyKeyFn {
     }
 }
 
-/// The engine: HTTP ingress, rings, scheduler and slot mailboxes.
+/// The engine: HTTP ingress, per-pipeline intake (ring + lanes) and slot pools.
 #[pyclass(module = "warmslot._core", frozen)]
 struct Core {
     engine: Arc<Engine>,
@@ -236,12 +236,14 @@ impl Core {
         let spin = self.engine.config.idle_spin;
         let p = self.check_slot(pipeline, slot)?.clone();
         let reason = warmup_reason(reason)?;
-        let mut backend = ThreadBackend { runner };
+        let inline = p.store.kind() == "memory";
+        let mut backend = ThreadBackend { runner, inline };
         let end = py.detach(move || {
             let warm_at = Instant::now();
             let live = p.slots.live_loop();
             p.slots.mark_warm(slot, reason, (warmup_s.max(0.0) * 1e6) as u64);
-            let settings = LoopSettings { spin, warm_at };
+            let warm_from = warm_at.checked_sub(Duration::from_secs_f64(warmup_s.max(0.0))).unwrap_or(warm_at);
+            let settings = LoopSettings { spin, warm_from, warm_at };
             let end = run_slot(&p, slot, &mut backend, &settings);
             p.slots.mark_cold(slot);
             if matches!(end, LoopEnd::Retired) {
@@ -366,7 +368,7 @@ impl Core {
     }
 
     /// Stops serving: refuses new webhooks, drains accepted ones for up to `drain` seconds, fails
-    /// the rest, and disconnects the slot mailboxes once they are empty.
+    /// the rest, and stops the intakes so that idle slots return.
     fn shutdown(&self, py: Python<'_>, drain: f64) -> PyResult<()> {
         let drain = seconds(Some(drain))?.unwrap_or_default();
         let engine = self.engine.clone();

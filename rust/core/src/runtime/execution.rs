@@ -1,5 +1,5 @@
 //! One execution: its shared record (status, outcome, timings) and the job that carries it
-//! from the ingress through the ring and the scheduler to a slot.
+//! from the ingress through the intake (ring, then its key's lane) to a slot.
 //!
 //! Status moves forward only, by compare-and-swap, so a timeout and a late completion can race
 //! safely: `Queued → Running → Committing → Succeeded`, `Running → Failed`, and
@@ -213,6 +213,8 @@ pub struct Job {
     pub(crate) lane: Option<LaneLease>,
     /// False for a job refused at admission: it was never accepted, so dropping it reports nothing.
     live: bool,
+    /// Already counted as a cold start (a requeued job is not counted twice).
+    pub(crate) cold_counted: bool,
     /// `begin` loaded the key's state and nothing has committed it yet: a store that locks keys
     /// (Redis) must be told when the job ends without a commit.
     holds_state: bool,
@@ -229,6 +231,7 @@ impl Job {
             headers,
             lane: None,
             live: true,
+            cold_counted: false,
             holds_state: false,
             started: None,
             timings: Timings::default(),
@@ -284,6 +287,12 @@ impl Job {
         let now = Instant::now();
         self.started = Some(now);
         self.timings.queue_us = now.duration_since(self.exec.received).as_micros() as u64;
+    }
+
+    /// The pipeline returned: its run time stops here, even if the outcome is claimed later.
+    pub fn end_run(&mut self) {
+        self.run_done();
+        self.started = None;
     }
 
     fn run_done(&mut self) {

@@ -92,8 +92,6 @@ pub struct Intake {
     ready: Condvar,
     sleepers: AtomicUsize,
     waiting: AtomicUsize,
-    /// Keys with a job out on a slot (gauge).
-    running_lanes: AtomicUsize,
     stopped: AtomicBool,
 }
 
@@ -114,7 +112,6 @@ impl Intake {
             ready: Condvar::new(),
             sleepers: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
-            running_lanes: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
         })
     }
@@ -144,7 +141,7 @@ impl Intake {
         }
         fence(Ordering::SeqCst);
         if self.sleepers.load(Ordering::Relaxed) > 0 {
-            let _guard = self.lanes.lock().unwrap();
+            let _guard = self.lock();
             self.ready.notify_one();
         }
         Ok(())
@@ -210,7 +207,6 @@ impl Intake {
                     let Some(lane) = lanes.by_key.get_mut(&key) else { continue };
                     let Some(mut job) = lane.queue.pop_front() else { continue };
                     lane.running = true;
-                    self.running_lanes.fetch_add(1, Ordering::Relaxed);
                     job.lane = Some(LaneLease { intake: self.me.clone(), key });
                     batch.push(job);
                 }
@@ -228,7 +224,6 @@ impl Intake {
         let mut lanes = self.lock();
         let Some(lane) = lanes.by_key.get_mut(key) else { return };
         lane.running = false;
-        self.running_lanes.fetch_sub(1, Ordering::Relaxed);
         if lane.queue.is_empty() {
             lanes.by_key.remove(key);
         } else {
@@ -257,7 +252,6 @@ impl Intake {
                     let key = std::mem::take(&mut lease.key);
                     let lane = lanes.by_key.entry(key.clone()).or_default();
                     lane.running = false;
-                    self.running_lanes.fetch_sub(1, Ordering::Relaxed);
                     lane.queue.push_front(job);
                     lanes.runnable.push_front(Runnable::Key(key));
                 }
@@ -291,7 +285,7 @@ impl Intake {
         out
     }
 
-    /// Wakes one waiting slot (a slot became warm, or retirement was requested).
+    /// Wakes every waiting slot (a slot became warm, or retirement was requested).
     pub fn nudge(&self) {
         let _guard = self.lock();
         self.ready.notify_all();

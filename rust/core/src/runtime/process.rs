@@ -102,6 +102,20 @@ fn read_frame(sock: &mut UnixStream, wait: Option<Duration>, rest: Option<Durati
     Ok(buf)
 }
 
+/// Waits up to `grace` for `child` to exit, then kills it; always reaps it (no zombie).
+fn reap_within(child: &mut Child, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Resident set size of `pid` in bytes (Linux `/proc`), if readable.
 fn rss_bytes(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
@@ -116,6 +130,7 @@ impl ProcessBackend {
         let mut child = Command::new(&cmd.program)
             .args(&cmd.args)
             .env("WARMSLOT_WORKER", "1")
+            .env("WARMSLOT_PARENT_PID", std::process::id().to_string())
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .spawn()
             .map_err(|e| SpawnError::Process(format!("cannot start {:?}: {e}", cmd.program)))?;
@@ -160,10 +175,11 @@ impl ProcessBackend {
             .map_err(|e| e.to_string())
             .and_then(|_| wire::decode_result(&payload).map_err(|e| e.0.to_string()));
         let _ = sock.set_read_timeout(None);
+        let _ = sock.set_write_timeout(Some(WRITE_TIMEOUT));
         match hello {
             Ok(WireResult::Ready) => {}
             Ok(WireResult::WarmupFailed(message)) => {
-                let _ = child.wait();
+                reap_within(&mut child, STOP_GRACE);
                 return Err(SpawnError::Warmup(message));
             }
             Ok(_) | Err(_) => {
@@ -202,11 +218,14 @@ impl ProcessBackend {
         }
     }
 
-    fn died(&mut self, batch: &[Begun], reason_hint: Option<&'static str>, kill: bool) -> SlotDied {
+    /// The worker died (or is killed now) with `batch[..sent]` sent to it: in order, the first
+    /// event without a result was running (all of them with concurrency > 1); the rest never
+    /// started.
+    fn died(&mut self, batch: &[Begun], sent: usize, reason_hint: Option<&'static str>, kill: bool) -> SlotDied {
         let (reason, how) = self.reap(kill);
-        let started = batch.iter().position(|b| !b.has_result()).map_or(batch.len(), |i| i + 1);
         let concurrent = self.pipeline.config.concurrency > 1;
-        let started = if concurrent { batch.len() } else { started };
+        let started =
+            if concurrent { sent } else { batch[..sent].iter().position(|b| !b.has_result()).map_or(sent, |i| i + 1) };
         let hung = reason_hint == Some("hang")
             || batch.iter().take(started).any(|b| !b.has_result() && b.job.exec.status().is_final());
         let reason = if hung { "hang" } else { reason_hint.unwrap_or(reason) };
@@ -233,6 +252,10 @@ impl ProcessBackend {
 // waits for results at most TOP_UP_POLL, then takes newly runnable events (without blocking) and
 // sends them. New events wait at most this long for a busy async slot that has room.
 const TOP_UP_POLL: Duration = Duration::from_millis(2);
+/// Without a deadline, a slot waiting for its worker looks this often whether the server stopped.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// A worker that does not take a batch frame within this long is treated as hung.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Backend for ProcessBackend {
     fn commits_inline(&self) -> bool {
@@ -250,51 +273,67 @@ impl Backend for ProcessBackend {
         }
         let concurrency = self.pipeline.config.concurrency.max(1);
         let concurrent = concurrency > 1;
+        // A concurrent slot stops topping up after this many events, so that retirement and
+        // recycling (checked between runs) get their turn under steady load.
+        let top_up_limit = 4 * self.pipeline.config.max_batch.max(concurrency);
         if concurrent {
             batch.iter_mut().for_each(Begun::start_run);
         } else {
             batch[0].start_run();
         }
         if !self.send(batch, 0) {
-            return Err(self.died(batch, None, true));
+            return Err(self.died(batch, 0, None, true));
         }
+        let mut sent = batch.len();
         let mut left = batch.len();
         while left > 0 {
-            if concurrent && left < concurrency && !self.pipeline.is_closed() {
-                let mut extra = more(concurrency - left);
+            if concurrent && left < concurrency && sent < top_up_limit && !self.pipeline.is_closed() {
+                let mut extra = more((concurrency - left).min(top_up_limit - sent));
                 if !extra.is_empty() {
-                    let base = batch.len();
                     extra.iter_mut().for_each(Begun::start_run);
                     left += extra.len();
                     batch.append(&mut extra);
-                    if !self.send(batch, base) {
-                        return Err(self.died(batch, None, true));
+                    if !self.send(batch, sent) {
+                        return Err(self.died(batch, sent, None, true));
                     }
+                    sent = batch.len();
                 }
             }
-            // The worker runs events in order (or all at once with concurrency > 1): bound the
-            // wait by the earliest deadline among those still out, plus a grace period.
-            let deadline = batch.iter().filter(|b| !b.has_result()).filter_map(|b| b.job.exec.deadline).min();
+            // Bound the wait by the deadline of what runs now: the first event without a result
+            // when the worker runs them in order, the earliest of those out with concurrency > 1.
+            let running = batch.iter().filter(|b| !b.has_result());
+            let deadline = if concurrent {
+                running.filter_map(|b| b.job.exec.deadline).min()
+            } else {
+                running.take(1).find_map(|b| b.job.exec.deadline)
+            };
             let hang_at = deadline.map(|d| d + HANG_GRACE);
-            let mut timeout = hang_at.map(|t| t.saturating_duration_since(Instant::now()));
-            let polling = concurrent && left < concurrency;
-            if polling {
-                timeout = Some(timeout.map_or(TOP_UP_POLL, |t| t.min(TOP_UP_POLL)));
+            let mut wait = hang_at.map(|t| t.saturating_duration_since(Instant::now()));
+            if concurrent && left < concurrency && sent < top_up_limit {
+                wait = Some(wait.map_or(TOP_UP_POLL, |t| t.min(TOP_UP_POLL)));
+            } else if wait.is_none() {
+                wait = Some(IDLE_POLL); // no deadline: look up now and then to see if we stopped
             }
             let rest = hang_at.map(|t| t.saturating_duration_since(Instant::now()) + HANG_GRACE);
-            let frame = match read_frame(&mut self.sock, timeout, rest) {
+            let frame = match read_frame(&mut self.sock, wait, rest) {
                 Ok(f) => f,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     if hang_at.is_some_and(|t| Instant::now() >= t) {
-                        return Err(self.died(batch, Some("hang"), true));
+                        return Err(self.died(batch, sent, Some("hang"), true));
                     }
-                    continue; // top-up poll (a partial frame cannot time out: frames are written whole)
+                    if hang_at.is_none() && self.pipeline.is_closed() {
+                        // The server stopped and its drain is over: this run's answer was given.
+                        return Err(self.died(batch, sent, Some("hang"), true));
+                    }
+                    continue; // a poll (a frame that has begun is never split by a timeout)
                 }
-                Err(e) if e.kind() == ErrorKind::InvalidData => return Err(self.died(batch, Some("protocol"), true)),
-                Err(_) => return Err(self.died(batch, None, false)),
+                Err(e) if e.kind() == ErrorKind::InvalidData => {
+                    return Err(self.died(batch, sent, Some("protocol"), true))
+                }
+                Err(_) => return Err(self.died(batch, sent, None, false)),
             };
             match wire::decode_result(&frame) {
-                Ok(WireResult::Event(i, result)) if (i as usize) < batch.len() => {
+                Ok(WireResult::Event(i, result)) if (i as usize) < sent => {
                     let b = &mut batch[i as usize];
                     if !b.has_result() {
                         left -= 1;
@@ -307,7 +346,7 @@ impl Backend for ProcessBackend {
                         }
                     }
                 }
-                _ => return Err(self.died(batch, Some("protocol"), true)),
+                _ => return Err(self.died(batch, sent, Some("protocol"), true)),
             }
         }
         self.executions += batch.len() as u64;
@@ -334,16 +373,7 @@ impl Drop for ProcessBackend {
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
-        let deadline = Instant::now() + STOP_GRACE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                _ => break,
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        reap_within(&mut child, STOP_GRACE);
     }
 }
 
@@ -368,6 +398,10 @@ pub fn run_process_slot(
         if pipeline.is_closed() {
             return;
         }
+        if reason == WarmupReason::Replace && pipeline.slots.should_retire() {
+            live.retired(); // the pool shrinks: do not replace this worker
+            return;
+        }
         let begun = Instant::now();
         let mut backend = match ProcessBackend::spawn(pipeline, slot, cmd) {
             Ok(b) => b,
@@ -381,7 +415,7 @@ pub fn run_process_slot(
                     pipeline.config.name,
                     backoff.as_secs_f64()
                 );
-                pipeline.slots.set_error(message.clone());
+                pipeline.slots.set_error(slot, message.clone());
                 report("warmup_failed", &message);
                 let until = Instant::now() + backoff;
                 while Instant::now() < until {
@@ -397,7 +431,7 @@ pub fn run_process_slot(
         let warm_at = Instant::now();
         pipeline.slots.mark_warm(slot, reason, warm_at.duration_since(begun).as_micros() as u64);
         report("warm", &format!("pid {}", backend.pid()));
-        let end = run_slot(pipeline, slot, &mut backend, &LoopSettings { spin, warm_at });
+        let end = run_slot(pipeline, slot, &mut backend, &LoopSettings { spin, warm_from: begun, warm_at });
         pipeline.slots.mark_cold(slot);
         match end {
             LoopEnd::Retired => {
@@ -406,7 +440,7 @@ pub fn run_process_slot(
             }
             LoopEnd::Stopped => return,
             LoopEnd::Died(d) => {
-                pipeline.slots.count_crash(d.reason, &d.message);
+                pipeline.slots.count_crash(slot, d.reason, &d.message);
                 report("crashed", &d.message);
             }
             LoopEnd::Recycle(why) => {

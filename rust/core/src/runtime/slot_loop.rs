@@ -37,7 +37,8 @@ pub enum RunResult {
 #[derive(Debug)]
 enum Pending {
     NotRun,
-    Claimed(RunResult),
+    /// Ran; the result waits for the batch to end (a backend that holds the interpreter lock).
+    Ran(RunResult),
     Done,
 }
 
@@ -75,7 +76,9 @@ pub struct SlotDied {
 pub type More<'a> = dyn FnMut(usize) -> Vec<Begun> + 'a;
 
 /// Runs pipeline code for a batch. Implementations call `done` once per event that produced a
-/// result, in any order, and never touch the store.
+/// result, in any order, and never touch the store. A backend may stop early: events it did not
+/// run (no `done`) go back to the front of their lanes. It should skip events that already
+/// ended (`b.job.exec.status()` is final: timed out while waiting in the batch).
 pub trait Backend {
     /// True when results may be committed as they arrive: the backend holds no interpreter lock
     /// while it waits (then commits overlap the next runs).
@@ -107,7 +110,9 @@ pub enum LoopEnd {
 /// Per-slot loop settings.
 pub struct LoopSettings {
     pub spin: Duration,
-    /// When this slot's warm-up finished: events that arrived before it and run here are cold starts.
+    /// When this slot's warm-up began and finished: an event that arrived in between and runs
+    /// here waited for this warm-up: a cold start.
+    pub warm_from: Instant,
     pub warm_at: Instant,
 }
 
@@ -117,16 +122,21 @@ pub struct LoopSettings {
 // slow event of another key inside one slot's batch.
 const BATCH_BUDGET_US: f64 = 2_000.0;
 
+/// Claims the result (a deadline that passed first wins: nothing is committed), commits it and
+/// releases the event's lane at once, so its key's next event can run while this batch goes on.
 fn settle(begun: &mut Begun, result: RunResult) {
-    match result {
-        RunResult::Reply { reply, state } => {
-            begun.job.commit(reply, state);
-        }
-        RunResult::Error { code, message } => {
-            begun.job.fail_claimed(code, message);
+    if begun.job.claim() {
+        match result {
+            RunResult::Reply { reply, state } => {
+                begun.job.commit(reply, state);
+            }
+            RunResult::Error { code, message } => {
+                begun.job.fail_claimed(code, message);
+            }
         }
     }
     begun.pending = Pending::Done;
+    drop(begun.job.lane.take());
 }
 
 /// Begins each job: `queued → running`, its key's state loaded. A job that cannot begin was
@@ -134,7 +144,9 @@ fn settle(begun: &mut Begun, result: RunResult) {
 fn begin_all(pipeline: &Pipeline, settings: &LoopSettings, jobs: Vec<Job>) -> Vec<Begun> {
     let mut batch = Vec::with_capacity(jobs.len());
     for mut job in jobs {
-        if job.exec.received < settings.warm_at {
+        let received = job.exec.received;
+        if !job.cold_counted && settings.warm_from <= received && received < settings.warm_at {
+            job.cold_counted = true; // once, even if it is requeued and runs elsewhere
             pipeline.slots.count_cold_start();
         }
         if let Ok(state) = job.begin() {
@@ -177,12 +189,13 @@ pub fn run_slot(pipeline: &Arc<Pipeline>, slot: usize, backend: &mut dyn Backend
             if !matches!(b.pending, Pending::NotRun) {
                 return; // a second result for one event: ignore it
             }
-            if !b.job.claim() {
-                b.pending = Pending::Done; // the deadline answered it first: nothing is committed
-            } else if inline {
+            if inline {
                 settle(b, result);
             } else {
-                b.pending = Pending::Claimed(result);
+                // NOTE: claimed only after the batch, so a deadline that passes meanwhile still
+                // answers 504 (and nothing commits) rather than a late 200.
+                b.job.end_run();
+                b.pending = Pending::Ran(result);
             }
         });
         if !batch.is_empty() {
@@ -193,19 +206,18 @@ pub fn run_slot(pipeline: &Arc<Pipeline>, slot: usize, backend: &mut dyn Backend
         let mut requeue = Vec::new();
         for (i, mut b) in batch.into_iter().enumerate() {
             match std::mem::replace(&mut b.pending, Pending::Done) {
-                Pending::Claimed(result) => settle(&mut b, result),
+                Pending::Ran(result) => settle(&mut b, result),
                 Pending::Done => {}
                 Pending::NotRun => match &died {
-                    Some(d) if i >= d.started => {
+                    Some(d) if i < d.started => {
+                        b.job.fail(ErrorCode::SlotCrashed, d.message.clone());
+                    }
+                    // Never started (or already ended): back to the front of its lane, unless
+                    // its deadline answered it meanwhile.
+                    _ => {
                         if b.job.rollback() {
                             requeue.push(b.job);
                         }
-                    }
-                    Some(d) => {
-                        b.job.fail(ErrorCode::SlotCrashed, d.message.clone());
-                    }
-                    None => {
-                        b.job.fail(ErrorCode::PipelineError, "the slot returned no result for this event".into());
                     }
                 },
             }

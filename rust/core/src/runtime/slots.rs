@@ -68,8 +68,9 @@ pub struct SlotPool {
     idle_clock: Mutex<(Instant, usize)>,
     /// Most recent warm-up time (µs), an EWMA: the predictor's horizon.
     warmup_us: AtomicU64,
-    /// Most recent warm-up or crash problem, shown by `/healthz` until a slot warms up again.
-    last_error: Mutex<Option<String>>,
+    /// Most recent warm-up or crash problem and its slot, shown by `/healthz` until that slot
+    /// warms up again.
+    last_error: Mutex<Option<(usize, String)>>,
 }
 
 impl SlotPool {
@@ -121,7 +122,10 @@ impl SlotPool {
         let old = self.warmup_us.load(Ordering::Relaxed);
         let ewma = if old == 0 { warmup_us } else { (old * 7 + warmup_us * 3) / 10 };
         self.warmup_us.store(ewma.max(1), Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref().is_some_and(|(s, _)| *s == slot) {
+            *last = None;
+        }
     }
 
     /// A slot that stopped (its worker exited or retired); it takes no more work.
@@ -179,11 +183,11 @@ impl SlotPool {
         self.live.load(Ordering::Acquire).saturating_sub(self.keep.load(Ordering::Acquire))
     }
 
-    pub fn count_crash(&self, reason: &str, message: &str) {
+    pub fn count_crash(&self, slot: usize, reason: &str, message: &str) {
         if let Some(i) = CRASH_REASONS.iter().position(|r| *r == reason) {
             self.crashes[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.set_error(message.to_string());
+        self.set_error(slot, format!("slot {slot}: {message}"));
     }
 
     pub fn count_recycle(&self, reason: &str) {
@@ -196,12 +200,12 @@ impl SlotPool {
         self.cold_starts.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn set_error(&self, message: String) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    pub fn set_error(&self, slot: usize, message: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((slot, message));
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, m)| m.clone())
     }
 
     pub fn set_rss(&self, slot: usize, bytes: u64) {

@@ -1,6 +1,6 @@
 //! Per-key state stores. A store holds one JSON document (opaque bytes here) per (pipeline, key).
 //!
-//! The scheduler guarantees that events of one key never run at once, so a store needs no
+//! The lanes guarantee that events of one key never run at once, so a store needs no
 //! read-modify-write transaction: `load` before the run and `commit` after it are enough.
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,6 +1,6 @@
 //! Cluster mode: per-key state in Redis, shared by every warmslot process that points at it.
 //!
-//! Within a process the scheduler keeps a key's events in order; across processes a lease lock
+//! Within a process the lanes keep a key's events in order; across processes a lease lock
 //! keeps them from running at once. `load` takes the lease (`SET lock token NX PX lease`, waiting
 //! while another process holds it) and reads the state; `commit` writes the state and drops the
 //! lease in one Lua script that first checks the token, so a process whose lease expired (its

@@ -3,7 +3,7 @@
 //!
 //! `synchronous=NORMAL` in WAL mode: a commit survives a crash of the process; the last commits
 //! before a power loss may be lost. A background connection checkpoints the WAL every 200 ms. One connection behind a mutex: events of one key are already
-//! serialised by the scheduler, and a commit is a single-row upsert.
+//! serialised by the lanes, and a commit is a single-row upsert.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
