@@ -14,6 +14,11 @@ pub struct PoolCounters<'a> {
     pub idle_slot_seconds: f64,
     pub worker_rss_bytes: u64,
     pub waiting: usize,
+    /// CPU time of the slots' runs, seconds.
+    pub cpu_seconds: f64,
+    /// The predictor's warm-slot target and (phase, is current) for each of its phases.
+    pub target_slots: usize,
+    pub predictor_phases: Vec<(String, bool)>,
 }
 
 fn escape(label: &str) -> String {
@@ -70,6 +75,37 @@ pub fn render(pools: &[PoolCounters<'_>]) -> String {
     );
     for p in pools {
         let _ = writeln!(out, "warmslot_worker_rss_bytes{{pipeline=\"{}\"}} {}", escape(p.name), p.worker_rss_bytes);
+    }
+    family(
+        &mut out,
+        "warmslot_slot_cpu_seconds_total",
+        "counter",
+        "CPU time the slots spent running the pipeline (thread CPU time, or the worker process's user + system time).",
+    );
+    for p in pools {
+        let _ =
+            writeln!(out, "warmslot_slot_cpu_seconds_total{{pipeline=\"{}\"}} {:.6}", escape(p.name), p.cpu_seconds);
+    }
+    family(&mut out, "warmslot_predictor_target_slots", "gauge", "Warm slots the scaling policy asks for now.");
+    for p in pools {
+        let _ = writeln!(out, "warmslot_predictor_target_slots{{pipeline=\"{}\"}} {}", escape(p.name), p.target_slots);
+    }
+    family(
+        &mut out,
+        "warmslot_predictor_state",
+        "gauge",
+        "The scaling policy's phase: 1 for the current one, 0 for the others.",
+    );
+    for p in pools {
+        for (state, current) in &p.predictor_phases {
+            let _ = writeln!(
+                out,
+                "warmslot_predictor_state{{pipeline=\"{}\",state=\"{}\"}} {}",
+                escape(p.name),
+                escape(state),
+                u8::from(*current)
+            );
+        }
     }
     family(&mut out, "warmslot_waiting", "gauge", "Events admitted and not yet running (bounded by queue_size).");
     for p in pools {
