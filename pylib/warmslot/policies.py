@@ -63,6 +63,7 @@ class StaticPolicy:
     """``min_slots`` warm slots, never more (a fixed pool)."""
 
     name = "static"
+    PHASES = ("static",)
 
     def __init__(self, min_slots: int, max_slots: int) -> None:
         self.min_slots = min_slots
