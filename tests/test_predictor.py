@@ -83,3 +83,21 @@ def test_scale_to_grows_and_never_shrinks_here(serve):
     assert rt.started == 3  # warm or warming
     assert rt.scale_to(1) == 0 and rt.started == 3
     assert rt.scale_to(5) == 0, "never past max_slots"
+
+
+def test_demo_prints_pool_size_and_target_per_pipeline(serve):
+    from warmslot.demo import pool_line
+
+    app = warmslot.App()
+
+    @app.pipeline("a", scaling="static", min_slots=2, max_slots=2)
+    def a(event):
+        return {}
+
+    @app.pipeline("b", scaling="reactive", max_slots=4)
+    def b(event):
+        return {}
+
+    server, _ = serve(app)
+    line = pool_line(server)
+    assert line == "pool: a 2 warm / target 2 (static: static), b 1 warm / target 1 (reactive: stable)", line
