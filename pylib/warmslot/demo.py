@@ -134,7 +134,8 @@ def pool_line(server: Server) -> str:
     loads = server._core.load()
     parts = []
     for rt, snap, load in zip(server.runtimes, server.autoscaler.snapshots(), loads):
-        parts.append(f"{rt.spec.name} {load[2]} warm / target {snap['target_slots']} ({snap['policy']}: {snap['phase']})")
+        policy = f"{snap['policy']}: {snap['phase']}"
+        parts.append(f"{rt.spec.name} {load[2]} warm / target {snap['target_slots']} ({policy})")
     return "pool: " + ", ".join(parts)
 
 

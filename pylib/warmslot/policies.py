@@ -290,20 +290,31 @@ class PredictivePolicy:
     slots can overlap usefully; and when the runs already use ``cpu_saturation`` (90 %) of a
     core, the target is not raised above the warm slots.
 
-    Recurring patterns, after Shahrad et al., "Serverless in the Wild" (ATC '20): a burst
-    starts when the last half second's arrivals need ``burst_slots`` more slots than (and twice)
-    the slow baseline and are beyond Poisson noise around it (6 sigma); it ends when arrivals
-    have been back at the background it stood on for ``burst_end_s`` (1 s). A burst is sized
-    by its peak one-second arrival rate x ``S`` (one lasting over 4 warm-ups as steady load);
-    one lasting over ``max_burst_s`` (30 s) is a shift of the load, not a burst. The idle gaps
-    between bursts go into a histogram. Once ``min_history`` (4) gaps are known and their 5th
-    percentile is at least ``min_gap_ratio`` (0.5) of their median, the pattern is trusted:
-    after a burst the pool is released (phase ``gap``), and warmed to the largest of the last
-    three bursts ``h + prewarm_margin`` seconds before 90 % of the 5th-percentile gap has
-    passed (phase ``prewarm``), until the burst comes or 110 % of the 99th-percentile gap has
-    passed (the paper's 10 % margins). With bursts seen but no trusted pattern, a burst's
-    slots are kept for ``keep_alive`` (60 s) after it (phase ``hold``, the paper's fixed
-    keep-alive fallback); otherwise the policy is reactive (``steady``, ``rising``, ``burst``,
+    Recurring patterns, after Shahrad et al., "Serverless in the Wild" (ATC '20): the
+    *background* is the slow arrival rate outside bursts (EWMA over ``tau_slow``, not updated
+    while a burst lasts). A burst starts when the last half second's arrivals need
+    ``burst_slots`` more slots than (and twice) the baseline and are beyond Poisson noise around
+    the background as it stood before that half second (6 sigma); it ends when arrivals have
+    been back at that background, and its queue served, for ``burst_end_s`` (1 s). While a
+    burst is *young* (arrivals going on for less than ``young_warmups`` (2) warm-ups, at least
+    1 s; or back at the background with its queue still being served), and while a surprising
+    half second is not yet known as a burst, the target is not raised from averages its queue
+    inflates: the burst is served by the slots there are, those learned from earlier bursts,
+    and the backlog rule; for a burst whose like was never seen the backlog rule waits until
+    the queue would outlast ``burst_patience`` (5) warm-ups, then adds only enough to bring it
+    under that (slots started for a short burst are warm when most of it has arrived, and the
+    events they take are cold starts). A burst that ended is sized by its events' work spread
+    over the time they arrived in plus one warm-up (one arriving over more than 4 warm-ups as
+    steady load); one lasting over ``max_burst_s`` (30 s) is a shift of the load, not a
+    burst, and becomes the background. The idle gaps between bursts go into a histogram. Once
+    ``min_history`` (4) gaps are known and their 5th percentile is at least ``min_gap_ratio``
+    (0.5) of their median, the pattern is trusted: after a burst the pool is released to what
+    the background needs (phase ``gap``), and warmed to the largest of the last three bursts
+    ``h + prewarm_margin`` seconds before 90 % of the 5th-percentile gap has passed (phase
+    ``prewarm``), until the burst comes or 110 % of the 99th-percentile gap has passed (the
+    paper's 10 % margins). With bursts seen but no trusted pattern, a burst's slots are kept
+    for ``keep_alive`` (60 s) after it (phase ``hold``, the paper's fixed keep-alive
+    fallback); otherwise the policy is reactive (``steady``, ``rising``, ``burst``,
     ``cooling``, ``idle``).
 
     Scale-down hysteresis: the target is the largest sizing of the last ``scale_down_after``
@@ -335,8 +346,8 @@ class PredictivePolicy:
         min_gap_ratio: float = 0.5,
         prewarm_margin: float = 0.5,
         cpu_saturation: float = 0.9,
-        burst_patience: float = 5.0,
-        young_warmups: float = 2.0,
+        burst_patience: float = 1.5,
+        young_warmups: float = 1.0,
     ) -> None:
         self.min_slots = min_slots
         self.max_slots = max_slots
@@ -368,6 +379,7 @@ class PredictivePolicy:
         self.trend = 0.0
         self.forecast = 0.0
         self.conc_fast = 0.0
+        self.busy_fast = 0.0
         self.conc_slow = 0.0
         self.service: Optional[float] = None
         self.cpu_share: Optional[float] = None
@@ -411,7 +423,10 @@ class PredictivePolicy:
         events = max(0.0, self._below_arrivals - self._burst_a0 - self._burst_base * span)
         if span > 4 * warmup:
             return max(1, self._slots_for(events * service / span / per_slot))
-        return max(1, math.ceil(events * service / (span + warmup) / per_slot - 1e-9))
+        spread = events * service / (span + warmup)
+        # At least its peak one-second rate x S: a burst that piles up faster than it spreads.
+        spread = max(spread, self._burst_rate * service)
+        return max(1, math.ceil(spread / per_slot - 1e-9))
 
     def young_s(self, warmup: float) -> float:
         return max(self.young_warmups * warmup, 1.0)
@@ -451,6 +466,7 @@ class PredictivePolicy:
         self.trend = _ewma(self.trend, (self.rate_fast - prev_fast) / dt, dt, self.tau_trend)
         conc = obs.busy + obs.waiting
         self.conc_fast = _ewma(self.conc_fast, conc, dt, self.tau_fast)
+        self.busy_fast = _ewma(self.busy_fast, obs.busy, dt, self.tau_fast)
         self.conc_slow = _ewma(self.conc_slow, conc, dt, min(self.tau_slow, self._elapsed))
 
         ran = obs.ran - last.ran
@@ -533,7 +549,9 @@ class PredictivePolicy:
 
         self.forecast = max(0.0, self.rate_fast + max(0.0, self.trend) * self.horizon)
         slow_demand = max(self.rate_slow * service, self.conc_slow)
-        fast_demand = max(self.forecast * service, self.conc_fast)
+        # The fast view counts running events, not waiting ones: a queue is the backlog rule's
+        # (its events are served by slots within a warm-up, not by slots sized to keep it).
+        fast_demand = max(self.forecast * service, self.busy_fast)
         # A rise counts once it has lasted a warm-up (at least rise_s): a jump that ends sooner
         # is a burst, for the burst logic and the backlog rule, not a trend to extrapolate.
         if fast_demand > self.noise_band * slow_demand + 0.5:
@@ -565,14 +583,14 @@ class PredictivePolicy:
         # the slots there are (else its events are sooner served by a busy slot than a cold one).
         if obs.waiting > 0 and service > 0:
             drain = obs.waiting * service / max(1, obs.warm * per_slot)
+            # A burst whose like was never seen: slots started now would be warm when most of it
+            # has arrived, and the events they take would be cold starts. Its queue may last up to
+            # burst_patience seconds (or backlog_factor warm-ups if longer) before slots are added.
             if young and not self.peaks:
-                # A burst whose like was never seen: slots started now would be warm when most of
-                # it has arrived, and the events they take would be cold starts. Grow only enough
-                # to keep the wait under burst_patience warm-ups; the burst is learned for next time.
-                bound = self.burst_patience * warmup
-                if drain > bound:
-                    need = max(need, math.ceil(obs.waiting * service / bound / per_slot - 1e-9))
-            elif drain > self.backlog_factor * warmup:
+                bound = max(self.burst_patience, self.backlog_factor * warmup)
+            else:
+                bound = self.backlog_factor * warmup
+            if drain > bound:
                 # Enough slots to clear the queue within a warm-up and keep up with arrivals.
                 backlog = obs.waiting * service / max(warmup, service) + rate_short * service
                 need = max(need, math.ceil(backlog / per_slot - 1e-9))
