@@ -276,9 +276,10 @@ class PredictivePolicy:
       the horizon ``h`` = the measured warm-up time of this pipeline's slots + one tick;
     - demand (events in service at once, per slot's target concurrency) is the slow one,
       ``max(rate_slow x S, busy + waiting averaged over tau_slow)``, unless the fast one
-      (``max(forecast x S, busy + waiting over tau_fast)``) has been above ``noise_band`` (1.5)
-      times it for ``rise_s`` (0.5 s): a rise; or below 1/``noise_band`` of it: a clear fall;
-      so Poisson noise does not move the pool and a jump shorter than ``rise_s`` is a burst;
+      (``max(forecast x S, busy averaged over tau_fast)``: a queue is the backlog rule's) has
+      been above ``noise_band`` (1.5) times it for ``rise_s`` (0.5 s): a rise; or below
+      1/``noise_band`` of it: a clear fall; so Poisson noise does not move the pool and a jump
+      shorter than ``rise_s`` is a burst;
     - slots = ``ceil(d + beta x sqrt(d))`` for demand ``d``: square-root staffing keeps the
       chance of waiting low without a fixed margin at every size;
     - the backlog rule: a queue adds slots only if it would outlast ``backlog_factor`` (1.5)
@@ -287,7 +288,8 @@ class PredictivePolicy:
       within a warm-up and keep up with the last half second's arrivals.
 
     CPU-bound pipelines: the GIL runs one thread's Python at a time, so about ``1 / phi``
-    slots can overlap usefully; and when the runs already use ``cpu_saturation`` (90 %) of a
+    slots can overlap usefully (``phi`` from the CPU time the slot loop measures: the slot
+    thread's CPU clock around each batch, or the worker process's user + system time); and when the runs already use ``cpu_saturation`` (90 %) of a
     core, the target is not raised above the warm slots.
 
     Recurring patterns, after Shahrad et al., "Serverless in the Wild" (ATC '20): the
@@ -296,16 +298,16 @@ class PredictivePolicy:
     ``burst_slots`` more slots than (and twice) the baseline and are beyond Poisson noise around
     the background as it stood before that half second (6 sigma); it ends when arrivals have
     been back at that background, and its queue served, for ``burst_end_s`` (1 s). While a
-    burst is *young* (arrivals going on for less than ``young_warmups`` (2) warm-ups, at least
+    burst is *young* (arrivals going on for less than ``young_warmups`` (1) warm-ups, at least
     1 s; or back at the background with its queue still being served), and while a surprising
     half second is not yet known as a burst, the target is not raised from averages its queue
     inflates: the burst is served by the slots there are, those learned from earlier bursts,
     and the backlog rule; for a burst whose like was never seen the backlog rule waits until
-    the queue would outlast ``burst_patience`` (5) warm-ups, then adds only enough to bring it
-    under that (slots started for a short burst are warm when most of it has arrived, and the
-    events they take are cold starts). A burst that ended is sized by its events' work spread
-    over the time they arrived in plus one warm-up (one arriving over more than 4 warm-ups as
-    steady load); one lasting over ``max_burst_s`` (30 s) is a shift of the load, not a
+    the queue would outlast ``burst_patience`` seconds (1.5; or ``backlog_factor`` warm-ups if
+    longer): slots started for a short burst are warm when most of it has arrived, and the
+    events they take are cold starts. A burst that ended is sized by its events' work spread
+    over the time they arrived in plus one warm-up, and at least its peak one-second arrival
+    rate x ``S`` (one arriving over more than 4 warm-ups as steady load); one lasting over ``max_burst_s`` (30 s) is a shift of the load, not a
     burst, and becomes the background. The idle gaps between bursts go into a histogram. Once
     ``min_history`` (4) gaps are known and their 5th percentile is at least ``min_gap_ratio``
     (0.5) of their median, the pattern is trusted: after a burst the pool is released to what
