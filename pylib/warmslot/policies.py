@@ -289,8 +289,9 @@ class PredictivePolicy:
 
     CPU-bound pipelines: the GIL runs one thread's Python at a time, so about ``1 / phi``
     slots can overlap usefully (``phi`` from the CPU time the slot loop measures: the slot
-    thread's CPU clock around each batch, or the worker process's user + system time); and when the runs already use ``cpu_saturation`` (90 %) of a
-    core, the target is not raised above the warm slots.
+    thread's CPU clock around each batch, or the worker process's user + system time); and
+    when the runs already use ``cpu_saturation`` (90 %) of a core, the target is not raised
+    above the warm slots.
 
     Recurring patterns, after Shahrad et al., "Serverless in the Wild" (ATC '20): the
     *background* is the slow arrival rate outside bursts (EWMA over ``tau_slow``, not updated
@@ -307,10 +308,11 @@ class PredictivePolicy:
     longer): slots started for a short burst are warm when most of it has arrived, and the
     events they take are cold starts. A burst that ended is sized by its events' work spread
     over the time they arrived in plus one warm-up, and at least its peak one-second arrival
-    rate x ``S`` (one arriving over more than 4 warm-ups as steady load); one lasting over ``max_burst_s`` (30 s) is a shift of the load, not a
-    burst, and becomes the background. The idle gaps between bursts go into a histogram. Once
-    ``min_history`` (4) gaps are known and their 5th percentile is at least ``min_gap_ratio``
-    (0.5) of their median, the pattern is trusted: after a burst the pool is released to what
+    rate x ``S`` (one arriving over more than 4 warm-ups as steady load); one lasting over
+    ``max_burst_s`` (30 s) is a shift of the load, not a burst, and becomes the background.
+    The idle gaps between bursts go into a histogram. Once ``min_history`` (4) gaps are known
+    and their 5th percentile is at least ``min_gap_ratio`` (0.5) of their median, the pattern
+    is trusted: after a burst the pool is released to what
     the background needs (phase ``gap``), and warmed to the largest of the last three bursts
     ``h + prewarm_margin`` seconds before 90 % of the 5th-percentile gap has passed (phase
     ``prewarm``), until the burst comes or 110 % of the 99th-percentile gap has passed (the
@@ -380,7 +382,6 @@ class PredictivePolicy:
         self.rate_bg = 0.0  # the background: the slow rate outside bursts
         self.trend = 0.0
         self.forecast = 0.0
-        self.conc_fast = 0.0
         self.busy_fast = 0.0
         self.conc_slow = 0.0
         self.service: Optional[float] = None
@@ -418,16 +419,14 @@ class PredictivePolicy:
     def _burst_size(self, service: float, per_slot: int, warmup: float) -> int:
         """Slots for the burst that just ended: its events' work spread over the time its
         events arrived in plus one warm-up (a shorter wait is not worth a slot: see the backlog
-        rule); a burst that arrives over more than ``4 x warm-up`` is sized as
-        steady load."""
+        rule), and at least its peak one-second rate x S; a burst that arrives over more than
+        ``4 x warm-up`` is sized as steady load."""
         assert self._below_since is not None, "called once a burst has ended"
         span = max(0.05, self._burst_last - self._burst_first)
         events = max(0.0, self._below_arrivals - self._burst_a0 - self._burst_base * span)
         if span > 4 * warmup:
             return max(1, self._slots_for(events * service / span / per_slot))
-        spread = events * service / (span + warmup)
-        # At least its peak one-second rate x S: a burst that piles up faster than it spreads.
-        spread = max(spread, self._burst_rate * service)
+        spread = max(events * service / (span + warmup), self._burst_rate * service)
         return max(1, math.ceil(spread / per_slot - 1e-9))
 
     def young_s(self, warmup: float) -> float:
@@ -467,7 +466,6 @@ class PredictivePolicy:
             self.rate_bg = _ewma(self.rate_bg, rate, dt, min(self.tau_slow, self._bg_elapsed))
         self.trend = _ewma(self.trend, (self.rate_fast - prev_fast) / dt, dt, self.tau_trend)
         conc = obs.busy + obs.waiting
-        self.conc_fast = _ewma(self.conc_fast, conc, dt, self.tau_fast)
         self.busy_fast = _ewma(self.busy_fast, obs.busy, dt, self.tau_fast)
         self.conc_slow = _ewma(self.conc_slow, conc, dt, min(self.tau_slow, self._elapsed))
 

@@ -26,8 +26,8 @@ SHRINK_AFTER = 10.0
 
 class WarmupClock:
     """Measures how long this pipeline's slots take to warm up, from the outside: the time from
-    asking for slots to the warm count rising (EWMA). Used while the runtime does not report
-    it itself (``core.load()`` has no warm-up time yet)."""
+    asking for slots to the warm count rising (EWMA). Used until the slot pool reports its own
+    measurement (``core.pool(i)["warmup_s"]``, 0 before the first slot warms)."""
 
     def __init__(self) -> None:
         self.asked: Deque[float] = deque()
