@@ -137,6 +137,15 @@ def _spin(seconds: float) -> int:
     return n
 
 
+# Worker processes import this module to find the app, so it lives at module level.
+process_app = warmslot.App()
+
+
+@process_app.pipeline("crunch", slots=1, isolation="process", timeout=None)
+def crunch_in_a_worker(event):
+    return {"n": _spin(0.03)}
+
+
 @pytest.mark.timeout(90)
 def test_a_cpu_bound_thread_pipeline_does_not_grow_to_max_slots(serve):
     app = warmslot.App()
@@ -186,3 +195,16 @@ def test_a_cpu_bound_thread_pipeline_does_not_grow_to_max_slots(serve):
     assert peak["wait"] > peak["crunch"], (peak, preds)
     text = server.metrics()
     assert re.search(r'^warmslot_slot_cpu_seconds_total\{pipeline="crunch"\} [0-9.]+$', text, re.M)
+
+
+@pytest.mark.timeout(90)
+def test_process_slots_report_their_workers_cpu_time(serve):
+    server, client = serve(process_app)
+    for _ in range(20):
+        assert client.post("crunch", {})[0] == 200
+    pool = server._core.pool(0)
+    (_, _, _, _, _, ran, run_us, cpu_us) = server._core.load()[0]
+    # 20 runs of 30 ms of CPU each, read from /proc/<pid>/stat in 10 ms clock ticks.
+    assert ran == 20 and cpu_us == pool["cpu_us"]
+    assert 0.4e6 <= cpu_us <= run_us + 0.1e6, (cpu_us, run_us)
+    assert server.predictions()["crunch"]["cpu_share"] > 0.5
