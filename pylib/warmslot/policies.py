@@ -513,6 +513,7 @@ class PredictivePolicy:
             self._burst_last = obs.t
             self._burst_rate = rate_second
             self._burst_base = bg0  # the background the burst stands on
+            self.rate_bg = bg0  # the half second before it was detected was the burst
             self._below_since = None
             if self._last_burst_end is not None:
                 self.gaps.append(max(0.0, obs.t - 0.5 - self._last_burst_end))
