@@ -307,7 +307,7 @@ class PredictivePolicy:
     the queue would outlast ``burst_patience`` seconds (1.5; or ``backlog_factor`` warm-ups if
     longer): slots started for a short burst are warm when most of it has arrived, and the
     events they take are cold starts. A burst that ended is sized by its events' work spread
-    over the time they arrived in plus one warm-up, and at least its peak one-second arrival
+    over the time they arrived in plus ``backlog_factor`` warm-ups, and at least its peak one-second arrival
     rate x ``S`` (one arriving over more than 4 warm-ups as steady load); one lasting over
     ``max_burst_s`` (30 s) is a shift of the load, not a burst, and becomes the background.
     The idle gaps between bursts go into a histogram. Once ``min_history`` (4) gaps are known
@@ -418,15 +418,15 @@ class PredictivePolicy:
 
     def _burst_size(self, service: float, per_slot: int, warmup: float) -> int:
         """Slots for the burst that just ended: its events' work spread over the time its
-        events arrived in plus one warm-up (a shorter wait is not worth a slot: see the backlog
-        rule), and at least its peak one-second rate x S; a burst that arrives over more than
+        events arrived in plus ``backlog_factor`` warm-ups (a shorter wait is not worth a slot:
+        see the backlog rule), and at least its peak one-second rate x S; a burst that arrives over more than
         ``4 x warm-up`` is sized as steady load."""
         assert self._below_since is not None, "called once a burst has ended"
         span = max(0.05, self._burst_last - self._burst_first)
         events = max(0.0, self._below_arrivals - self._burst_a0 - self._burst_base * span)
         if span > 4 * warmup:
             return max(1, self._slots_for(events * service / span / per_slot))
-        spread = max(events * service / (span + warmup), self._burst_rate * service)
+        spread = max(events * service / (span + self.backlog_factor * warmup), self._burst_rate * service)
         return max(1, math.ceil(spread / per_slot - 1e-9))
 
     def young_s(self, warmup: float) -> float:
@@ -541,6 +541,7 @@ class PredictivePolicy:
                     self._in_burst = False
                     self._last_burst_end = None
                     self.rate_bg = self.rate_fast
+                    self._recent = deque((t, a, self.rate_bg) for t, a, _ in self._recent)
         # A young burst is served by the slots warmed for it (and the backlog rule below), not by
         # extrapolating its first half second: a short burst is over before slots started for
         # it are warm, and they would only turn waits into cold starts. It stops being young
