@@ -303,9 +303,8 @@ class PredictivePolicy:
     1 s; or back at the background with its queue still being served), and while a surprising
     half second is not yet known as a burst, the target is not raised from averages its queue
     inflates: the burst is served by the slots there are, those learned from earlier bursts,
-    and the backlog rule; for a burst whose like was never seen the backlog rule waits until
-    the queue would outlast ``burst_patience`` seconds (1.5; or ``backlog_factor`` warm-ups if
-    longer): slots started for a short burst are warm when most of it has arrived, and the
+    and the backlog rule, which then waits until the queue would outlast ``burst_patience``
+    seconds (1.5; or ``backlog_factor`` warm-ups if longer): slots started for a short burst are warm when most of it has arrived, and the
     events they take are cold starts. A burst that ended is sized by its events' work spread
     over the time they arrived in plus ``backlog_factor`` warm-ups, and at least its peak one-second arrival
     rate x ``S`` (one arriving over more than 4 warm-ups as steady load); one lasting over
@@ -585,10 +584,11 @@ class PredictivePolicy:
         # the slots there are (else its events are sooner served by a busy slot than a cold one).
         if obs.waiting > 0 and service > 0:
             drain = obs.waiting * service / max(1, obs.warm * per_slot)
-            # A burst whose like was never seen: slots started now would be warm when most of it
-            # has arrived, and the events they take would be cold starts. Its queue may last up to
-            # burst_patience seconds (or backlog_factor warm-ups if longer) before slots are added.
-            if young and not self.peaks:
+            # A young burst: slots started now would be warm when most of it has arrived, and
+            # the events they take would be cold starts (it is served by the slots warmed for
+            # it). Its queue may last up to burst_patience seconds (or backlog_factor warm-ups if
+            # longer) before slots are added.
+            if young:
                 bound = max(self.burst_patience, self.backlog_factor * warmup)
             else:
                 bound = self.backlog_factor * warmup
