@@ -11,12 +11,13 @@ from warmslot.predictor import WarmupClock, observation
 
 
 def test_observation_maps_the_engines_counters():
-    # (waiting, inflight, warm, busy, arrivals, ran, run_us)
-    obs = observation(12.5, (5, 9, 4, 4, 100, 90, 4_500_000), starting=2, warmup_s=0.3)
-    assert (obs.t, obs.arrivals, obs.ran, obs.run_us) == (12.5, 100, 90, 4_500_000)
+    # (waiting, inflight, warm, busy, arrivals, ran, run_us, cpu_us)
+    obs = observation(12.5, (5, 9, 4, 4, 100, 90, 4_500_000, 300_000), starting=2, warmup_s=0.3)
+    assert (obs.t, obs.arrivals, obs.ran, obs.run_us, obs.cpu_us) == (12.5, 100, 90, 4_500_000, 300_000)
     assert obs.waiting == 5, "admitted and not yet running (ring and lanes)"
     assert (obs.busy, obs.warm, obs.starting, obs.warmup_s, obs.cold_starts) == (4, 4, 2, 0.3, 0)
-    assert obs.cpu_us == obs.run_us, "CPU time is not measured yet: equal means unknown"
+    unmeasured = observation(1.0, (0, 0, 1, 0, 10, 10, 500_000, 0), 0, 0.3)
+    assert unmeasured.cpu_us == unmeasured.run_us, "no CPU time measured: equal tells the policy it is unknown"
     # The slot pool's own measurements win once it has them.
     pool = {"warmup_s": 0.12, "cold_starts": 3}
     obs = observation(0.0, (7, 2, 1, 1, 0, 0, 0), 0, 0.5, pool)
@@ -82,3 +83,21 @@ def test_scale_to_grows_and_never_shrinks_here(serve):
     assert rt.started == 3  # warm or warming
     assert rt.scale_to(1) == 0 and rt.started == 3
     assert rt.scale_to(5) == 0, "never past max_slots"
+
+
+def test_demo_prints_pool_size_and_target_per_pipeline(serve):
+    from warmslot.demo import pool_line
+
+    app = warmslot.App()
+
+    @app.pipeline("a", scaling="static", min_slots=2, max_slots=2)
+    def a(event):
+        return {}
+
+    @app.pipeline("b", scaling="reactive", max_slots=4)
+    def b(event):
+        return {}
+
+    server, _ = serve(app)
+    line = pool_line(server)
+    assert line == "pool: a 2 warm / target 2 (static: static), b 1 warm / target 1 (reactive: stable)", line

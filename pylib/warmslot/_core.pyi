@@ -34,9 +34,13 @@ class Core:
     def execution(self, id: str) -> Optional[str]:
         """The execution record as JSON text, or None."""
     def stats(self) -> List[Dict[str, Any]]: ...
-    def load(self) -> List[Tuple[int, int, int, int, int, int, int]]:
-        """Per pipeline: (waiting, inflight, slots_warm, slots_busy, arrivals, executions_ran, run_us_sum)."""
-    def set_prediction(self, pipeline: int, target_slots: int, forecast_rps: float) -> None: ...
+    def load(self) -> List[Tuple[int, int, int, int, int, int, int, int]]:
+        """Per pipeline: (waiting, inflight, slots_warm, slots_busy, arrivals, executions_ran, run_us_sum,
+        cpu_us_sum); cpu_us_sum is 0 where CPU time is not measured."""
+    def set_prediction(
+        self, pipeline: int, target_slots: int, forecast_rps: float, phase: Optional[str] = None
+    ) -> None: ...
+    def set_predictor_phases(self, pipeline: int, phases: List[str]) -> None: ...
 
 class Job:
     """One begun event handed to an async slot: run it, then one of succeed()/fail()/time_out()."""

@@ -129,6 +129,21 @@ def report(server: Server, seconds: float, ok: int, errors: int, rtts: Dict[str,
     return "\n".join(lines)
 
 
+def pool_line(server: Server) -> str:
+    """One line: per pipeline, its warm slots and what its scaling policy asks for (and why)."""
+    loads = server._core.load()
+    parts = []
+    for rt, snap, load in zip(server.runtimes, server.autoscaler.snapshots(), loads):
+        policy = f"{snap['policy']}: {snap['phase']}"
+        parts.append(f"{rt.spec.name} {load[2]} warm / target {snap['target_slots']} ({policy})")
+    return "pool: " + ", ".join(parts)
+
+
+def _print_pool_every(server: Server, seconds: float, done: threading.Event) -> None:
+    while not done.wait(seconds):
+        print(pool_line(server), flush=True)
+
+
 def admin_hint(url: str) -> str:
     """How to reach the admin routes when an admin token is set (the token itself is not shown)."""
     return (
@@ -148,8 +163,16 @@ def run_demo(host: str, port: int, seconds: float, clients: int, keep_serving: b
         print(f"warmslot demo: serving {', '.join('/hooks/' + n for n in names)} on {server.url}", flush=True)
         print(f"live dashboard: {server.url}/dashboard (per-second series as JSON: {server.url}/stats)", flush=True)
         print(f"driving {clients} keep-alive clients for {seconds:.0f}s...", flush=True)
-        ok, errors, rtts = drive(server, names, seconds, clients)
+        done = threading.Event()
+        printer = threading.Thread(target=_print_pool_every, args=(server, 1.0, done), daemon=True)
+        printer.start()
+        try:
+            ok, errors, rtts = drive(server, names, seconds, clients)
+        finally:
+            done.set()
+            printer.join(2.0)
         print(report(server, seconds, ok, errors, rtts), flush=True)
+        print(pool_line(server), flush=True)
         if keep_serving:
             example = f'curl -s -XPOST {server.url}/hooks/echo -d \'{{"user":"me","text":"hi"}}\''
             print(f"\nstill serving on {server.url} (dashboard: {server.url}/dashboard); try: {example}", flush=True)

@@ -63,6 +63,7 @@ class StaticPolicy:
     """``min_slots`` warm slots, never more (a fixed pool)."""
 
     name = "static"
+    PHASES = ("static",)
 
     def __init__(self, min_slots: int, max_slots: int) -> None:
         self.min_slots = min_slots
@@ -275,9 +276,10 @@ class PredictivePolicy:
       the horizon ``h`` = the measured warm-up time of this pipeline's slots + one tick;
     - demand (events in service at once, per slot's target concurrency) is the slow one,
       ``max(rate_slow x S, busy + waiting averaged over tau_slow)``, unless the fast one
-      (``max(forecast x S, busy + waiting over tau_fast)``) has been above ``noise_band`` (1.5)
-      times it for ``rise_s`` (0.5 s): a rise; or below 1/``noise_band`` of it: a clear fall;
-      so Poisson noise does not move the pool and a jump shorter than ``rise_s`` is a burst;
+      (``max(forecast x S, busy averaged over tau_fast)``: a queue is the backlog rule's) has
+      been above ``noise_band`` (1.5) times it for ``rise_s`` (0.5 s): a rise; or below
+      1/``noise_band`` of it: a clear fall; so Poisson noise does not move the pool and a jump
+      shorter than ``rise_s`` is a burst;
     - slots = ``ceil(d + beta x sqrt(d))`` for demand ``d``: square-root staffing keeps the
       chance of waiting low without a fixed margin at every size;
     - the backlog rule: a queue adds slots only if it would outlast ``backlog_factor`` (1.5)
@@ -286,23 +288,36 @@ class PredictivePolicy:
       within a warm-up and keep up with the last half second's arrivals.
 
     CPU-bound pipelines: the GIL runs one thread's Python at a time, so about ``1 / phi``
-    slots can overlap usefully; and when the runs already use ``cpu_saturation`` (90 %) of a
-    core, the target is not raised above the warm slots.
+    slots can overlap usefully (``phi`` from the CPU time the slot loop measures: the slot
+    thread's CPU clock around each batch, or the worker process's user + system time); and
+    when the runs already use ``cpu_saturation`` (90 %) of a core, the target is not raised
+    above the warm slots.
 
-    Recurring patterns, after Shahrad et al., "Serverless in the Wild" (ATC '20): a burst
-    starts when the last half second's arrivals need ``burst_slots`` more slots than (and twice)
-    the slow baseline and are beyond Poisson noise around it (6 sigma); it ends when arrivals
-    have been back at the background it stood on for ``burst_end_s`` (1 s). A burst is sized
-    by its peak one-second arrival rate x ``S`` (one lasting over 4 warm-ups as steady load);
-    one lasting over ``max_burst_s`` (30 s) is a shift of the load, not a burst. The idle gaps
-    between bursts go into a histogram. Once ``min_history`` (4) gaps are known and their 5th
-    percentile is at least ``min_gap_ratio`` (0.5) of their median, the pattern is trusted:
-    after a burst the pool is released (phase ``gap``), and warmed to the largest of the last
-    three bursts ``h + prewarm_margin`` seconds before 90 % of the 5th-percentile gap has
-    passed (phase ``prewarm``), until the burst comes or 110 % of the 99th-percentile gap has
-    passed (the paper's 10 % margins). With bursts seen but no trusted pattern, a burst's
-    slots are kept for ``keep_alive`` (60 s) after it (phase ``hold``, the paper's fixed
-    keep-alive fallback); otherwise the policy is reactive (``steady``, ``rising``, ``burst``,
+    Recurring patterns, after Shahrad et al., "Serverless in the Wild" (ATC '20): the
+    *background* is the slow arrival rate outside bursts (EWMA over ``tau_slow``, not updated
+    while a burst lasts). A burst starts when the last half second's arrivals need
+    ``burst_slots`` more slots than (and twice) the baseline and are beyond Poisson noise around
+    the background as it stood before that half second (6 sigma); it ends when arrivals have
+    been back at that background, and its queue served, for ``burst_end_s`` (1 s). While a
+    burst is *young* (arrivals going on for less than ``young_warmups`` (1) warm-ups, at least
+    1 s; or back at the background with its queue still being served), and while a surprising
+    half second is not yet known as a burst, the target is not raised from averages its queue
+    inflates: the burst is served by the slots there are, those learned from earlier bursts,
+    and the backlog rule, which then waits until the queue would outlast ``burst_patience``
+    seconds (1.5; or ``backlog_factor`` warm-ups if longer): slots started for a short burst are warm when most of it has arrived, and the
+    events they take are cold starts. A burst that ended is sized by its events' work spread
+    over the time they arrived in plus ``backlog_factor`` warm-ups, and at least its peak one-second arrival
+    rate x ``S`` (one arriving over more than 4 warm-ups as steady load); one lasting over
+    ``max_burst_s`` (30 s) is a shift of the load, not a burst, and becomes the background.
+    The idle gaps between bursts go into a histogram. Once ``min_history`` (4) gaps are known
+    and their 5th percentile is at least ``min_gap_ratio`` (0.5) of their median, the pattern
+    is trusted: after a burst the pool is released to what
+    the background needs (phase ``gap``), and warmed to the largest of the last three bursts
+    ``h + prewarm_margin`` seconds before 90 % of the 5th-percentile gap has passed (phase
+    ``prewarm``), until the burst comes or 110 % of the 99th-percentile gap has passed (the
+    paper's 10 % margins). With bursts seen but no trusted pattern, a burst's slots are kept
+    for ``keep_alive`` (60 s) after it (phase ``hold``, the paper's fixed keep-alive
+    fallback); otherwise the policy is reactive (``steady``, ``rising``, ``burst``,
     ``cooling``, ``idle``).
 
     Scale-down hysteresis: the target is the largest sizing of the last ``scale_down_after``
@@ -334,6 +349,8 @@ class PredictivePolicy:
         min_gap_ratio: float = 0.5,
         prewarm_margin: float = 0.5,
         cpu_saturation: float = 0.9,
+        burst_patience: float = 1.5,
+        young_warmups: float = 1.0,
     ) -> None:
         self.min_slots = min_slots
         self.max_slots = max_slots
@@ -355,27 +372,34 @@ class PredictivePolicy:
         self.min_gap_ratio = min_gap_ratio
         self.prewarm_margin = prewarm_margin
         self.cpu_saturation = cpu_saturation
+        self.burst_patience = burst_patience
+        self.young_warmups = young_warmups
 
         self.phase = "idle"
         self.rate_fast = 0.0
         self.rate_slow = 0.0
+        self.rate_bg = 0.0  # the background: the slow rate outside bursts
         self.trend = 0.0
         self.forecast = 0.0
-        self.conc_fast = 0.0
+        self.busy_fast = 0.0
         self.conc_slow = 0.0
         self.service: Optional[float] = None
         self.cpu_share: Optional[float] = None
         self.cpu_load = 0.0  # CPU seconds of runs per second
         self.horizon = 0.0
         self._elapsed = 0.0
+        self._bg_elapsed = 0.0
         self.target = min_slots
         self._last: Optional[Observation] = None
-        self._recent: Deque[Tuple[float, int]] = deque()  # (t, arrivals) over the last 0.5 s
+        # (t, arrivals, background rate before t) over the last second
+        self._recent: Deque[Tuple[float, int, float]] = deque()
         self._sizes: Deque[Tuple[float, int]] = deque()  # (t, slots) for the hysteresis window
         # Pattern learning.
         self._in_burst = False
         self._burst_start = 0.0
         self._burst_t0 = 0.0
+        self._burst_first = 0.0  # when its first and last events arrived (about)
+        self._burst_last = 0.0
         self._burst_rate = 0.0
         self._burst_base = 0.0
         self._burst_a0 = 0
@@ -392,15 +416,20 @@ class PredictivePolicy:
         return math.ceil(demand + self.beta * math.sqrt(demand) - 1e-9)
 
     def _burst_size(self, service: float, per_slot: int, warmup: float) -> int:
-        """Slots for the burst that just ended: its events' work spread over its length plus
-        one warm-up (a wait shorter than a warm-up is not worth a slot: see the backlog rule);
-        a burst that lasts more than ``4 x warm-up`` is sized as steady load."""
+        """Slots for the burst that just ended: its events' work spread over the time its
+        events arrived in plus ``backlog_factor`` warm-ups (a shorter wait is not worth a slot:
+        see the backlog rule), and at least its peak one-second rate x S; a burst that arrives over more than
+        ``4 x warm-up`` is sized as steady load."""
         assert self._below_since is not None, "called once a burst has ended"
-        length = max(0.1, self._below_since - self._burst_t0 - 0.25)
-        events = max(0.0, self._below_arrivals - self._burst_a0 - self._burst_base * length)
-        if length > 4 * warmup:
-            return max(1, self._slots_for(events * service / length / per_slot))
-        return max(1, math.ceil(self._burst_rate * service / per_slot - 1e-9))
+        span = max(0.05, self._burst_last - self._burst_first)
+        events = max(0.0, self._below_arrivals - self._burst_a0 - self._burst_base * span)
+        if span > 4 * warmup:
+            return max(1, self._slots_for(events * service / span / per_slot))
+        spread = max(events * service / (span + self.backlog_factor * warmup), self._burst_rate * service)
+        return max(1, math.ceil(spread / per_slot - 1e-9))
+
+    def young_s(self, warmup: float) -> float:
+        return max(self.young_warmups * warmup, 1.0)
 
     def pattern(self) -> Optional[Tuple[float, float]]:
         """(p5, p99) of the learned idle gaps, or None while the pattern is unclear."""
@@ -430,9 +459,13 @@ class PredictivePolicy:
         # passed it is the plain mean so far (the EWMA's start-up bias removed).
         self._elapsed += dt
         self.rate_slow = _ewma(self.rate_slow, rate, dt, min(self.tau_slow, self._elapsed))
+        bg_before = self.rate_bg
+        if not self._in_burst:
+            self._bg_elapsed += dt
+            self.rate_bg = _ewma(self.rate_bg, rate, dt, min(self.tau_slow, self._bg_elapsed))
         self.trend = _ewma(self.trend, (self.rate_fast - prev_fast) / dt, dt, self.tau_trend)
         conc = obs.busy + obs.waiting
-        self.conc_fast = _ewma(self.conc_fast, conc, dt, self.tau_fast)
+        self.busy_fast = _ewma(self.busy_fast, obs.busy, dt, self.tau_fast)
         self.conc_slow = _ewma(self.conc_slow, conc, dt, min(self.tau_slow, self._elapsed))
 
         ran = obs.ran - last.ran
@@ -449,11 +482,13 @@ class PredictivePolicy:
 
         # Arrivals of the last half second (the burst detector's short view) and of the last
         # second (a burst's size).
-        self._recent.append((obs.t, obs.arrivals))
+        self._recent.append((obs.t, obs.arrivals, bg_before))
         while len(self._recent) > 2 and self._recent[1][0] <= obs.t - 1.0:
             self._recent.popleft()
-        t1, a1 = self._recent[0]
-        t0, a0 = next(((t, a) for t, a in self._recent if t >= obs.t - 0.5 - 1e-9), (t1, a1))
+        t1, a1, _ = self._recent[0]
+        # The background is judged as it was before the last half second: a burst must not
+        # raise the level it is measured against (at start-up the background is a plain mean).
+        t0, a0, bg0 = next((r for r in self._recent if r[0] >= obs.t - 0.5 - 1e-9), self._recent[0])
         rate_short = (obs.arrivals - a0) / (obs.t - t0) if obs.t > t0 else rate
         rate_second = (obs.arrivals - a1) / (obs.t - t1) if obs.t > t1 else rate
 
@@ -461,24 +496,30 @@ class PredictivePolicy:
         warmup = max(obs.warmup_s, dt)
 
         # Bursts and the gaps between them.
-        baseline = self._slots_for(self.rate_slow * service / per_slot)
+        baseline = self._slots_for(min(self.rate_slow, bg0) * service / per_slot)
         short_need = self._slots_for(rate_short * service / per_slot)
         # A burst: the last half second needs burst_slots more than (and twice) the baseline,
         # and its arrivals are beyond what Poisson noise around the slow rate gives (6 sigma).
-        expected = self.rate_slow * (obs.t - t0)
+        expected = bg0 * (obs.t - t0)
         surprising = obs.arrivals - a0 >= expected + 6 * math.sqrt(expected) + 2
         onset = max(baseline + self.burst_slots, 2 * baseline)
         if not self._in_burst and service > 0 and short_need >= onset and surprising:
             self._in_burst = True
             self._burst_start = obs.t
             self._burst_t0, self._burst_a0 = t0, a0
+            # Arrivals happened within the tick before the first entry that counts more.
+            self._burst_first = next((r[0] - dt for r in self._recent if r[1] > a0), obs.t)
+            self._burst_last = obs.t
             self._burst_rate = rate_second
-            self._burst_base = self.rate_slow  # the background the burst stands on
+            self._burst_base = bg0  # the background the burst stands on
+            self.rate_bg = bg0  # the half second before it was detected was the burst
             self._below_since = None
             if self._last_burst_end is not None:
                 self.gaps.append(max(0.0, obs.t - 0.5 - self._last_burst_end))
         if self._in_burst:
             self._burst_rate = max(self._burst_rate, rate_second)
+            if obs.arrivals > last.arrivals and short_need >= onset:
+                self._burst_last = obs.t
             # It ends when arrivals fall back to the background it stood on (not to a slow
             # average that a long burst has pulled up).
             base_need = self._slots_for(self._burst_base * service / per_slot)
@@ -494,14 +535,24 @@ class PredictivePolicy:
                         self._last_burst_end = None
             else:
                 self._below_since = None
-        # A burst younger than 4 warm-ups is served by the slots warmed for it (and the backlog
-        # rule below), not by extrapolating its first half second: a short burst is over before
-        # slots started for it are warm, and they would only turn waits into cold starts.
-        short_burst = self._in_burst and (obs.t - self._burst_start < 4 * warmup or short_need < onset)
+                if obs.t - self._burst_start > self.max_burst_s:
+                    # A shift of the load that lasted, not a burst: it is the background now.
+                    self._in_burst = False
+                    self._last_burst_end = None
+                    self.rate_bg = self.rate_fast
+                    self._recent = deque((t, a, self.rate_bg) for t, a, _ in self._recent)
+        # A young burst is served by the slots warmed for it (and the backlog rule below), not by
+        # extrapolating its first half second: a short burst is over before slots started for
+        # it are warm, and they would only turn waits into cold starts. It stops being young
+        # after young_warmups warm-ups (at least 1 s: the 0.5 s window has then emptied of an
+        # ended burst's arrivals) while its arrivals go on.
+        short_burst = self._in_burst and (obs.t - self._burst_start < self.young_s(warmup) or short_need < onset)
 
         self.forecast = max(0.0, self.rate_fast + max(0.0, self.trend) * self.horizon)
         slow_demand = max(self.rate_slow * service, self.conc_slow)
-        fast_demand = max(self.forecast * service, self.conc_fast)
+        # The fast view counts running events, not waiting ones: a queue is the backlog rule's
+        # (its events are served by slots within a warm-up, not by slots sized to keep it).
+        fast_demand = max(self.forecast * service, self.busy_fast)
         # A rise counts once it has lasted a warm-up (at least rise_s): a jump that ends sooner
         # is a burst, for the burst logic and the backlog rule, not a trend to extrapolate.
         if fast_demand > self.noise_band * slow_demand + 0.5:
@@ -517,11 +568,31 @@ class PredictivePolicy:
         else:
             demand = slow_demand
         need = self._slots_for(demand / per_slot)
+        # A young burst (or a surprising half second not yet known as one: the service time may
+        # not be measured yet) inflates every average with its queue: it is served by the slots
+        # there are, those learned from earlier bursts, and the backlog rule below.
+        if self._in_burst:
+            # Young until young_s has passed with its arrivals going on; once they are back at
+            # the background, what is left is its queue.
+            back = short_need < self._slots_for(self._burst_base * service / per_slot) + 1
+            young = back or obs.t - self._burst_start < self.young_s(warmup)
+        else:
+            young = surprising
+        if young:
+            need = min(need, max([self.target] + list(self.peaks)))
         # A backlog: a new slot helps only if the queue would outlast backlog_factor warm-ups on
         # the slots there are (else its events are sooner served by a busy slot than a cold one).
         if obs.waiting > 0 and service > 0:
             drain = obs.waiting * service / max(1, obs.warm * per_slot)
-            if drain > self.backlog_factor * warmup:
+            # A young burst: slots started now would be warm when most of it has arrived, and
+            # the events they take would be cold starts (it is served by the slots warmed for
+            # it). Its queue may last up to burst_patience seconds (or backlog_factor warm-ups if
+            # longer) before slots are added.
+            if young:
+                bound = max(self.burst_patience, self.backlog_factor * warmup)
+            else:
+                bound = self.backlog_factor * warmup
+            if drain > bound:
                 # Enough slots to clear the queue within a warm-up and keep up with arrivals.
                 backlog = obs.waiting * service / max(warmup, service) + rate_short * service
                 need = max(need, math.ceil(backlog / per_slot - 1e-9))
@@ -541,7 +612,9 @@ class PredictivePolicy:
                 need = max(need, max(self.peaks))
                 phase = "prewarm"
             elif since < p5 - lead:
-                hold = min(hold, self.burst_end_s)  # an expected idle gap: release now
+                # An expected idle gap: release down to what the background needs, now.
+                need = min(need, max(conc, self._slots_for(self.rate_bg * service / per_slot)))
+                hold = min(hold, self.burst_end_s)
                 phase = "gap"
         elif self.peaks and self._last_burst_end is not None and obs.t - self._last_burst_end < self.keep_alive:
             # A burst was seen but its recurrence is not known yet: keep its slots for a
@@ -614,6 +687,8 @@ _OPTIONS: Dict[str, Tuple[str, ...]] = {
         "min_gap_ratio",
         "prewarm_margin",
         "cpu_saturation",
+        "burst_patience",
+        "young_warmups",
     ),
 }
 

@@ -26,8 +26,8 @@ SHRINK_AFTER = 10.0
 
 class WarmupClock:
     """Measures how long this pipeline's slots take to warm up, from the outside: the time from
-    asking for slots to the warm count rising (EWMA). Used while the runtime does not report
-    it itself (``core.load()`` has no warm-up time yet)."""
+    asking for slots to the warm count rising (EWMA). Used until the slot pool reports its own
+    measurement (``core.pool(i)["warmup_s"]``, 0 before the first slot warms)."""
 
     def __init__(self) -> None:
         self.asked: Deque[float] = deque()
@@ -51,11 +51,14 @@ def observation(
     now: float, counters: Sequence[int], starting: int, warmup_s: float, pool: Optional[Dict[str, Any]] = None
 ) -> Observation:
     """Maps one pipeline's ``core.load()`` tuple ``(waiting, inflight, warm, busy, arrivals, ran,
-    run_us)`` and its ``core.pool()`` counters to an ``Observation``. ``waiting`` counts events
-    admitted and not yet running (ring and lanes). The slot pool measures warm-up times and cold
-    starts; ``warmup_s`` (measured from outside) is used until the first slot reports. CPU time is
-    not measured yet (``cpu_us = run_us`` says so)."""
+    run_us, cpu_us)`` and its ``core.pool()`` counters to an ``Observation``. ``waiting`` counts
+    events admitted and not yet running (ring and lanes). The slot pool measures warm-up times,
+    cold starts and the CPU time of runs (thread CPU time of a thread slot, the worker's user +
+    system time of a process slot); ``warmup_s`` (measured from outside) is used until the first
+    slot reports. Where CPU time is not measured (``cpu_us`` 0: async pipelines in this
+    interpreter), ``cpu_us = run_us`` tells the policy so."""
     waiting, inflight, warm, busy, arrivals, ran, run_us = counters[:7]
+    cpu_us = int(counters[7]) if len(counters) > 7 else 0
     pool = pool or {}
     measured = float(pool.get("warmup_s") or 0.0)
     return Observation(
@@ -67,7 +70,7 @@ def observation(
         starting=max(0, int(starting)),
         ran=int(ran),
         run_us=int(run_us),
-        cpu_us=int(run_us),
+        cpu_us=cpu_us if cpu_us > 0 else int(run_us),
         warmup_s=measured if measured > 0 else warmup_s,
         cold_starts=int(pool.get("cold_starts", 0)),
     )
@@ -88,6 +91,9 @@ class Autoscaler:
         self.clocks = [WarmupClock() for _ in runtimes]
         for clock, rt in zip(self.clocks, runtimes):
             clock.started(now, rt.spec.min_slots)  # the pools warm their minimum as they start
+        for i, policy in enumerate(self.policies):
+            phases = list(getattr(policy, "PHASES", ())) or [str(policy.snapshot().get("phase"))]
+            core.set_predictor_phases(i, phases)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="warmslot-autoscaler", daemon=True)
 
@@ -106,8 +112,9 @@ class Autoscaler:
         ):
             warmup = clock.observe(now, int(counters[2]))
             target = policy.decide(observation(now, counters, rt.starting, warmup, self.core.pool(i)))
-            forecast = float(policy.snapshot().get("forecast_rps") or 0.0)
-            self.core.set_prediction(i, target, forecast)
+            snap = policy.snapshot()
+            forecast = float(snap.get("forecast_rps") or 0.0)
+            self.core.set_prediction(i, target, forecast, str(snap.get("phase")))
             if not rt.growth_paused():
                 clock.started(now, rt.scale_to(target))
 

@@ -313,6 +313,9 @@ impl Engine {
                     idle_slot_seconds: s.idle_slot_seconds(),
                     worker_rss_bytes: s.rss_bytes(),
                     waiting: p.intake.waiting(),
+                    cpu_seconds: s.cpu_us() as f64 / 1e6,
+                    target_slots: p.target_slots(),
+                    predictor_phases: s.predictor_phases(),
                 }
             })
             .collect();

@@ -347,6 +347,7 @@ impl Core {
         d.set_item("cold_starts", s.cold_starts())?;
         d.set_item("idle_slot_seconds", s.idle_slot_seconds())?;
         d.set_item("warmup_s", s.warmup_seconds())?;
+        d.set_item("cpu_us", s.cpu_us())?;
         d.set_item("worker_rss_bytes", s.rss_bytes())?;
         d.set_item("last_error", s.last_error())?;
         let named = |names: &[&str], v: &[u64]| -> PyResult<Bound<'py, PyDict>> {
@@ -386,8 +387,10 @@ impl Core {
     }
 
     /// Cheap per-pipeline counters for the predictor: (waiting, inflight, slots_warm,
-    /// slots_busy, arrivals, executions_ran, run_us_sum).
-    fn load(&self) -> Vec<(usize, usize, usize, usize, u64, u64, u64)> {
+    /// slots_busy, arrivals, executions_ran, run_us_sum, cpu_us_sum). `cpu_us_sum` is the CPU
+    /// time of the slots' batches (0: not measured, e.g. async pipelines in this interpreter).
+    #[allow(clippy::type_complexity)]
+    fn load(&self) -> Vec<(usize, usize, usize, usize, u64, u64, u64, u64)> {
         self.engine
             .pipelines()
             .iter()
@@ -401,15 +404,33 @@ impl Core {
                     p.arrivals(),
                     ran,
                     run_us,
+                    p.slots.cpu_us(),
                 )
             })
             .collect()
     }
 
-    /// Publishes the predictor's warm-slot target and forecast for /metrics.
-    fn set_prediction(&self, pipeline: usize, target_slots: usize, forecast_rps: f64) -> PyResult<()> {
+    /// Publishes the predictor's warm-slot target, forecast and phase for /metrics.
+    #[pyo3(signature = (pipeline, target_slots, forecast_rps, phase=None))]
+    fn set_prediction(
+        &self,
+        pipeline: usize,
+        target_slots: usize,
+        forecast_rps: f64,
+        phase: Option<&str>,
+    ) -> PyResult<()> {
         let p = self.engine.pipelines().get(pipeline).ok_or_else(|| PyValueError::new_err("no such pipeline"))?;
         p.set_prediction(target_slots, forecast_rps);
+        if let Some(phase) = phase {
+            p.slots.set_predictor_phase(phase);
+        }
+        Ok(())
+    }
+
+    /// Declares the phases of `pipeline`'s scaling policy (the `state` labels of
+    /// `warmslot_predictor_state`).
+    fn set_predictor_phases(&self, pipeline: usize, phases: Vec<String>) -> PyResult<()> {
+        self.pipeline(pipeline)?.slots.set_predictor_phases(&phases);
         Ok(())
     }
 

@@ -16,6 +16,11 @@ pub struct PoolCounters<'a> {
     pub idle_slot_seconds: f64,
     pub worker_rss_bytes: u64,
     pub waiting: usize,
+    /// CPU time of the slots' runs, seconds.
+    pub cpu_seconds: f64,
+    /// The predictor's warm-slot target and (phase, is current) for each of its phases.
+    pub target_slots: usize,
+    pub predictor_phases: Vec<(String, bool)>,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -69,9 +74,77 @@ pub fn render(pools: &[PoolCounters<'_>]) -> String {
     for p in pools {
         let _ = writeln!(out, "warmslot_worker_rss_bytes{{pipeline=\"{}\"}} {}", escape(p.name), p.worker_rss_bytes);
     }
+    family(
+        &mut out,
+        "warmslot_slot_cpu_seconds_total",
+        "counter",
+        "CPU time the slots spent running the pipeline (thread CPU time, or the worker process's user + system time).",
+    );
+    for p in pools {
+        let _ =
+            writeln!(out, "warmslot_slot_cpu_seconds_total{{pipeline=\"{}\"}} {:.6}", escape(p.name), p.cpu_seconds);
+    }
+    family(&mut out, "warmslot_predictor_target_slots", "gauge", "Warm slots the scaling policy asks for now.");
+    for p in pools {
+        let _ = writeln!(out, "warmslot_predictor_target_slots{{pipeline=\"{}\"}} {}", escape(p.name), p.target_slots);
+    }
+    family(
+        &mut out,
+        "warmslot_predictor_state",
+        "gauge",
+        "The scaling policy's phase: 1 for the current one, 0 for the others.",
+    );
+    for p in pools {
+        for (state, current) in &p.predictor_phases {
+            let _ = writeln!(
+                out,
+                "warmslot_predictor_state{{pipeline=\"{}\",state=\"{}\"}} {}",
+                escape(p.name),
+                escape(state),
+                u8::from(*current)
+            );
+        }
+    }
     family(&mut out, "warmslot_waiting", "gauge", "Events admitted and not yet running (bounded by queue_size).");
     for p in pools {
         let _ = writeln!(out, "warmslot_waiting{{pipeline=\"{}\"}} {}", escape(p.name), p.waiting);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::slots::SlotPool;
+
+    #[test]
+    fn predictor_target_state_and_cpu_time_are_rendered() {
+        let pool = SlotPool::new(2);
+        pool.set_predictor_phases(&["stable".to_string(), "panic".to_string()]);
+        pool.set_predictor_phase("panic");
+        pool.add_cpu_us(1_500_000);
+        let text = render(&[PoolCounters {
+            name: "p",
+            warmups: vec![],
+            crashes: vec![],
+            recycles: vec![],
+            cold_starts: 0,
+            idle_slot_seconds: 0.0,
+            worker_rss_bytes: 0,
+            waiting: 0,
+            cpu_seconds: pool.cpu_us() as f64 / 1e6,
+            target_slots: 3,
+            predictor_phases: pool.predictor_phases(),
+        }]);
+        assert!(text.contains("warmslot_predictor_target_slots{pipeline=\"p\"} 3\n"), "{text}");
+        assert!(text.contains("warmslot_predictor_state{pipeline=\"p\",state=\"stable\"} 0\n"), "{text}");
+        assert!(text.contains("warmslot_predictor_state{pipeline=\"p\",state=\"panic\"} 1\n"), "{text}");
+        assert!(text.contains("warmslot_slot_cpu_seconds_total{pipeline=\"p\"} 1.500000\n"), "{text}");
+        // A phase the policy did not declare is added, and becomes the current one.
+        pool.set_predictor_phase("warming");
+        assert_eq!(
+            pool.predictor_phases(),
+            vec![("stable".into(), false), ("panic".into(), false), ("warming".into(), true)]
+        );
+    }
 }

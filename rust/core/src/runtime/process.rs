@@ -123,6 +123,19 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// User + system CPU time of process `pid` in µs (Linux `/proc/<pid>/stat`, fields 14 and 15),
+/// if readable.
+fn process_cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11); // field 3 is the first after ')'
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Some((utime + stime) * 1_000_000 / hz)
+}
+
 impl ProcessBackend {
     /// Starts a worker for `slot` and waits until it is warm (or fails, or the pipeline closes).
     pub fn spawn(pipeline: &Arc<Pipeline>, slot: usize, cmd: &WorkerCommand) -> Result<ProcessBackend, SpawnError> {
@@ -353,6 +366,15 @@ impl Backend for ProcessBackend {
         Ok(())
     }
 
+    // NOTE: the worker's CPU time comes from `/proc/<pid>/stat` (clock ticks: 10 ms steps), read
+    // before and after each batch: 33 µs a read (debug build, 2026-12-02, measured by
+    // `process_cpu_time_is_read_from_proc`), small beside a batch's round trip through the
+    // worker. Differences of the cumulative counter lose no time across batches of one worker; a
+    // worker replaced mid-batch restarts its counter, and that batch adds nothing.
+    fn cpu_clock_us(&mut self) -> Option<u64> {
+        process_cpu_us(self.pid)
+    }
+
     fn recycle(&mut self) -> Option<&'static str> {
         if self.executions == 0 {
             return None; // a fresh worker runs at least one batch, whatever its size
@@ -450,5 +472,31 @@ pub fn run_process_slot(
         }
         drop(backend);
         reason = WarmupReason::Replace;
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::process_cpu_us;
+    use std::time::Instant;
+
+    #[test]
+    fn process_cpu_time_is_read_from_proc() {
+        let pid = std::process::id();
+        let a = process_cpu_us(pid).expect("/proc/self/stat is readable");
+        let t = Instant::now();
+        let mut x = 0u64;
+        // Clock ticks are 10 ms: spin until the counter moves (bounded by a deadline).
+        while process_cpu_us(pid).unwrap() <= a {
+            x = x.wrapping_add(std::hint::black_box(1));
+            assert!(t.elapsed().as_secs() < 10, "the CPU time of this process did not move (x={x})");
+        }
+        assert_eq!(process_cpu_us(u32::MAX), None, "no such process");
+        let n = 1000;
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(process_cpu_us(pid));
+        }
+        eprintln!("process_cpu_us: {} ns a read", t.elapsed().as_nanos() / n);
     }
 }

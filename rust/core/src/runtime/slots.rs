@@ -68,6 +68,12 @@ pub struct SlotPool {
     idle_clock: Mutex<(Instant, usize)>,
     /// Most recent warm-up time (µs), an EWMA: the predictor's horizon.
     warmup_us: AtomicU64,
+    /// CPU time the slots spent running batches (µs): thread CPU time of a thread slot, the
+    /// worker's user + system time for a process slot. Beside the wall time it tells the
+    /// predictor whether more slots can overlap.
+    cpu_us: AtomicU64,
+    /// The predictor's phases (labels of `warmslot_predictor_state`) and the current one.
+    predictor: Mutex<(Vec<String>, usize)>,
     /// Most recent warm-up or crash problem and its slot, shown by `/healthz` until that slot
     /// warms up again.
     last_error: Mutex<Option<(usize, String)>>,
@@ -86,6 +92,8 @@ impl SlotPool {
             idle_us: AtomicU64::new(0),
             idle_clock: Mutex::new((Instant::now(), 0)),
             warmup_us: AtomicU64::new(0),
+            cpu_us: AtomicU64::new(0),
+            predictor: Mutex::new((Vec::new(), 0)),
             last_error: Mutex::new(None),
         }
     }
@@ -236,6 +244,43 @@ impl SlotPool {
     pub fn idle_slot_seconds(&self) -> f64 {
         self.tick_idle();
         self.idle_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Adds CPU time spent running a batch.
+    pub fn add_cpu_us(&self, us: u64) {
+        self.cpu_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// CPU time the slots spent running batches so far, in µs (0: not measured, e.g. async
+    /// pipelines in this interpreter).
+    pub fn cpu_us(&self) -> u64 {
+        self.cpu_us.load(Ordering::Relaxed)
+    }
+
+    /// Sets the predictor's current phase; `phase` is added to the known ones if new.
+    pub fn set_predictor_phase(&self, phase: &str) {
+        let mut p = self.predictor.lock().unwrap_or_else(|e| e.into_inner());
+        match p.0.iter().position(|s| s == phase) {
+            Some(i) => p.1 = i,
+            None => {
+                p.0.push(phase.to_string());
+                p.1 = p.0.len() - 1;
+            }
+        }
+    }
+
+    /// Declares the predictor's phases (all exported, 1 for the current one).
+    pub fn set_predictor_phases(&self, phases: &[String]) {
+        let mut p = self.predictor.lock().unwrap_or_else(|e| e.into_inner());
+        let current = p.0.get(p.1).cloned();
+        p.0 = phases.to_vec();
+        p.1 = current.and_then(|c| p.0.iter().position(|s| *s == c)).unwrap_or(0);
+    }
+
+    /// (phase, is current) for every phase the predictor declared or reported.
+    pub fn predictor_phases(&self) -> Vec<(String, bool)> {
+        let p = self.predictor.lock().unwrap_or_else(|e| e.into_inner());
+        p.0.iter().enumerate().map(|(i, s)| (s.clone(), i == p.1)).collect()
     }
 
     /// Measured warm-up time of this pipeline's slots (EWMA, seconds; 0 before the first).
