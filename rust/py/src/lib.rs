@@ -247,6 +247,7 @@ impl Core {
         let engine = match (get::<String>(app, "redis_url")?, get::<String>(app, "sqlite_path")?) {
             (Some(url), _) => {
                 let db = RedisDb::open(&url).map_err(store_err)?;
+                db.set_records_ttl(config.records_ttl);
                 let store_for = move |p: &PipelineConfig| Ok(db.store(&p.name, lease_for(p)));
                 Engine::new(config, &store_for, key_fn)
             }

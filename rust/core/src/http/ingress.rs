@@ -373,6 +373,23 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     pipeline.arrived();
     let exec = engine.new_execution(&pipeline, key.map(String::into_boxed_str), received);
     let exec = Arc::new(exec.with_delivery(delivery, is_async));
+    if let (Some(d), true) = (&exec.delivery, pipeline.store.shares_deliveries()) {
+        // Across processes (Redis): the first process to claim the id runs it. Checked before
+        // the in-process map, so that every repeat, here or elsewhere, is pointed at that one.
+        let (store, d2, id, window) = (pipeline.store.clone(), d.clone(), exec.id_str.clone(), cfg.dedupe_window);
+        let claimed = tokio::task::spawn_blocking(move || store.claim_delivery(&d2, &id, window)).await;
+        match claimed {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(other))) => {
+                return match engine.execution(&other) {
+                    Some(first) => repeat(first, is_async, engine).await,
+                    None => repeat_remote(&pipeline, other.into(), is_async).await,
+                };
+            }
+            Ok(Err(e)) => return refuse(ErrorCode::StateError, format!("could not check the delivery id: {e}")),
+            Err(e) => return refuse(ErrorCode::StateError, format!("could not check the delivery id: {e}")),
+        }
+    }
     if let Some(d) = &exec.delivery {
         match engine.deliveries.claim(pipeline.index, d, cfg.dedupe_window, &exec) {
             Ok(()) => {}
@@ -387,6 +404,9 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     let forget = || {
         if let Some(d) = &exec.delivery {
             engine.deliveries.forget(pipeline.index, d, &exec);
+            if pipeline.store.shares_deliveries() {
+                pipeline.store.release_delivery(d, &exec.id_str);
+            }
         }
     };
     let journaled = is_async && pipeline.store.is_durable();
@@ -524,6 +544,33 @@ async fn repeat(first: Arc<Execution>, is_async: bool, engine: &Arc<Engine>) -> 
     let (outcome, _) = first.wait().await;
     engine.settle(&first);
     reply(&first, outcome)
+}
+
+/// Answers a repeated delivery that another process (sharing a Redis store) took: its id at once
+/// for an async repeat; for a sync one, its record once that process wrote it (polled until this
+/// pipeline's timeout, then `504`).
+async fn repeat_remote(pipeline: &Arc<Pipeline>, id: Box<str>, is_async: bool) -> HttpResponse {
+    if is_async {
+        return accepted(&id);
+    }
+    let until = pipeline.config.timeout.map(|t| Instant::now() + t);
+    loop {
+        let (store, id2) = (pipeline.store.clone(), id.clone());
+        if let Ok(Some(record)) = tokio::task::spawn_blocking(move || store.record(&id2)).await {
+            return repeat_stored(&record, false);
+        }
+        if until.is_some_and(|u| Instant::now() >= u) {
+            let mut resp = error(
+                ErrorCode::PipelineTimeout,
+                &format!("execution {id} (the first delivery, run by another process) did not finish in time"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                resp.headers_mut().insert(EXECUTION_ID, v);
+            }
+            return resp;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Answers a repeated delivery whose first execution finished before this process started.

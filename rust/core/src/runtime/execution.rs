@@ -233,7 +233,7 @@ impl Execution {
         self.pipeline.metrics.record(status, &timings);
         // A journaled event stopped by a shutdown stays journaled: it runs after the restart.
         let shutting_down = matches!(outcome, Outcome::Failed { code: ErrorCode::ShuttingDown, .. });
-        if self.pipeline.store.is_durable() && !shutting_down && !self.recorded.load(Ordering::Acquire) {
+        if self.pipeline.store.keeps_records() && !shutting_down && !self.recorded.load(Ordering::Acquire) {
             self.pipeline.store.record_outcome(self.record(status, &outcome, &timings));
         }
         let _ = self.outcome.set((outcome, timings));
@@ -444,7 +444,7 @@ impl Job {
         let store = &self.exec.pipeline.store;
         // On a durable store the record goes with the state, in one transaction: the journal
         // entry is done exactly when the state update is in.
-        let record = store.is_durable().then(|| {
+        let record = store.keeps_records().then(|| {
             let timings = self.final_timings(commit_start);
             self.exec.record(Status::Succeeded, &Outcome::Succeeded(reply.clone()), &timings)
         });

@@ -87,6 +87,27 @@ pub trait StateStore: Send + Sync {
     fn is_durable(&self) -> bool {
         false
     }
+    /// True when the store keeps execution records (written with the commit, and by
+    /// `record_outcome`) that `record` reads back: durable stores, and Redis for other processes.
+    fn keeps_records(&self) -> bool {
+        self.is_durable()
+    }
+    /// Claims `delivery` for `execution_id` among every process sharing the store, for `window`.
+    /// Returns the execution id that claimed it first when another one did.
+    fn claim_delivery(
+        &self,
+        _delivery: &str,
+        _execution_id: &str,
+        _window: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+    /// Undoes `claim_delivery` (the event was refused, so a repeat must run).
+    fn release_delivery(&self, _delivery: &str, _execution_id: &str) {}
+    /// True when `claim_delivery` deduplicates across processes (Redis).
+    fn shares_deliveries(&self) -> bool {
+        false
+    }
     /// Writes an accepted event to the journal; `done` is called once it is durable.
     fn journal(&self, _entry: JournalEntry, done: Journaled) {
         done(Ok(()))
