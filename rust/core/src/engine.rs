@@ -265,7 +265,7 @@ impl Engine {
                     Ok((event, _)) => event,
                     Err(_) => serde_json::Value::Null,
                 };
-                let seq = u64::from_str_radix(&entry.id[entry.id.len().saturating_sub(16)..], 16).unwrap_or(0);
+                let (seq, _) = self.ids.next(); // arrival order in this process; the public id is kept
                 let exec = Execution::new(seq, entry.id.clone(), p.clone(), entry.key.clone(), Instant::now())
                     .with_delivery(entry.delivery.clone(), true)
                     .recovered(entry.received_unix);
@@ -379,6 +379,9 @@ impl Engine {
         }
         running.stop_io.notify_one();
         let _ = running.io.join();
+        for p in &self.pipelines {
+            p.store.flush();
+        }
     }
 
     pub fn stats(&self) -> Vec<PipelineStats> {

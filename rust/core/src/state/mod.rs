@@ -102,6 +102,8 @@ pub trait StateStore: Send + Sync {
     ) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
+    /// Waits until the outcomes recorded so far are written (called at shutdown).
+    fn flush(&self) {}
     /// Undoes `claim_delivery` (the event was refused, so a repeat must run).
     fn release_delivery(&self, _delivery: &str, _execution_id: &str) {}
     /// True when `claim_delivery` deduplicates across processes (Redis).

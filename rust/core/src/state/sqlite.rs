@@ -56,6 +56,8 @@ impl Default for SqliteOptions {
 enum Write {
     Journal(Box<str>, JournalEntry, Journaled),
     Outcome(Box<str>, ExecutionRecord),
+    /// Answered once everything sent before it is written.
+    Flush(Sender<()>),
 }
 
 pub struct SqliteDb {
@@ -68,6 +70,7 @@ pub struct SqliteDb {
 
 impl Drop for SqliteDb {
     fn drop(&mut self) {
+        self.flush();
         self.stop.store(true, Ordering::Release);
     }
 }
@@ -164,6 +167,7 @@ fn write_groups(conn: Arc<Mutex<Connection>>, writes: Receiver<Write>) {
                     match w {
                         Write::Journal(pipeline, entry, _) => insert_journal(&tx, pipeline, entry)?,
                         Write::Outcome(pipeline, record) => upsert_record(&tx, pipeline, record)?,
+                        Write::Flush(_) => {}
                     }
                 }
                 tx.commit()
@@ -171,10 +175,14 @@ fn write_groups(conn: Arc<Mutex<Connection>>, writes: Receiver<Write>) {
             .map_err(|e| e.to_string())
         };
         for w in group.drain(..) {
-            if let Write::Journal(_, _, done) = w {
-                done(result.clone().map_err(|e| StoreError(format!("sqlite: {e}"))));
-            } else if let Err(e) = &result {
-                eprintln!("warmslot: could not record an execution outcome: {e}");
+            match w {
+                Write::Journal(_, _, done) => done(result.clone().map_err(|e| StoreError(format!("sqlite: {e}")))),
+                Write::Outcome(..) => {
+                    if let Err(e) = &result {
+                        eprintln!("warmslot: could not record an execution outcome: {e}");
+                    }
+                }
+                Write::Flush(done) => drop(done.send(())),
             }
         }
     }
@@ -254,6 +262,14 @@ impl SqliteDb {
         Arc::new(SqliteStore { db: self.clone(), pipeline: pipeline.into() })
     }
 
+    /// Waits until every journal entry and outcome sent so far is written.
+    pub fn flush(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.writes.send(Write::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -316,6 +332,10 @@ impl StateStore for SqliteStore {
 
     fn record_outcome(&self, record: ExecutionRecord) {
         let _ = self.db.writes.send(Write::Outcome(self.pipeline.clone(), record));
+    }
+
+    fn flush(&self) {
+        self.db.flush();
     }
 
     fn record(&self, id: &str) -> Option<ExecutionRecord> {
@@ -427,6 +447,100 @@ mod tests {
         assert_eq!(db.store("b").load("k").unwrap().unwrap(), Bytes::from_static(b"{\"other\":true}"));
         assert_eq!(db.store("c").load("k").unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn entry(id: &str, key: &str, delivery: Option<&str>) -> JournalEntry {
+        JournalEntry {
+            id: id.into(),
+            key: Some(key.into()),
+            delivery: delivery.map(Into::into),
+            body: Bytes::from_static(b"{\"user\":\"u\"}"),
+            headers: Bytes::from_static(b"webhook-id: d1\n"),
+            received_unix: now_unix(),
+        }
+    }
+
+    fn record(id: &str, delivery: Option<&str>, status: &'static str) -> ExecutionRecord {
+        ExecutionRecord {
+            id: id.into(),
+            key: Some("u".into()),
+            delivery: delivery.map(Into::into),
+            received_unix: now_unix(),
+            status,
+            http_status: if status == "succeeded" { 200 } else { 500 },
+            reply: Bytes::from_static(b"{\"ok\":1}"),
+            json: format!("{{\"id\":\"{id}\",\"status\":\"{status}\"}}"),
+        }
+    }
+
+    fn journal(store: &Arc<dyn StateStore>, e: JournalEntry) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.journal(e, Box::new(move |r| tx.send(r).unwrap()));
+        rx.recv().unwrap().unwrap();
+    }
+
+    #[test]
+    fn journal_commit_and_recovery() {
+        let dir = std::env::temp_dir().join(format!("warmslot-journal-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("j.db");
+        let path = path.to_str().unwrap();
+        {
+            let db = SqliteDb::open(path).unwrap();
+            let p = db.store("p");
+            journal(&p, entry("e1", "u", Some("d1")));
+            journal(&p, entry("e2", "u", None));
+            journal(&p, entry("e3", "v", None));
+            journal(&db.store("other"), entry("e4", "u", None));
+            // e1 succeeds: state and record in one transaction; its journal entry is done.
+            p.commit_execution(
+                Some("u"),
+                Some(Bytes::from_static(b"{\"n\":1}")),
+                Some(&record("e1", Some("d1"), "succeeded")),
+            )
+            .unwrap();
+            let unfinished: Vec<_> = p.unfinished().unwrap().into_iter().map(|e| e.id).collect();
+            assert_eq!(unfinished, vec!["e2".into(), "e3".into()] as Vec<Box<str>>, "in journal order");
+            // A repeated journal write of a finished execution does not bring it back.
+            journal(&p, entry("e1", "u", Some("d1")));
+            assert_eq!(p.unfinished().unwrap().len(), 2);
+            p.record_outcome(record("e3", None, "failed"));
+        }
+        let db = SqliteDb::open(path).unwrap();
+        let p = db.store("p");
+        let unfinished = p.unfinished().unwrap();
+        assert_eq!(unfinished.len(), 1, "the failed e3 is recorded; only e2 is left");
+        assert_eq!(&*unfinished[0].id, "e2");
+        assert_eq!(&unfinished[0].headers[..], b"webhook-id: d1\n");
+        assert_eq!(p.load("u").unwrap().unwrap(), Bytes::from_static(b"{\"n\":1}"));
+        let r = p.record("e1").unwrap();
+        assert_eq!((r.status, r.http_status, &r.reply[..]), ("succeeded", 200, &b"{\"ok\":1}"[..]));
+        assert!(p.record("e2").is_none(), "an unfinished execution has no record yet");
+        assert!(db.store("other").record("e1").is_none(), "records are per pipeline");
+        let seen = p.deliveries(0.0, 10);
+        assert_eq!(seen.len(), 1);
+        assert_eq!((seen[0].delivery.as_str(), seen[0].execution_id.as_str()), ("d1", "e1"));
+        assert_eq!(p.list("failed", 10), vec!["{\"id\":\"e3\",\"status\":\"failed\"}".to_string()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_finished_records_and_every_queued_one() {
+        let db = SqliteDb::open(":memory:").unwrap();
+        let p = db.store("p");
+        for i in 0..5 {
+            p.commit_execution(None, None, Some(&record(&format!("r{i}"), None, "succeeded"))).unwrap();
+        }
+        journal(&p, entry("q", "u", None));
+        let options = SqliteOptions { max_records: 2, ..SqliteOptions::default() };
+        prune(&db.conn(), &options).unwrap();
+        assert!(p.record("r2").is_none() && p.record("r3").is_some() && p.record("r4").is_some());
+        assert_eq!(p.unfinished().unwrap().len(), 1, "queued events are never pruned");
+        let options = SqliteOptions { records_ttl: Duration::ZERO, ..SqliteOptions::default() };
+        std::thread::sleep(Duration::from_millis(5)); // finished_at must be in the past
+        prune(&db.conn(), &options).unwrap();
+        assert!(p.record("r4").is_none(), "older than records_ttl");
+        assert_eq!(p.unfinished().unwrap().len(), 1);
     }
 
     #[test]
