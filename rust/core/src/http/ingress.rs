@@ -396,7 +396,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
             Err(Seen::Live(first)) => return repeat(first, is_async, engine).await,
             Err(Seen::Stored(id)) => match pipeline.store.record(&id) {
                 Some(record) => return repeat_stored(&record, is_async),
-                // Pruned since start: this delivery runs again.
+                // Its record is gone (evicted from memory, or pruned): this delivery runs again.
                 None => engine.deliveries.replace(pipeline.index, d, cfg.dedupe_window, &exec),
             },
         }

@@ -3,12 +3,15 @@
 //! repeats collapse into one execution.
 //!
 //! An entry lives for its pipeline's `dedupe_window`. Entries are also bounded in number
-//! (`capacity`, the app's `max_records`): past it the oldest go first. On a durable store the
+//! (`capacity`, the app's `max_records`): past it the oldest go first. An entry holds its
+//! execution weakly (the execution records own it, within their count and byte bounds): once the
+//! record is evicted, a repeat is answered from the durable store's record, or (memory store) runs
+//! again. On a durable store the
 //! deliveries of finished executions are loaded at start (`Seen::Stored`: only the execution id
 //! is kept; its answer is read from the store when a repeat comes).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::runtime::execution::Execution;
@@ -23,9 +26,30 @@ pub enum Seen {
 
 type Id = (usize, Box<str>);
 
+enum Held {
+    Live(Weak<Execution>, Box<str>),
+    Stored(Box<str>),
+}
+
 struct Entry {
-    seen: Seen,
+    held: Held,
     expires: Instant,
+}
+
+impl Entry {
+    fn seen(&self) -> Seen {
+        match &self.held {
+            Held::Live(weak, id) => weak.upgrade().map_or_else(|| Seen::Stored(id.clone()), Seen::Live),
+            Held::Stored(id) => Seen::Stored(id.clone()),
+        }
+    }
+}
+
+fn hold(seen: Seen) -> Held {
+    match seen {
+        Seen::Live(exec) => Held::Live(Arc::downgrade(&exec), exec.id_str.clone()),
+        Seen::Stored(id) => Held::Stored(id),
+    }
 }
 
 #[derive(Default)]
@@ -47,7 +71,7 @@ impl Deliveries {
 
     fn insert(inner: &mut Inner, capacity: usize, id: Id, seen: Seen, expires: Instant) {
         inner.order.push_back((expires, id.clone()));
-        inner.by_id.insert(id, Entry { seen, expires });
+        inner.by_id.insert(id, Entry { held: hold(seen), expires });
         let now = Instant::now();
         while let Some((at, _)) = inner.order.front() {
             if *at > now && inner.by_id.len() <= capacity {
@@ -69,7 +93,7 @@ impl Deliveries {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = inner.by_id.get(&id) {
             if e.expires > now {
-                return Err(e.seen.clone());
+                return Err(e.seen());
             }
         }
         Self::insert(&mut inner, self.capacity, id, Seen::Live(exec.clone()), now + window);
@@ -99,7 +123,8 @@ impl Deliveries {
     pub fn forget(&self, pipeline: usize, delivery: &str, exec: &Arc<Execution>) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let id: Id = (pipeline, delivery.into());
-        if matches!(inner.by_id.get(&id), Some(Entry { seen: Seen::Live(e), .. }) if Arc::ptr_eq(e, exec)) {
+        if matches!(inner.by_id.get(&id), Some(Entry { held: Held::Live(e, _), .. }) if e.as_ptr() == Arc::as_ptr(exec))
+        {
             inner.by_id.remove(&id);
         }
     }
@@ -142,6 +167,13 @@ mod tests {
         assert!(d.claim(0, "x", day, &b).is_err(), "forget leaves another execution's entry");
         d.forget(0, "x", &a);
         assert!(d.claim(0, "x", day, &b).is_ok());
+        // Once nothing else holds the execution, a repeat is pointed at its stored record.
+        let c = exec(3);
+        assert!(d.claim(0, "z", day, &c).is_ok());
+        drop(c);
+        assert!(
+            matches!(d.claim(0, "z", day, &a), Err(Seen::Stored(id)) if &*id == "00000000000000000000000000000003")
+        );
     }
 
     #[test]
