@@ -355,3 +355,19 @@ def test_sigkill_during_intake_runs_every_accepted_event_once(tmp_path):
     for k, v in accepted.items():
         assert len(v) <= counts[k] <= len(v) + 8, (k, len(v), counts[k])
     assert sum(counts.values()) <= sum(map(len, accepted.values())) + 8
+
+
+def test_a_slot_crash_is_retried(serve, tmp_path):
+    import process_bots
+
+    _, c = serve(process_bots.retry_app)
+    status, _, body = c.post("once", {"user": "u", "marker": str(tmp_path / "crashed")})
+    assert status == 202
+
+    def final():
+        rec = c.get(f"/executions/{body['execution_id']}")[2]
+        return rec if rec["status"] in ("succeeded", "failed") else None
+
+    rec = poll(final, what="the retried execution")
+    assert rec["status"] == "succeeded" and rec["result"] == {"n": 1}, rec
+    assert rec["attempts"] == 2 and [e["code"] for e in rec["retried_errors"]] == ["slot_crashed"]
