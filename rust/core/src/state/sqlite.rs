@@ -8,6 +8,9 @@
 //!   turns its journal row from `queued` to `succeeded`) are written in one transaction: after a
 //!   crash either both are there or neither, so a recovered event never applies twice.
 //! - **Recovery.** On start the engine re-admits the `queued` rows in arrival (`seq`) order.
+//! - **Indexes.** Besides the id, only journaled rows while `queued` and rows with a delivery id
+//!   are indexed, so a sync execution's record costs one row and one id-index entry; listing
+//!   failed executions (an admin route) scans the table.
 //! - **Retention.** Finished records older than `records_ttl`, and all but the newest
 //!   `max_records`, are deleted by the background connection (every `PRUNE_EVERY`).
 //!
@@ -103,7 +106,8 @@ const SCHEMA: &str = "
         record TEXT,
         finished_at REAL
     );
-    CREATE INDEX IF NOT EXISTS warmslot_executions_by_status ON warmslot_executions (status, pipeline, seq);
+    CREATE INDEX IF NOT EXISTS warmslot_executions_queued
+        ON warmslot_executions (pipeline, seq) WHERE status = 'queued';
     CREATE INDEX IF NOT EXISTS warmslot_executions_by_delivery
         ON warmslot_executions (pipeline, received_at) WHERE delivery IS NOT NULL;";
 
