@@ -32,8 +32,8 @@ def poll(fn, timeout: float = 30.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def counter_app(state: str = "memory", **options) -> warmslot.App:
-    app = warmslot.App(state=state)
+def counter_app(state: str = "memory", app_options=None, **options) -> warmslot.App:
+    app = warmslot.App(state=state, **(app_options or {}))
 
     @app.pipeline("count", key="user", slots=2, **options)
     def count(event, ctx):
@@ -166,7 +166,7 @@ def test_sqlite_dedupes_and_keeps_records_across_a_restart(tmp_path):
     server.stop()
     assert sync[0] == 200 and sync[2]["n"] == 1
 
-    server = counter_app(url).start("127.0.0.1", 0)
+    server = counter_app(url, {"sqlite_synchronous": "full"}).start("127.0.0.1", 0)
     try:
         with Client(server.host, server.port) as c:
             again = c.post("count", {"user": "r"}, {"webhook-id": "w-1"})
