@@ -66,6 +66,16 @@ def test_a_repeated_delivery_gets_the_first_answer_and_runs_once(serve, header):
     assert plain[2]["n"] == 3, "no delivery id: no deduplication"
 
 
+def test_long_delivery_ids_are_kept_hashed(serve):
+    _, c = serve(counter_app())
+    long_a, long_b = "a" * 5000, "a" * 4999 + "b"
+    first = c.post("count", {"user": "l"}, {"Idempotency-Key": long_a})
+    assert c.post("count", {"user": "l"}, {"Idempotency-Key": long_a})[2] == first[2] == {"n": 1, "user": "l"}
+    assert c.post("count", {"user": "l"}, {"Idempotency-Key": long_b})[2]["n"] == 2
+    record = c.get(f"/executions/{first[1]['x-warmslot-execution-id']}")[2]
+    assert record["delivery_id"].startswith("sha256:") and len(record["delivery_id"]) == 7 + 64
+
+
 def test_concurrent_repeats_collapse_into_one_execution(serve):
     app = warmslot.App()
 

@@ -370,6 +370,8 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
         Err(message) => return refuse(ErrorCode::BadRequest, message),
     };
 
+    let delivery = delivery.map(bounded_delivery_id);
+
     pipeline.arrived();
     let exec = engine.new_execution(&pipeline, key.map(String::into_boxed_str), received);
     let exec = Arc::new(exec.with_delivery(delivery, is_async));
@@ -528,6 +530,18 @@ fn delivery_id(
             Some(_) => Err(format!("the dedupe field {field:?} must be a string or a number")),
         },
     }
+}
+
+/// Delivery ids longer than this are kept as their SHA-256 (`sha256:<hex>`), so that the
+/// deduplication map and the records stay small whatever a client sends.
+const MAX_DELIVERY_ID: usize = 128;
+
+fn bounded_delivery_id(id: Box<str>) -> Box<str> {
+    if id.len() <= MAX_DELIVERY_ID {
+        return id;
+    }
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(id.as_bytes()))).into_boxed_str()
 }
 
 /// Answers a repeated delivery with what its first execution answered: its id at once for an
