@@ -104,3 +104,17 @@ class Flaky:
 
 flaky_app = warmslot.App()
 flaky_app.pipeline("flaky", slots=1, isolation="process")(Flaky)
+
+
+retry_app = warmslot.App()
+
+
+@retry_app.pipeline("once", slots=1, key="user", isolation="process", retries=1, retry_backoff=0.05, reply="async")
+def crash_once(event, ctx):
+    # The first attempt kills its worker (a slot crash); the retry, in a fresh worker, succeeds.
+    marker = event["marker"]
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    ctx.state["n"] = ctx.state.get("n", 0) + 1
+    return {"n": ctx.state["n"]}

@@ -153,3 +153,32 @@ def test_a_run_whose_deadline_passed_waiting_for_the_lease_does_not_run(redis_ur
         assert time.monotonic() - t0 < 0.8, "the event loop must not wait for another key's lease"
         t.join(5)
         assert results["busy"] == 200
+
+
+def test_repeated_deliveries_run_once_across_servers(redis_url):
+    # The same delivery id sent to two servers sharing one Redis, 8 at once: one execution.
+    nodes = [make_app(redis_url).start("127.0.0.1", 0) for _ in range(2)]
+    try:
+
+        def send(i):
+            node = nodes[i % 2]
+            with Client(node.host, node.port) as c:
+                return c.post("ledger", {"account": "dup", "amount": 10}, {"Idempotency-Key": "pay-1"})
+
+        results = concurrently(8, send)
+        assert {r[0] for r in results} == {200}, results
+        assert len({r[1]["x-warmslot-execution-id"] for r in results}) == 1
+        assert {r[2] for r in results} == {10}
+        with Client(nodes[1].host, nodes[1].port) as c:
+            assert c.post("ledger", {"account": "dup", "amount": 0})[2] == 10, "applied once"
+            # An async repeat on either server gets the same execution id.
+            status, _, body = c.post("ledger", {"account": "dup", "amount": 10}, {
+                "Idempotency-Key": "pay-1",
+                "Prefer": "respond-async",
+            })
+            assert (status, body["execution_id"]) == (202, results[0][1]["x-warmslot-execution-id"])
+            # The record of an execution run by the other server is readable here too.
+            assert c.get(f"/executions/{body['execution_id']}")[2]["result"] == 10
+    finally:
+        for n in nodes:
+            n.stop()

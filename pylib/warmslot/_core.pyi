@@ -14,6 +14,7 @@ class Core:
         app: Dict[str, Any],
         pipelines: List[Dict[str, Any]],
         key_fns: Sequence[Optional[Callable[[bytes], Optional[str]]]],
+        dedupe_fns: Optional[Sequence[Optional[Callable[[bytes], Optional[str]]]]] = None,
     ) -> None: ...
     def start(self) -> Tuple[str, int]:
         """Binds and starts serving; returns the (host, port) bound. Raises OSError (port in use)."""

@@ -81,7 +81,10 @@ class App:
     execution records may hold, replies included (oldest evicted first). ``max_keys``: keys the
     in-memory state store keeps per pipeline (the least recently used key is evicted past it).
     ``max_state_bytes``: largest state of one key (passed to the core; enforced once the slot
-    runtime calls ``state::check_size`` before committing).
+    runtime calls ``state::check_size`` before committing). ``records_ttl``: seconds a durable
+    store (SQLite) keeps finished execution records (and so answers repeated deliveries), besides
+    the ``max_records`` bound. ``sqlite_synchronous``: ``"normal"`` (default: a commit survives a
+    crash of the process, a power cut may lose the last ones) or ``"full"`` (fsync every commit).
     """
 
     def __init__(
@@ -103,6 +106,8 @@ class App:
         max_keys: int = 100_000,
         max_state_bytes: int = 1 << 20,
         isolation: str = "thread",
+        records_ttl: float = 7 * 86400.0,
+        sqlite_synchronous: str = "normal",
     ) -> None:
         if not isinstance(state, str):
             raise TypeError(f"state must be a str such as 'memory' or 'sqlite:///state.db', got {type(state).__name__}")
@@ -134,6 +139,10 @@ class App:
         self.max_record_bytes = check_count("max_record_bytes", max_record_bytes)
         self.max_keys = check_count("max_keys", max_keys)
         self.max_state_bytes = check_count("max_state_bytes", max_state_bytes)
+        self.records_ttl = check_seconds("records_ttl", records_ttl)
+        if sqlite_synchronous not in ("normal", "full"):
+            raise ValueError(f"sqlite_synchronous must be 'normal' or 'full', got {sqlite_synchronous!r}")
+        self.sqlite_synchronous = sqlite_synchronous
         self.pipelines: Dict[str, PipelineSpec] = {}
         self._servers: List[Server] = []
         self._stop_requested: Optional[threading.Event] = None
@@ -165,6 +174,10 @@ class App:
         max_memory_mb: Optional[int] = None,
         scaling: str = "predictive",
         scaling_options: Optional[Dict[str, Any]] = None,
+        dedupe: Union[bool, str, Callable[[Any], Any]] = True,
+        dedupe_window: float = 86400.0,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
     ) -> Callable[[P], P]: ...
 
     def pipeline(
@@ -189,6 +202,10 @@ class App:
         max_memory_mb: Optional[int] = None,
         scaling: str = "predictive",
         scaling_options: Optional[Dict[str, Any]] = None,
+        dedupe: Union[bool, str, Callable[[Any], Any]] = True,
+        dedupe_window: float = 86400.0,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
     ) -> Union[P, Callable[[P], P]]:
         """Registers a function or class as the pipeline ``name`` (default: its ``__name__``).
         Usable bare (``@app.pipeline``) or with options (``@app.pipeline("echo", slots=4)``);
@@ -215,6 +232,16 @@ class App:
         ``concurrency``: events one slot of an async pipeline runs at once. ``max_executions`` /
         ``max_memory_mb``: recycle a worker process after about that many executions (+ up to
         10% jitter) or once its resident memory exceeds that, between batches.
+
+        ``dedupe``: where a delivery id comes from: ``True`` (default: the ``Idempotency-Key``,
+        ``webhook-id`` or ``X-GitHub-Delivery`` header), a body field name (Stripe's ``"id"``,
+        Slack's ``"event_id"``), a callable(event) -> str, or ``False``. A delivery whose id was
+        seen within ``dedupe_window`` seconds is not run again: it gets the first execution's
+        answer (same status, body and ``x-warmslot-execution-id``; a ``202`` with the same id when
+        it asks for an async reply). ``retries``: further attempts of a failed async execution
+        (exception or slot crash), after ``retry_backoff`` seconds, doubled each time; a retry
+        joins the back of its key's lane. After the last one the execution is ``failed`` and
+        listed by ``GET /executions?status=failed&pipeline=<name>``.
         """
         if name is not None and not isinstance(name, str):
             if not callable(name):
@@ -237,6 +264,11 @@ class App:
             reply=reply,
             missing_key=missing_key,
         )
+        if not (isinstance(dedupe, (bool, str)) or callable(dedupe)) or dedupe == "":
+            raise TypeError(f"dedupe must be True, False, a body field name or a callable(event) -> str, got {dedupe!r}")
+        dedupe_window = check_seconds("dedupe_window", dedupe_window)
+        retries = check_count("retries", retries, minimum=0)
+        retry_backoff = check_seconds("retry_backoff", retry_backoff)
 
         def register(target: P) -> P:
             if not callable(target):
@@ -270,6 +302,10 @@ class App:
                 max_memory_mb=max_memory_mb,
                 scaling=scaling,
                 scaling_options=scaling_options,
+                dedupe=dedupe,
+                dedupe_window=dedupe_window,
+                retries=retries,
+                retry_backoff=retry_backoff,
             )
             return target
 
@@ -394,6 +430,8 @@ class Server:
             "max_record_bytes": app.max_record_bytes,
             "max_keys": app.max_keys,
             "max_state_bytes": app.max_state_bytes,
+            "records_ttl": app.records_ttl,
+            "sqlite_synchronous": app.sqlite_synchronous,
         }
         key_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
             _key_fn(s.key) if callable(s.key) else None for s in specs
@@ -411,7 +449,10 @@ class Server:
             for cfg, iso in zip(configs, isolation):
                 if iso == "process":
                     cfg["worker_cmd"] = [sys.executable, "-m", "warmslot.worker", target, cfg["name"]]
-        self._core = _core.Core(config, configs, key_fns)
+        dedupe_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
+            _key_fn(s.dedupe) if callable(s.dedupe) and not isinstance(s.dedupe, bool) else None for s in specs
+        ]
+        self._core = _core.Core(config, configs, key_fns, dedupe_fns)
         self.host, self.port = self._core.start()
         self._stopped = False
         self._lock = threading.Lock()

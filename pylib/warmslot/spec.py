@@ -240,6 +240,11 @@ class PipelineSpec:
     missing_key: str = "unkeyed"
     scaling: str = "predictive"
     scaling_options: Optional[Dict[str, Any]] = None
+    #: True (delivery-id headers), False, a body field name, or a callable(event) -> str.
+    dedupe: Any = True
+    dedupe_window: float = 86400.0
+    retries: int = 0
+    retry_backoff: float = 1.0
     is_async: bool = field(init=False)
     is_class: bool = field(init=False)
     takes_ctx: bool = field(init=False)
@@ -314,4 +319,9 @@ class PipelineSpec:
             "signature": self.signature.as_config() if self.signature else None,
             "reply_async": self.reply == "async",
             "missing_key": self.missing_key,
+            "dedupe": "off" if self.dedupe is False else ("callable" if callable(self.dedupe) else "headers"),
+            "dedupe_field": self.dedupe if isinstance(self.dedupe, str) else None,
+            "dedupe_window": self.dedupe_window,
+            "retries": self.retries,
+            "retry_backoff": self.retry_backoff,
         }

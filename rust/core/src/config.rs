@@ -50,6 +50,23 @@ pub enum Isolation {
     Process(WorkerCommand),
 }
 
+/// Where a webhook's delivery id (what deduplication compares) comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DedupeSpec {
+    /// The first of `Idempotency-Key`, `webhook-id` (Standard Webhooks), `X-GitHub-Delivery`.
+    #[default]
+    Headers,
+    /// A top-level field of the JSON body (Stripe's `id`, Slack's `event_id`).
+    Field(String),
+    /// Computed by a callable in the host language ([`KeyFn::delivery_id`](crate::KeyFn)).
+    Callable,
+    /// No deduplication.
+    Off,
+}
+
+/// The headers a delivery id is read from by default, in this order.
+pub const DELIVERY_HEADERS: [&str; 3] = ["idempotency-key", "webhook-id", "x-github-delivery"];
+
 /// What a keyed pipeline does with an event whose key field is missing or null.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MissingKey {
@@ -89,6 +106,13 @@ pub struct PipelineConfig {
     pub signature: Option<SignatureSpec>,
     /// Answer every webhook `202` at once (as if it carried `Prefer: respond-async`).
     pub reply_async: bool,
+    /// Where delivery ids come from; a repeat within `dedupe_window` is answered, not run.
+    pub dedupe: DedupeSpec,
+    pub dedupe_window: Duration,
+    /// Further attempts of a failed async execution (exception or slot crash).
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
 }
 
 impl PipelineConfig {
@@ -110,6 +134,10 @@ impl PipelineConfig {
             max_memory_mb: None,
             signature: None,
             reply_async: false,
+            dedupe: DedupeSpec::Headers,
+            dedupe_window: Duration::from_secs(24 * 3600),
+            retries: 0,
+            retry_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -147,6 +175,8 @@ pub struct AppConfig {
     pub max_keys: usize,
     /// Largest committed state of one key, in bytes (see `state::check_size`).
     pub max_state_bytes: usize,
+    /// How long a durable store keeps finished execution records (and so deduplicates).
+    pub records_ttl: Duration,
 }
 
 impl Default for AppConfig {
@@ -167,6 +197,7 @@ impl Default for AppConfig {
             max_record_bytes: 64 << 20,
             max_keys: 100_000,
             max_state_bytes: 1 << 20,
+            records_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

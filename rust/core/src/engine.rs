@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::config::{AppConfig, Isolation, KeySpec, PipelineConfig};
+use crate::config::{AppConfig, DedupeSpec, Isolation, KeySpec, PipelineConfig};
 use crate::observe::metrics::{self, PipelineGauges, Quantiles};
 use crate::observe::pool::PoolCounters;
 use crate::observe::records::Records;
-use crate::runtime::execution::Execution;
+use crate::runtime::dedupe::{Deliveries, Seen};
+use crate::runtime::execution::{Execution, Job};
 use crate::runtime::ids::{self, IdGenerator};
 use crate::runtime::pipeline::Pipeline;
 use crate::runtime::slots::{WarmupReason, CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS};
@@ -28,6 +29,10 @@ pub type StoreFactory = dyn Fn(&PipelineConfig) -> Result<Arc<dyn StateStore>, S
 /// callable). Runs on the ingress thread, so it should be quick.
 pub trait KeyFn: Send + Sync {
     fn key(&self, pipeline: usize, body: &[u8]) -> Result<Option<String>, String>;
+    /// The delivery id of a pipeline declared with a callable `dedupe=`.
+    fn delivery_id(&self, _pipeline: usize, _body: &[u8]) -> Result<Option<String>, String> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug)]
@@ -79,6 +84,7 @@ pub struct Engine {
     pipelines: Vec<Arc<Pipeline>>,
     by_name: HashMap<String, usize>,
     records: Records,
+    pub(crate) deliveries: Deliveries,
     ids: IdGenerator,
     key_fn: Option<Arc<dyn KeyFn>>,
     accepting: AtomicBool,
@@ -110,6 +116,12 @@ impl Engine {
                     p.name, p.min_slots, p.max_slots
                 )));
             }
+            if matches!(p.dedupe, DedupeSpec::Callable) && key_fn.is_none() {
+                return Err(EngineError::Config(format!(
+                    "pipeline {:?} has a callable dedupe but no delivery-id function",
+                    p.name
+                )));
+            }
             if matches!(p.key, KeySpec::Callable) && key_fn.is_none() {
                 return Err(EngineError::Config(format!(
                     "pipeline {:?} has a callable key but no key function",
@@ -123,6 +135,7 @@ impl Engine {
         }
         Ok(Arc::new(Engine {
             records: Records::new(config.max_records, config.max_record_bytes),
+            deliveries: Deliveries::new(config.max_records),
             config,
             pipelines,
             by_name,
@@ -178,6 +191,109 @@ impl Engine {
         ids::is_well_formed(id).then(|| self.records.get(id)).flatten()
     }
 
+    /// The record of an execution as JSON: live, or from a durable store (an earlier run).
+    pub fn execution_json(&self, id: &str) -> Option<String> {
+        if let Some(exec) = self.execution(id) {
+            return Some(exec.record_json(exec.status(), exec.outcome()));
+        }
+        if !ids::is_well_formed(id) {
+            return None;
+        }
+        self.pipelines.iter().find_map(|p| p.store.record(id)).map(|r| r.json)
+    }
+
+    /// Records (JSON) of executions with `status` (`failed`, ...), of one pipeline or all,
+    /// newest first: those this process holds, then older ones from a durable store.
+    pub fn list_executions(&self, pipeline: Option<&str>, status: &str, limit: usize) -> Vec<String> {
+        let wanted = |p: &Pipeline| pipeline.is_none_or(|name| p.name() == name);
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for exec in self.records.newest_first() {
+            if out.len() >= limit {
+                return out;
+            }
+            let st = exec.status();
+            if wanted(&exec.pipeline) && st.is_final() && st.as_str() == status {
+                seen.insert(exec.id_str.clone());
+                out.push(exec.record_json(st, exec.outcome()));
+            }
+        }
+        for p in self.pipelines.iter().filter(|p| wanted(p)) {
+            for json in p.store.list(status, limit) {
+                if out.len() >= limit {
+                    return out;
+                }
+                let id = serde_json::from_str::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(Box::<str>::from));
+                if id.is_some_and(|id| !seen.contains(&id)) {
+                    out.push(json);
+                }
+            }
+        }
+        out
+    }
+
+    /// Before serving: loads the recent deliveries of a durable store (so repeats after a restart
+    /// are answered), and re-admits the journaled events whose executions had not ended, in their
+    /// arrival order, ahead of any new event. Returns the recovered executions.
+    fn recover(&self) -> Result<Vec<Arc<Execution>>, EngineError> {
+        let now_unix =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let mut recovered = Vec::new();
+        for p in &self.pipelines {
+            if !p.store.is_durable() {
+                continue;
+            }
+            let window = p.config.dedupe_window;
+            if p.config.dedupe != DedupeSpec::Off {
+                for d in p.store.deliveries(now_unix - window.as_secs_f64(), self.config.max_records) {
+                    let age = Duration::from_secs_f64((now_unix - d.received_unix).max(0.0));
+                    self.deliveries.remember(p.index, &d.delivery, Seen::Stored(d.execution_id.into()), window, age);
+                }
+            }
+            let entries = p
+                .store
+                .unfinished()
+                .map_err(|e| EngineError::Config(format!("cannot read the journal of pipeline {:?}: {e}", p.name())))?;
+            for entry in entries {
+                let key_field = match &p.config.key {
+                    KeySpec::Field(f) => Some(f.as_str()),
+                    _ => None,
+                };
+                let event = match crate::http::body::parse(&entry.body, key_field) {
+                    Ok((event, _)) => event,
+                    Err(_) => serde_json::Value::Null,
+                };
+                let (seq, _) = self.ids.next(); // arrival order in this process; the public id is kept
+                let exec = Execution::new(seq, entry.id.clone(), p.clone(), entry.key.clone(), Instant::now())
+                    .with_delivery(entry.delivery.clone(), true)
+                    .recovered(entry.received_unix);
+                let exec = Arc::new(exec);
+                p.arrived();
+                p.accepted_one();
+                let job = Job::new(exec.clone(), entry.body.clone(), event, decode_headers(&entry.headers));
+                if let Err((_, job)) = p.intake.admit(job) {
+                    // Left in the journal: it runs after the next restart.
+                    job.discard();
+                    p.finished_one();
+                    eprintln!(
+                        "warmslot: pipeline {:?}: more journaled events than queue_size; {} stays journaled",
+                        p.name(),
+                        exec.id_str
+                    );
+                    continue;
+                }
+                if let Some(d) = &entry.delivery {
+                    self.deliveries.replace(p.index, d, window, &exec);
+                }
+                self.records.insert(exec.clone());
+                recovered.push(exec);
+            }
+        }
+        Ok(recovered)
+    }
+
     /// Binds the listener and starts the ingress runtime.
     pub fn start(self: &Arc<Self>) -> Result<SocketAddr, EngineError> {
         let mut running = self.running.lock().unwrap();
@@ -202,12 +318,16 @@ impl Engine {
                 .build()
         }
         .map_err(EngineError::Runtime)?;
+        let recovered = self.recover()?;
         let stop_io = Arc::new(Notify::new());
         let (engine, stop) = (self.clone(), stop_io.clone());
         let io = std::thread::Builder::new()
             .name("warmslot-io".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    for exec in recovered {
+                        crate::http::ingress::watch_async(exec, engine.clone());
+                    }
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => crate::http::ingress::serve(l, engine, stop, Duration::from_secs(2)).await,
                         Err(e) => eprintln!("warmslot: cannot register the listener: {e}"),
@@ -258,6 +378,9 @@ impl Engine {
         }
         running.stop_io.notify_one();
         let _ = running.io.join();
+        for p in &self.pipelines {
+            p.store.flush();
+        }
     }
 
     pub fn stats(&self) -> Vec<PipelineStats> {
@@ -343,6 +466,32 @@ impl Engine {
         crate::runtime::process::run_process_slot(p, slot, cmd, self.config.idle_spin, reason, report);
         Ok(())
     }
+}
+
+/// Headers as journaled: `name: value` lines.
+pub(crate) fn encode_headers(headers: &hyper::HeaderMap) -> bytes::Bytes {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'\n');
+    }
+    out.into()
+}
+
+fn decode_headers(lines: &[u8]) -> hyper::HeaderMap {
+    let mut headers = hyper::HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii_start());
+        if let (Ok(n), Ok(v)) =
+            (hyper::header::HeaderName::from_bytes(name), hyper::header::HeaderValue::from_bytes(value))
+        {
+            headers.append(n, v);
+        }
+    }
+    headers
 }
 
 #[cfg(test)]

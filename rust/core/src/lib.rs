@@ -18,11 +18,12 @@ pub mod state;
 
 pub use bytes::Bytes;
 pub use config::{
-    AppConfig, Isolation, KeySpec, MissingKey, PipelineConfig, SignatureScheme, SignatureSpec, WorkerCommand,
+    AppConfig, DedupeSpec, Isolation, KeySpec, MissingKey, PipelineConfig, SignatureScheme, SignatureSpec,
+    WorkerCommand,
 };
 pub use engine::{Engine, EngineError, KeyFn, PipelineStats};
 pub use error::ErrorCode;
 pub use runtime::execution::{BeginError, Job, Outcome, Status, Timings};
 pub use state::redis::RedisDb;
-pub use state::sqlite::SqliteDb;
+pub use state::sqlite::{SqliteDb, SqliteOptions};
 pub use state::{check_size, MemoryStore, StateStore, StateTooLarge, StoreError};

@@ -13,8 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use warmslot_core::state::redis::lease_for;
 use warmslot_core::{
-    AppConfig, Engine, EngineError, Isolation, KeyFn, KeySpec, MemoryStore, MissingKey, PipelineConfig, RedisDb,
-    SignatureScheme, SignatureSpec, SqliteDb, StateStore, WorkerCommand,
+    AppConfig, DedupeSpec, Engine, EngineError, Isolation, KeyFn, KeySpec, MemoryStore, MissingKey, PipelineConfig,
+    RedisDb, SignatureScheme, SignatureSpec, SqliteDb, SqliteOptions, StateStore, WorkerCommand,
 };
 
 mod job;
@@ -90,6 +90,16 @@ fn pipeline_config(d: &Bound<'_, PyDict>) -> PyResult<PipelineConfig> {
     p.max_executions = get(d, "max_executions")?;
     p.max_memory_mb = get(d, "max_memory_mb")?;
     p.reply_async = get(d, "reply_async")?.unwrap_or(false);
+    p.dedupe = match (get::<String>(d, "dedupe_field")?, get::<String>(d, "dedupe")?.as_deref()) {
+        (Some(field), _) => DedupeSpec::Field(field),
+        (None, Some("headers") | None) => DedupeSpec::Headers,
+        (None, Some("callable")) => DedupeSpec::Callable,
+        (None, Some("off")) => DedupeSpec::Off,
+        (None, Some(other)) => return Err(PyValueError::new_err(format!("unknown dedupe mode {other:?}"))),
+    };
+    p.dedupe_window = seconds(get(d, "dedupe_window")?)?.unwrap_or(p.dedupe_window);
+    p.retries = get(d, "retries")?.unwrap_or(0);
+    p.retry_backoff = seconds(get(d, "retry_backoff")?)?.unwrap_or(p.retry_backoff);
     p.missing_key = match get::<String>(d, "missing_key")?.as_deref() {
         Some("unkeyed") | None => MissingKey::Unkeyed,
         Some("reject") => MissingKey::Reject,
@@ -118,9 +128,26 @@ fn pipeline_config(d: &Bound<'_, PyDict>) -> PyResult<PipelineConfig> {
 /// Calls the Python key callables from the ingress thread.
 struct PyKeyFn {
     callables: Vec<Option<Py<PyAny>>>,
+    delivery_callables: Vec<Option<Py<PyAny>>>,
+}
+
+fn call_str(f: Option<&Option<Py<PyAny>>>, body: &[u8]) -> Result<Option<String>, String> {
+    let Some(Some(f)) = f else { return Ok(None) };
+    Python::attach(|py| {
+        let out = f.bind(py).call1((PyBytes::new(py, body),)).map_err(|e| e.to_string())?;
+        if out.is_none() {
+            Ok(None)
+        } else {
+            out.extract::<String>().map(Some).map_err(|e| e.to_string())
+        }
+    })
 }
 
 impl KeyFn for PyKeyFn {
+    fn delivery_id(&self, pipeline: usize, body: &[u8]) -> Result<Option<String>, String> {
+        call_str(self.delivery_callables.get(pipeline), body)
+    }
+
     fn key(&self, pipeline: usize, body: &[u8]) -> Result<Option<String>, String> {
         let Some(Some(f)) = self.callables.get(pipeline) else { return Ok(None) };
         Python::attach(|py| {
@@ -157,9 +184,16 @@ impl Core {
 #[pymethods]
 impl Core {
     /// `app`: host, port, max_records, io_threads, max_connections. `pipelines`: list of dicts.
-    /// `key_fns`: per pipeline, None or a callable(body: bytes) -> str | None.
+    /// `key_fns`: per pipeline, None or a callable(body: bytes) -> str | None; `dedupe_fns`
+    /// likewise, for delivery ids.
     #[new]
-    fn new(app: &Bound<'_, PyDict>, pipelines: &Bound<'_, PyList>, key_fns: Vec<Option<Py<PyAny>>>) -> PyResult<Self> {
+    #[pyo3(signature = (app, pipelines, key_fns, dedupe_fns=None))]
+    fn new(
+        app: &Bound<'_, PyDict>,
+        pipelines: &Bound<'_, PyList>,
+        key_fns: Vec<Option<Py<PyAny>>>,
+        dedupe_fns: Option<Vec<Option<Py<PyAny>>>>,
+    ) -> PyResult<Self> {
         let mut config = AppConfig::default();
         if let Some(h) = get(app, "host")? {
             config.host = h;
@@ -191,17 +225,34 @@ impl Core {
         for p in pipelines.iter() {
             config.pipelines.push(pipeline_config(p.cast::<PyDict>()?)?);
         }
-        let key_fn: Option<Arc<dyn KeyFn>> =
-            if key_fns.iter().any(Option::is_some) { Some(Arc::new(PyKeyFn { callables: key_fns })) } else { None };
+        config.records_ttl = seconds(get(app, "records_ttl")?)?.unwrap_or(config.records_ttl);
+        let dedupe_fns = dedupe_fns.unwrap_or_default();
+        let key_fn: Option<Arc<dyn KeyFn>> = if key_fns.iter().chain(dedupe_fns.iter()).any(Option::is_some) {
+            Some(Arc::new(PyKeyFn { callables: key_fns, delivery_callables: dedupe_fns }))
+        } else {
+            None
+        };
+        let synchronous_full = match get::<String>(app, "sqlite_synchronous")?.as_deref() {
+            Some("normal") | None => false,
+            Some("full") => true,
+            Some(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "sqlite_synchronous must be 'normal' or 'full', got {other:?}"
+                )))
+            }
+        };
+        let sqlite_options =
+            SqliteOptions { synchronous_full, records_ttl: config.records_ttl, max_records: config.max_records };
         let store_err = |e: warmslot_core::StoreError| PyOSError::new_err(e.to_string());
         let engine = match (get::<String>(app, "redis_url")?, get::<String>(app, "sqlite_path")?) {
             (Some(url), _) => {
                 let db = RedisDb::open(&url).map_err(store_err)?;
+                db.set_records_ttl(config.records_ttl);
                 let store_for = move |p: &PipelineConfig| Ok(db.store(&p.name, lease_for(p)));
                 Engine::new(config, &store_for, key_fn)
             }
             (None, Some(path)) => {
-                let db = SqliteDb::open(&path).map_err(store_err)?;
+                let db = SqliteDb::open_with(&path, sqlite_options).map_err(store_err)?;
                 let store_for = move |p: &PipelineConfig| Ok(db.store(&p.name));
                 Engine::new(config, &store_for, key_fn)
             }

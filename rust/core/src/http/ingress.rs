@@ -25,15 +25,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{KeySpec, MissingKey};
+use crate::config::{DedupeSpec, KeySpec, MissingKey, DELIVERY_HEADERS};
 use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::http::admin;
 use crate::http::body::{self, EventError};
 use crate::http::responses::{error, execution, healthz, json, json_str, reply, HttpResponse, EXECUTION_ID};
 use crate::http::{signature, stats};
+use crate::runtime::dedupe::Seen;
 use crate::runtime::execution::{Execution, Job, Status};
 use crate::runtime::pipeline::Pipeline;
+use crate::state::JournalEntry;
 
 /// How long the rest of an oversized body is read and dropped after the `413` (nginx's
 /// `lingering_time` idea, shorter: enough for a client on a LAN to finish writing megabytes).
@@ -141,12 +143,46 @@ async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
             unauthorized()
         }
         "/metrics" | "/stats" | "/dashboard" => get_only(stats::observation(path, req.uri().query(), engine)),
+        "/executions" | "/executions/" if !admin::authorized(req.headers(), token) => unauthorized(),
+        "/executions" | "/executions/" => get_only(list_executions(engine, req.uri().query())),
         _ => match path.strip_prefix("/executions/") {
             Some(_) if !admin::authorized(req.headers(), token) => unauthorized(),
-            Some(id) => get_only(execution(engine, id)),
+            Some(id) => get_only(match engine.execution_json(id) {
+                Some(record) => json(StatusCode::OK, record),
+                None => execution(engine, id),
+            }),
             None => error(ErrorCode::NotFound, &format!("no route for {path}")),
         },
     }
+}
+
+/// `GET /executions?status=failed&pipeline=<name>&limit=100`: records, newest first.
+fn list_executions(engine: &Engine, query: Option<&str>) -> HttpResponse {
+    let (mut status, mut pipeline, mut limit) = ("failed".to_string(), None, 100usize);
+    for (k, v) in query.unwrap_or_default().split('&').filter_map(|kv| kv.split_once('=')) {
+        match k {
+            "status" => status = v.to_string(),
+            "pipeline" => pipeline = Some(v.to_string()),
+            "limit" => match v.parse() {
+                Ok(n) => limit = n,
+                Err(_) => return error(ErrorCode::BadRequest, &format!("limit must be a count, got {v:?}")),
+            },
+            _ => {}
+        }
+    }
+    if !["succeeded", "failed", "timed_out"].contains(&status.as_str()) {
+        return error(
+            ErrorCode::BadRequest,
+            &format!("status must be succeeded, failed or timed_out (finished executions), got {status:?}"),
+        );
+    }
+    if let Some(name) = &pipeline {
+        if engine.pipeline(name).is_none() {
+            return error(ErrorCode::UnknownPipeline, &format!("no pipeline named {name:?}"));
+        }
+    }
+    let records = engine.list_executions(pipeline.as_deref(), &status, limit);
+    json(StatusCode::OK, format!("{{\"executions\":[{}]}}", records.join(",")))
 }
 
 fn unauthorized() -> HttpResponse {
@@ -318,12 +354,94 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
         }
     }
 
+    let delivery = match delivery_id(&cfg.dedupe, &parts.headers, &event) {
+        Ok(Some(d)) => Some(d),
+        Ok(None) if cfg.dedupe == DedupeSpec::Callable => match engine
+            .key_fn()
+            .map(|f| f.delivery_id(pipeline.index, &body))
+        {
+            Some(Ok(d)) => d.map(String::into_boxed_str),
+            Some(Err(message)) => {
+                return refuse(ErrorCode::BadRequest, format!("dedupe function of {:?} failed: {message}", cfg.name))
+            }
+            None => None,
+        },
+        Ok(None) => None,
+        Err(message) => return refuse(ErrorCode::BadRequest, message),
+    };
+
+    let delivery = delivery.map(bounded_delivery_id);
+
     pipeline.arrived();
-    let exec = Arc::new(engine.new_execution(&pipeline, key.map(String::into_boxed_str), received));
+    let exec = engine.new_execution(&pipeline, key.map(String::into_boxed_str), received);
+    let exec = Arc::new(exec.with_delivery(delivery, is_async));
+    if let (Some(d), true) = (&exec.delivery, pipeline.store.shares_deliveries()) {
+        // Across processes (Redis): the first process to claim the id runs it. Checked before
+        // the in-process map, so that every repeat, here or elsewhere, is pointed at that one.
+        let (store, d2, id, window) = (pipeline.store.clone(), d.clone(), exec.id_str.clone(), cfg.dedupe_window);
+        let claimed = tokio::task::spawn_blocking(move || store.claim_delivery(&d2, &id, window)).await;
+        match claimed {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(other))) => {
+                return match engine.execution(&other) {
+                    Some(first) => repeat(first, is_async, engine).await,
+                    None => repeat_remote(&pipeline, other.into(), is_async).await,
+                };
+            }
+            Ok(Err(e)) => return refuse(ErrorCode::StateError, format!("could not check the delivery id: {e}")),
+            Err(e) => return refuse(ErrorCode::StateError, format!("could not check the delivery id: {e}")),
+        }
+    }
+    if let Some(d) = &exec.delivery {
+        match engine.deliveries.claim(pipeline.index, d, cfg.dedupe_window, &exec) {
+            Ok(()) => {}
+            Err(Seen::Live(first)) => return repeat(first, is_async, engine).await,
+            Err(Seen::Stored(id)) => match pipeline.store.record(&id) {
+                Some(record) => return repeat_stored(&record, is_async),
+                // Its record is gone (evicted from memory, or pruned): this delivery runs again.
+                None => engine.deliveries.replace(pipeline.index, d, cfg.dedupe_window, &exec),
+            },
+        }
+    }
+    let forget = || {
+        if let Some(d) = &exec.delivery {
+            engine.deliveries.forget(pipeline.index, d, &exec);
+            if pipeline.store.shares_deliveries() {
+                pipeline.store.release_delivery(d, &exec.id_str);
+            }
+        }
+    };
+    let journaled = is_async && pipeline.store.is_durable();
+    if journaled {
+        // The event is in the journal before its 202 is sent (group commit: the writer thread
+        // writes the arrivals of a moment in one transaction).
+        let entry = JournalEntry {
+            id: exec.id_str.clone(),
+            key: exec.key.clone(),
+            delivery: exec.delivery.clone(),
+            body: body.clone(),
+            headers: crate::engine::encode_headers(&parts.headers),
+            received_unix: exec.received_unix,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pipeline.store.journal(entry, Box::new(move |r| drop(tx.send(r))));
+        let written = rx.await.unwrap_or_else(|_| Err(crate::state::StoreError("the journal writer stopped".into())));
+        if let Err(e) = written {
+            forget();
+            return refuse(ErrorCode::StateError, format!("the event could not be journaled, nothing was run: {e}"));
+        }
+    }
     pipeline.accepted_one();
     if let Err((_, job)) = pipeline.intake.admit(Job::new(exec.clone(), body, event, parts.headers)) {
         job.discard();
         pipeline.finished_one();
+        forget();
+        if journaled {
+            // Mark the journal entry done: a refused event never runs, not even after a restart.
+            let message = "refused at admission (queue_size reached)".to_string();
+            let outcome = crate::runtime::execution::Outcome::Failed { code: ErrorCode::Overloaded, message };
+            pipeline.store.record_outcome(exec.record(Status::Failed, &outcome, &Default::default()));
+        }
         return refuse(
             ErrorCode::Overloaded,
             format!("pipeline {:?} is at capacity ({} waiting); retry shortly", cfg.name, pipeline.intake.capacity()),
@@ -339,28 +457,9 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     }
 
     if is_async {
-        // Waits for the outcome (timing it out at the deadline) so its reply is counted against
-        // the records' byte budget.
-        let (exec2, engine2) = (exec.clone(), engine.clone());
-        tokio::spawn(async move {
-            match exec2.deadline {
-                Some(deadline) if tokio::time::timeout_at(deadline.into(), exec2.wait()).await.is_err() => {
-                    exec2.time_out();
-                }
-                _ => {}
-            }
-            exec2.wait().await;
-            engine2.settle(&exec2);
-        });
+        watch_async(exec.clone(), engine.clone());
         settle.0 = None;
-        let mut resp = json(StatusCode::ACCEPTED, format!("{{\"execution_id\":{}}}", json_str(&exec.id_str)));
-        if let Ok(v) = HeaderValue::from_str(&format!("/executions/{}", exec.id_str)) {
-            resp.headers_mut().insert(LOCATION, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&exec.id_str) {
-            resp.headers_mut().insert(EXECUTION_ID, v);
-        }
-        return resp;
+        return accepted(&exec.id_str);
     }
 
     if let Some(deadline) = exec.deadline {
@@ -374,6 +473,129 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     let resp = reply(&exec, outcome);
     engine.settle(&exec);
     settle.0 = None;
+    resp
+}
+
+/// Waits for an async execution's outcome (timing it out at the deadline) so its reply is counted
+/// against the records' byte budget.
+pub(crate) fn watch_async(exec: Arc<Execution>, engine: Arc<Engine>) {
+    tokio::spawn(async move {
+        match exec.deadline {
+            Some(deadline) if tokio::time::timeout_at(deadline.into(), exec.wait()).await.is_err() => {
+                exec.time_out();
+            }
+            _ => {}
+        }
+        exec.wait().await;
+        engine.settle(&exec);
+    });
+}
+
+/// `202 {"execution_id": ...}` with `Location` and the execution id header.
+fn accepted(id: &str) -> HttpResponse {
+    let mut resp = json(StatusCode::ACCEPTED, format!("{{\"execution_id\":{}}}", json_str(id)));
+    if let Ok(v) = HeaderValue::from_str(&format!("/executions/{id}")) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert(EXECUTION_ID, v);
+    }
+    resp
+}
+
+/// The delivery id of a webhook, as `dedupe=` says: a header (the first of
+/// `DELIVERY_HEADERS`), a top-level body field, or none. (`Callable` is asked by the caller.)
+fn delivery_id(
+    spec: &DedupeSpec,
+    headers: &hyper::HeaderMap,
+    event: &serde_json::Value,
+) -> Result<Option<Box<str>>, String> {
+    match spec {
+        DedupeSpec::Off | DedupeSpec::Callable => Ok(None),
+        DedupeSpec::Headers => {
+            for name in DELIVERY_HEADERS {
+                if let Some(v) = headers.get(name) {
+                    let v = v.to_str().map_err(|_| format!("the {name} header is not visible ASCII"))?.trim();
+                    if !v.is_empty() {
+                        return Ok(Some(v.into()));
+                    }
+                }
+            }
+            Ok(None)
+        }
+        DedupeSpec::Field(field) => match event.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.as_str().into())),
+            Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string().into())),
+            Some(_) => Err(format!("the dedupe field {field:?} must be a string or a number")),
+        },
+    }
+}
+
+/// Delivery ids longer than this are kept as their SHA-256 (`sha256:<hex>`), so that the
+/// deduplication map and the records stay small whatever a client sends.
+const MAX_DELIVERY_ID: usize = 128;
+
+fn bounded_delivery_id(id: Box<str>) -> Box<str> {
+    if id.len() <= MAX_DELIVERY_ID {
+        return id;
+    }
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(id.as_bytes()))).into_boxed_str()
+}
+
+/// Answers a repeated delivery with what its first execution answered: its id at once for an
+/// async repeat; for a sync one, its outcome once it has one.
+async fn repeat(first: Arc<Execution>, is_async: bool, engine: &Arc<Engine>) -> HttpResponse {
+    if is_async {
+        return accepted(&first.id_str);
+    }
+    if let Some(deadline) = first.deadline {
+        if tokio::time::timeout_at(deadline.into(), first.wait()).await.is_err() {
+            first.time_out();
+        }
+    }
+    let (outcome, _) = first.wait().await;
+    engine.settle(&first);
+    reply(&first, outcome)
+}
+
+/// Answers a repeated delivery that another process (sharing a Redis store) took: its id at once
+/// for an async repeat; for a sync one, its record once that process wrote it (polled until this
+/// pipeline's timeout, then `504`).
+async fn repeat_remote(pipeline: &Arc<Pipeline>, id: Box<str>, is_async: bool) -> HttpResponse {
+    if is_async {
+        return accepted(&id);
+    }
+    let until = pipeline.config.timeout.map(|t| Instant::now() + t);
+    loop {
+        let (store, id2) = (pipeline.store.clone(), id.clone());
+        if let Ok(Some(record)) = tokio::task::spawn_blocking(move || store.record(&id2)).await {
+            return repeat_stored(&record, false);
+        }
+        if until.is_some_and(|u| Instant::now() >= u) {
+            let mut resp = error(
+                ErrorCode::PipelineTimeout,
+                &format!("execution {id} (the first delivery, run by another process) did not finish in time"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                resp.headers_mut().insert(EXECUTION_ID, v);
+            }
+            return resp;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Answers a repeated delivery whose first execution finished before this process started.
+fn repeat_stored(record: &crate::state::ExecutionRecord, is_async: bool) -> HttpResponse {
+    if is_async {
+        return accepted(&record.id);
+    }
+    let mut resp = json(StatusCode::from_u16(record.http_status).unwrap_or(StatusCode::OK), record.reply.clone());
+    if let Ok(v) = HeaderValue::from_str(&record.id) {
+        resp.headers_mut().insert(EXECUTION_ID, v);
+    }
     resp
 }
 

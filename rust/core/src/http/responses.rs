@@ -8,7 +8,7 @@ use hyper::{Response, StatusCode};
 
 use crate::engine::Engine;
 use crate::error::ErrorCode;
-use crate::runtime::execution::{Execution, Outcome, Timings};
+use crate::runtime::execution::{Execution, Outcome};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -61,45 +61,9 @@ pub(crate) fn healthz(engine: &Engine) -> HttpResponse {
     json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
 }
 
-fn timings_json(t: &Timings) -> String {
-    format!(
-        "{{\"queue_us\":{},\"run_us\":{},\"commit_us\":{},\"total_us\":{}}}",
-        t.queue_us, t.run_us, t.commit_us, t.total_us
-    )
-}
-
 /// The record of one execution as JSON.
 pub fn execution_json(exec: &Execution) -> String {
-    let status = exec.status();
-    let mut s = format!(
-        "{{\"id\":{},\"pipeline\":{},\"key\":{},\"status\":\"{}\",\"received_at\":{}",
-        json_str(&exec.id_str),
-        json_str(exec.pipeline.name()),
-        exec.key.as_deref().map_or_else(|| "null".to_string(), json_str),
-        status.as_str(),
-        exec.received_unix,
-    );
-    match exec.outcome().filter(|_| status.is_final()) {
-        Some((Outcome::Succeeded(reply), t)) => {
-            s.push_str(",\"result\":");
-            s.push_str(std::str::from_utf8(reply).unwrap_or("null"));
-            s.push_str(",\"timings\":");
-            s.push_str(&timings_json(t));
-        }
-        Some((Outcome::Failed { code, message }, t)) => {
-            s.push_str(&format!(",\"error\":{{\"code\":\"{code}\",\"message\":{}}}", json_str(message)));
-            s.push_str(",\"timings\":");
-            s.push_str(&timings_json(t));
-        }
-        Some((Outcome::TimedOut { message }, t)) => {
-            s.push_str(&format!(",\"error\":{{\"code\":\"pipeline_timeout\",\"message\":{}}}", json_str(message)));
-            s.push_str(",\"timings\":");
-            s.push_str(&timings_json(t));
-        }
-        None => s.push_str(",\"timings\":null"),
-    }
-    s.push('}');
-    s
+    exec.record_json(exec.status(), exec.outcome())
 }
 
 pub(crate) fn execution(engine: &Engine, id: &str) -> HttpResponse {

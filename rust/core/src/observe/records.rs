@@ -100,6 +100,12 @@ impl Records {
         self.inner.lock().unwrap().by_id.get(id).map(|e| e.exec.clone())
     }
 
+    /// Every recorded execution, newest first.
+    pub fn newest_first(&self) -> Vec<Arc<Execution>> {
+        let inner = self.inner.lock().unwrap();
+        inner.order.iter().rev().filter_map(|id| inner.by_id.get(id)).map(|e| e.exec.clone()).collect()
+    }
+
     /// Recorded executions without a final outcome yet.
     pub fn unfinished(&self) -> Vec<Arc<Execution>> {
         let inner = self.inner.lock().unwrap();

@@ -6,8 +6,8 @@
 //! `Queued | Running → TimedOut`. Whoever wins the CAS decides; a pipeline that finishes after its
 //! deadline commits nothing. A `Committing` execution cannot time out: its state write is under way.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::error::ErrorCode;
 use crate::runtime::intake::LaneLease;
 use crate::runtime::pipeline::Pipeline;
+use crate::state::ExecutionRecord;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -88,9 +89,19 @@ pub struct Execution {
     pub received: Instant,
     pub received_unix: f64,
     pub deadline: Option<Instant>,
+    /// The delivery id it was deduplicated by (`Idempotency-Key`, `webhook-id`, ...).
+    pub delivery: Option<Box<str>>,
+    /// Answered `202` at once: failures are retried (`retries=`), and on a durable store the
+    /// event was journaled before the answer.
+    pub is_async: bool,
     status: AtomicU8,
     outcome: OnceLock<(Outcome, Timings)>,
     done: Notify,
+    /// The errors of the attempts that failed and were retried, oldest first.
+    retried: Mutex<Vec<(ErrorCode, String)>>,
+    attempts: AtomicU32,
+    /// The durable record was written with the commit (no separate outcome write).
+    recorded: AtomicBool,
 }
 
 impl Execution {
@@ -105,9 +116,102 @@ impl Execution {
             received,
             received_unix,
             deadline,
+            delivery: None,
+            is_async: false,
             status: AtomicU8::new(Status::Queued as u8),
             outcome: OnceLock::new(),
             done: Notify::new(),
+            retried: Mutex::new(Vec::new()),
+            attempts: AtomicU32::new(0),
+            recorded: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the delivery id and whether the client was answered `202` (before sharing it).
+    pub fn with_delivery(mut self, delivery: Option<Box<str>>, is_async: bool) -> Self {
+        self.delivery = delivery;
+        self.is_async = is_async;
+        self
+    }
+
+    /// A journaled event received at `received_unix` by an earlier run of the server.
+    pub fn recovered(mut self, received_unix: f64) -> Self {
+        self.received_unix = received_unix;
+        self
+    }
+
+    /// Runs started so far (1 + retries).
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Acquire)
+    }
+
+    /// The record as `GET /executions/<id>` shows it, with `status` and, once final, `outcome`.
+    pub fn record_json(&self, status: Status, outcome: Option<&(Outcome, Timings)>) -> String {
+        let js = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        let mut s = format!(
+            "{{\"id\":{},\"pipeline\":{},\"key\":{},\"status\":\"{}\",\"received_at\":{}",
+            js(&self.id_str),
+            js(self.pipeline.name()),
+            self.key.as_deref().map_or_else(|| "null".to_string(), js),
+            status.as_str(),
+            self.received_unix,
+        );
+        if let Some(d) = &self.delivery {
+            s.push_str(&format!(",\"delivery_id\":{}", js(d)));
+        }
+        let timings = |t: &Timings| {
+            format!(
+                "{{\"queue_us\":{},\"run_us\":{},\"commit_us\":{},\"total_us\":{}}}",
+                t.queue_us, t.run_us, t.commit_us, t.total_us
+            )
+        };
+        match outcome.filter(|_| status.is_final()) {
+            Some((Outcome::Succeeded(reply), t)) => {
+                s.push_str(",\"result\":");
+                s.push_str(std::str::from_utf8(reply).unwrap_or("null"));
+                s.push_str(",\"timings\":");
+                s.push_str(&timings(t));
+            }
+            Some((Outcome::Failed { code, message }, t)) => {
+                s.push_str(&format!(",\"error\":{{\"code\":\"{code}\",\"message\":{}}}", js(message)));
+                s.push_str(",\"timings\":");
+                s.push_str(&timings(t));
+            }
+            Some((Outcome::TimedOut { message }, t)) => {
+                s.push_str(&format!(",\"error\":{{\"code\":\"pipeline_timeout\",\"message\":{}}}", js(message)));
+                s.push_str(",\"timings\":");
+                s.push_str(&timings(t));
+            }
+            None => s.push_str(",\"timings\":null"),
+        }
+        let retried = self.retried.lock().unwrap_or_else(|e| e.into_inner());
+        let errors: Vec<String> = retried
+            .iter()
+            .map(|(code, message)| format!("{{\"code\":\"{code}\",\"message\":{}}}", js(message)))
+            .collect();
+        s.push_str(&format!(",\"attempts\":{},\"retried_errors\":[{}]}}", self.attempts().max(1), errors.join(",")));
+        s
+    }
+
+    /// The durable record of this execution ending with `outcome`.
+    pub fn record(&self, status: Status, outcome: &Outcome, timings: &Timings) -> ExecutionRecord {
+        let (http_status, reply) = match outcome {
+            Outcome::Succeeded(reply) => (200, reply.clone()),
+            Outcome::Failed { code, message } => (code.status(), error_body(*code, message)),
+            Outcome::TimedOut { message } => {
+                (ErrorCode::PipelineTimeout.status(), error_body(ErrorCode::PipelineTimeout, message))
+            }
+        };
+        let pair = (outcome.clone(), *timings);
+        ExecutionRecord {
+            id: self.id_str.clone(),
+            key: self.key.clone(),
+            delivery: self.delivery.clone(),
+            received_unix: self.received_unix,
+            status: status.as_str(),
+            http_status,
+            reply,
+            json: self.record_json(status, Some(&pair)),
         }
     }
 
@@ -127,6 +231,11 @@ impl Execution {
     /// Publishes the final outcome once; wakes whoever awaits it.
     fn finish(&self, status: Status, outcome: Outcome, timings: Timings) {
         self.pipeline.metrics.record(status, &timings);
+        // A journaled event stopped by a shutdown stays journaled: it runs after the restart.
+        let shutting_down = matches!(outcome, Outcome::Failed { code: ErrorCode::ShuttingDown, .. });
+        if self.pipeline.store.keeps_records() && !shutting_down && !self.recorded.load(Ordering::Acquire) {
+            self.pipeline.store.record_outcome(self.record(status, &outcome, &timings));
+        }
         let _ = self.outcome.set((outcome, timings));
         self.status.store(status as u8, Ordering::Release);
         self.pipeline.finished_one();
@@ -259,6 +368,7 @@ impl Job {
         if !self.exec.transition(Status::Queued, Status::Running) {
             return Err(BeginError::TimedOut);
         }
+        self.exec.attempts.fetch_add(1, Ordering::AcqRel);
         let now = Instant::now();
         self.started = Some(now);
         self.timings.queue_us = now.duration_since(self.exec.received).as_micros() as u64;
@@ -319,6 +429,7 @@ impl Job {
         }
         self.started = None;
         self.timings = Timings::default();
+        self.exec.attempts.fetch_sub(1, Ordering::AcqRel); // it did not run
         self.exec.transition(Status::Running, Status::Queued) || self.exec.status() == Status::Queued
     }
 
@@ -339,9 +450,17 @@ impl Job {
             }
         }
         let commit_start = Instant::now();
-        if let (Some(key), Some(state)) = (&self.exec.key, state) {
-            self.holds_state = false; // a commit ends the lease, whether it succeeds or not
-            if let Err(e) = self.exec.pipeline.store.commit(key, state) {
+        let store = &self.exec.pipeline.store;
+        // On a durable store the record goes with the state, in one transaction: the journal
+        // entry is done exactly when the state update is in.
+        let record = store.keeps_records().then(|| {
+            let timings = self.final_timings(commit_start);
+            self.exec.record(Status::Succeeded, &Outcome::Succeeded(reply.clone()), &timings)
+        });
+        let key = self.exec.key.as_deref();
+        if (key.is_some() && state.is_some()) || record.is_some() {
+            self.holds_state &= state.is_none(); // a commit ends the lease, whether it succeeds or not
+            if let Err(e) = store.commit_execution(key, state, record.as_ref()) {
                 self.exec.finish(
                     Status::Failed,
                     Outcome::Failed { code: ErrorCode::StateError, message: e.to_string() },
@@ -349,6 +468,7 @@ impl Job {
                 );
                 return false;
             }
+            self.exec.recorded.store(record.is_some(), Ordering::Release);
         }
         self.exec.finish(Status::Succeeded, Outcome::Succeeded(reply), self.final_timings(commit_start));
         true
@@ -359,10 +479,58 @@ impl Job {
         self.claim() && self.fail_claimed(code, message)
     }
 
-    /// After `claim`: fails the execution with `code`; commits nothing.
+    /// After `claim`: fails the execution with `code`; commits nothing. An async execution with
+    /// retries left is queued again instead (see `retry`).
     pub fn fail_claimed(&mut self, code: ErrorCode, message: String) -> bool {
+        if self.retry(code, &message) {
+            return true;
+        }
         let t = self.final_timings(Instant::now());
         self.exec.finish(Status::Failed, Outcome::Failed { code, message }, t);
+        true
+    }
+
+    /// Queues a failed async execution again after `retry_backoff * 2^(attempt - 1)`, at the back
+    /// of its key's lane (events of the key that arrived meanwhile run first), when it failed with
+    /// an exception or a slot crash and has retries left. Its deadline (`timeout`, counted from
+    /// receipt) bounds all attempts together.
+    fn retry(&mut self, code: ErrorCode, message: &str) -> bool {
+        let exec = &self.exec;
+        let p = &exec.pipeline;
+        let attempt = exec.attempts();
+        if !exec.is_async
+            || !matches!(code, ErrorCode::PipelineError | ErrorCode::SlotCrashed)
+            || attempt > p.config.retries
+            || p.is_closed()
+            || exec.status() != Status::Committing
+        {
+            return false;
+        }
+        exec.retried.lock().unwrap_or_else(|e| e.into_inner()).push((code, message.to_string()));
+        if self.holds_state {
+            self.holds_state = false;
+            if let Some(key) = &exec.key {
+                p.store.release(key);
+            }
+        }
+        // We hold the outcome (`Committing`): hand the execution back to `queued`.
+        exec.status.store(Status::Queued as u8, Ordering::Release);
+        let again = Job::new(exec.clone(), self.body.clone(), self.event.clone(), self.headers.clone());
+        self.live = false; // `again` answers for the execution now
+        let delay = p.config.retry_backoff.saturating_mul(1u32 << (attempt.saturating_sub(1)).min(16));
+        let spawned = std::thread::Builder::new().name("warmslot-retry".into()).spawn(move || {
+            std::thread::sleep(delay);
+            let p = again.exec.pipeline.clone();
+            if let Err((_, job)) = p.intake.admit(again) {
+                job.exec.abandon_queued(
+                    ErrorCode::Overloaded,
+                    format!("pipeline {:?} was at capacity when this execution was to be retried", p.name()),
+                );
+            }
+        });
+        if spawned.is_err() {
+            exec.abandon_queued(ErrorCode::PipelineError, message.to_string());
+        }
         true
     }
 
@@ -380,6 +548,12 @@ impl Job {
             ..self.timings
         }
     }
+}
+
+/// `{"error": {"code", "message"}}`, the body of an error answer.
+pub fn error_body(code: ErrorCode, message: &str) -> Bytes {
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".into());
+    Bytes::from(format!("{{\"error\":{{\"code\":\"{code}\",\"message\":{message}}}}}"))
 }
 
 impl Drop for Job {

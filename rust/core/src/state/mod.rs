@@ -23,10 +23,116 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// The state of one pipeline's keys.
+/// An accepted event as the journal keeps it until its execution ends (durable stores only).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JournalEntry {
+    pub id: Box<str>,
+    pub key: Option<Box<str>>,
+    /// The delivery id the event was deduplicated by, if any.
+    pub delivery: Option<Box<str>>,
+    pub body: Bytes,
+    /// Request headers as `name: value` lines (the pipeline sees them as `ctx.headers`).
+    pub headers: Bytes,
+    pub received_unix: f64,
+}
+
+/// The durable record of a finished execution: what `GET /executions/<id>` shows and what a
+/// repeated delivery is answered with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutionRecord {
+    pub id: Box<str>,
+    pub key: Option<Box<str>>,
+    pub delivery: Option<Box<str>>,
+    pub received_unix: f64,
+    /// `succeeded`, `failed` or `timed_out`.
+    pub status: &'static str,
+    /// The answer a synchronous client got: HTTP status and body.
+    pub http_status: u16,
+    pub reply: Bytes,
+    /// The record as `GET /executions/<id>` shows it (JSON).
+    pub json: String,
+}
+
+/// A delivery id seen recently, and the execution it started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeenDelivery {
+    pub delivery: String,
+    pub execution_id: String,
+    pub received_unix: f64,
+}
+
+/// Called once a journal write is durable (or failed), on the store's writer thread.
+pub type Journaled = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// The state of one pipeline's keys. Durable stores also keep the journal of accepted events and
+/// the records of finished executions; the defaults (memory) keep neither.
 pub trait StateStore: Send + Sync {
     fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     fn commit(&self, key: &str, state: Bytes) -> Result<(), StoreError>;
+    /// Commits a succeeded execution: the key's new state and (on a durable store) its record,
+    /// which also marks its journal entry done, all at once: after a crash either all of it is
+    /// there or none.
+    fn commit_execution(
+        &self,
+        key: Option<&str>,
+        state: Option<Bytes>,
+        _record: Option<&ExecutionRecord>,
+    ) -> Result<(), StoreError> {
+        match (key, state) {
+            (Some(key), Some(state)) => self.commit(key, state),
+            _ => Ok(()),
+        }
+    }
+    /// True when the store journals accepted events and keeps execution records across restarts.
+    fn is_durable(&self) -> bool {
+        false
+    }
+    /// True when the store keeps execution records (written with the commit, and by
+    /// `record_outcome`) that `record` reads back: durable stores, and Redis for other processes.
+    fn keeps_records(&self) -> bool {
+        self.is_durable()
+    }
+    /// Claims `delivery` for `execution_id` among every process sharing the store, for `window`.
+    /// Returns the execution id that claimed it first when another one did.
+    fn claim_delivery(
+        &self,
+        _delivery: &str,
+        _execution_id: &str,
+        _window: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+    /// Waits until the outcomes recorded so far are written (called at shutdown).
+    fn flush(&self) {}
+    /// Undoes `claim_delivery` (the event was refused, so a repeat must run).
+    fn release_delivery(&self, _delivery: &str, _execution_id: &str) {}
+    /// True when `claim_delivery` deduplicates across processes (Redis).
+    fn shares_deliveries(&self) -> bool {
+        false
+    }
+    /// Writes an accepted event to the journal; `done` is called once it is durable.
+    fn journal(&self, _entry: JournalEntry, done: Journaled) {
+        done(Ok(()))
+    }
+    /// Records an execution that ended without a commit (failed, timed out): its journal entry is
+    /// then done. Written in the background.
+    fn record_outcome(&self, _record: ExecutionRecord) {}
+    /// The stored record of a finished execution of this pipeline.
+    fn record(&self, _id: &str) -> Option<ExecutionRecord> {
+        None
+    }
+    /// Journaled events of this pipeline whose execution has not ended, in arrival order.
+    fn unfinished(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Delivery ids of finished executions received after `since_unix`, newest first.
+    fn deliveries(&self, _since_unix: f64, _limit: usize) -> Vec<SeenDelivery> {
+        Vec::new()
+    }
+    /// Records (JSON) of finished executions with `status`, newest first.
+    fn list(&self, _status: &str, _limit: usize) -> Vec<String> {
+        Vec::new()
+    }
     /// Ends an execution that `load`ed `key` but will not `commit` (it failed or timed out).
     /// Stores that lock keys across processes release the lock here.
     fn release(&self, _key: &str) {}

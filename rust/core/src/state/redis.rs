@@ -16,7 +16,40 @@ use bytes::Bytes;
 use redis::{Connection, Script};
 
 use crate::config::PipelineConfig;
-use crate::state::{StateStore, StoreError};
+use crate::state::{ExecutionRecord, StateStore, StoreError};
+
+/// A record as stored: `<http status> <status>\n<reply length>\n<reply><record JSON>`.
+fn encode_record(r: &ExecutionRecord) -> Vec<u8> {
+    let mut out = format!("{} {}\n{}\n", r.http_status, r.status, r.reply.len()).into_bytes();
+    out.extend_from_slice(&r.reply);
+    out.extend_from_slice(r.json.as_bytes());
+    out
+}
+
+fn decode_record(id: &str, raw: &[u8]) -> Option<ExecutionRecord> {
+    let mut parts = raw.splitn(3, |&b| b == b'\n');
+    let head = std::str::from_utf8(parts.next()?).ok()?;
+    let len: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let rest = parts.next()?;
+    let (http_status, status) = head.split_once(' ')?;
+    let (reply, json) = (rest.get(..len)?, rest.get(len..)?);
+    let json = String::from_utf8(json.to_vec()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    Some(ExecutionRecord {
+        id: id.into(),
+        key: v.get("key").and_then(|k| k.as_str()).map(Into::into),
+        delivery: v.get("delivery_id").and_then(|k| k.as_str()).map(Into::into),
+        received_unix: v.get("received_at").and_then(|k| k.as_f64()).unwrap_or(0.0),
+        status: match status {
+            "succeeded" => "succeeded",
+            "timed_out" => "timed_out",
+            _ => "failed",
+        },
+        http_status: http_status.parse().ok()?,
+        reply: Bytes::copy_from_slice(reply),
+        json,
+    })
+}
 
 // Takes the lease and reads the state in one round trip: {1, state or false}, or {0, false}.
 // Holding the lease already counts (a retry after a lost reply).
@@ -27,10 +60,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] or redis.call('SET', KEYS[1], ARGV[1], 
 end
 return {0, false}";
 
+// KEYS[3] / ARGV[3..4], when given: the execution record, written with the state (PX ARGV[4]).
 const COMMIT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2])
   redis.call('DEL', KEYS[1])
+  if KEYS[3] then
+    redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+  end
   return 1
 end
 if redis.call('GET', KEYS[2]) == ARGV[2] then
@@ -43,6 +80,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0";
+
+// Claims a delivery id for an execution: false when claimed now, else the execution id that has it.
+const CLAIM: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return false
+end
+return redis.call('GET', KEYS[1])";
 
 /// Connect, read and write timeout of every Redis call.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,6 +121,9 @@ pub struct RedisDb {
     acquire: Script,
     commit: Script,
     release: Script,
+    claim: Script,
+    /// How long execution records are kept (ms).
+    records_ttl_ms: AtomicU64,
 }
 
 impl RedisDb {
@@ -96,7 +143,14 @@ impl RedisDb {
             acquire: Script::new(ACQUIRE),
             commit: Script::new(COMMIT),
             release: Script::new(RELEASE),
+            claim: Script::new(CLAIM),
+            records_ttl_ms: AtomicU64::new(7 * 24 * 3600 * 1000),
         }))
+    }
+
+    /// How long execution records are kept (for repeated deliveries seen by other processes).
+    pub fn set_records_ttl(&self, ttl: Duration) {
+        self.records_ttl_ms.store(ttl.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
     pub fn url(&self) -> &str {
@@ -157,6 +211,14 @@ impl RedisStore {
         format!("{}:state:{key}", self.prefix)
     }
 
+    fn record_key(&self, id: &str) -> String {
+        format!("{}:exec:{id}", self.prefix)
+    }
+
+    fn records_ttl_ms(&self) -> u64 {
+        self.db.records_ttl_ms.load(Ordering::Relaxed)
+    }
+
     /// Drops our lease on `key` if we still hold it (the script checks the token).
     fn release_lease(&self, key: &str, token: &str) {
         let lock = self.lock_key(key);
@@ -187,12 +249,35 @@ impl StateStore for RedisStore {
     }
 
     fn commit(&self, key: &str, value: Bytes) -> Result<(), StoreError> {
+        self.commit_execution(Some(key), Some(value), None)
+    }
+
+    fn commit_execution(
+        &self,
+        key: Option<&str>,
+        state: Option<Bytes>,
+        record: Option<&ExecutionRecord>,
+    ) -> Result<(), StoreError> {
+        let ttl = self.records_ttl_ms();
+        let (Some(key), Some(value)) = (key, state) else {
+            if let Some(r) = record {
+                self.record_outcome(r.clone());
+            }
+            return Ok(());
+        };
         let Some(token) = self.held.lock().unwrap().remove(key) else {
             return Err(StoreError(format!("no lease held on key {key:?}")));
         };
         let (lock, state) = (self.lock_key(key), self.state_key(key));
-        let outcome: Result<i64, StoreError> =
-            self.db.with_conn(|c| self.db.commit.key(&lock).key(&state).arg(&token).arg(&value[..]).invoke(c));
+        let record = record.map(|r| (self.record_key(&r.id), encode_record(r)));
+        let outcome: Result<i64, StoreError> = self.db.with_conn(|c| {
+            let mut call = self.db.commit.key(&lock);
+            call.key(&state).arg(&token).arg(&value[..]);
+            if let Some((k, v)) = &record {
+                call.key(k).arg(&v[..]).arg(ttl);
+            }
+            call.invoke(c)
+        });
         match outcome {
             Ok(1 | 2) => Ok(()),
             Ok(_) => Err(StoreError(format!(
@@ -211,6 +296,42 @@ impl StateStore for RedisStore {
         if let Some(token) = self.held.lock().unwrap().remove(key) {
             self.release_lease(key, &token);
         }
+    }
+
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
+    fn record_outcome(&self, record: ExecutionRecord) {
+        let (k, v, ttl) = (self.record_key(&record.id), encode_record(&record), self.records_ttl_ms());
+        let _ = self.db.with_conn(|c| redis::cmd("SET").arg(&k).arg(&v[..]).arg("PX").arg(ttl).query::<()>(c));
+    }
+
+    fn record(&self, id: &str) -> Option<ExecutionRecord> {
+        let k = self.record_key(id);
+        let raw: Option<Vec<u8>> = self.db.with_conn(|c| redis::cmd("GET").arg(&k).query(c)).ok()?;
+        decode_record(id, &raw?)
+    }
+
+    fn shares_deliveries(&self) -> bool {
+        true
+    }
+
+    fn release_delivery(&self, delivery: &str, execution_id: &str) {
+        let k = format!("{}:delivery:{delivery}", self.prefix);
+        let _ = self.db.with_conn(|c| self.db.release.key(&k).arg(execution_id).invoke::<i64>(c));
+    }
+
+    fn claim_delivery(
+        &self,
+        delivery: &str,
+        execution_id: &str,
+        window: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let k = format!("{}:delivery:{delivery}", self.prefix);
+        let ms = window.as_millis().max(1) as u64;
+        let other: Option<String> = self.db.with_conn(|c| self.db.claim.key(&k).arg(execution_id).arg(ms).invoke(c))?;
+        Ok(other.filter(|o| o != execution_id))
     }
 
     fn kind(&self) -> &'static str {
