@@ -13,6 +13,7 @@ import asyncio
 import faulthandler
 import logging
 import os
+import signal
 import socket
 import struct
 import sys
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
 from . import _core
 
 READY, WARMUP_FAILED, HELLO = 2, 3, 0xFFFFFFFF
-# A sync run still going this long after its deadline prints its Python stack and exits, just
-# before the server (which kills at deadline + 1 s) would kill it.
-HANG_DUMP_AFTER = 0.5
 
 
 def _die_with_parent() -> None:
@@ -73,6 +71,10 @@ def main(argv: List[str]) -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     _die_with_parent()
+    # NOTE: the server sends SIGUSR1 to a worker whose run overstays its deadline, then kills it:
+    # the stack shows where it hung. (Arming faulthandler.dump_traceback_later per event instead
+    # starts and joins a watchdog thread per event: ~50 µs each, more than a light event costs.)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     parent = os.environ.get("WARMSLOT_PARENT_PID")
     if parent and os.getppid() != int(parent):
         return 0  # the server died before we could ask to die with it
@@ -128,9 +130,7 @@ def main(argv: List[str]) -> int:
                     # Answered 504 while it waited behind its batch-mates: do not run it.
                     sock.sendall(encode(ev[0], (False, "pipeline_timeout", "the deadline passed before the run started")))
                     continue
-                faulthandler.dump_traceback_later(left + HANG_DUMP_AFTER, exit=True)
                 result = runner.run_sync(*ev[1:7], left)
-                faulthandler.cancel_dump_traceback_later()
             else:
                 result = runner.run_sync(*ev[1:])
             sock.sendall(encode(ev[0], result))
