@@ -87,6 +87,16 @@ class EventRunner:
         state = state if isinstance(state, dict) else {}
         return Context(execution_id, received_at, headers, state, key if spec.keyed else None, self.resources, spec.name)
 
+    @staticmethod
+    def decode_state(state: Any) -> Any:
+        """The key's committed state: JSON bytes as stored (decoded with orjson, which wrote them),
+        an already decoded dict, or None for a key without state yet."""
+        if state is None:
+            return {}
+        if isinstance(state, (bytes, bytearray, memoryview)):
+            return _json.loads(state)
+        return state
+
     def failed(self, execution_id: str, exc: BaseException) -> Result:
         try:
             log.warning("pipeline %r raised on execution %s", self.spec.name, execution_id, exc_info=exc)
@@ -121,6 +131,10 @@ class EventRunner:
         remaining: Optional[float],
     ) -> Result:
         try:
+            try:
+                state = self.decode_state(state)
+            except Exception as exc:
+                return (False, "state_error", f"cannot decode stored state: {safe_text(exc)}")
             ctx = self.context(execution_id, key, state, headers, received_at)
             try:
                 result = self.target(event, ctx)
@@ -145,6 +159,10 @@ class EventRunner:
     ) -> Result:
         """Runs an async (or sync) pipeline on the running loop, cancelled at its deadline."""
         try:
+            try:
+                state = self.decode_state(state)
+            except Exception as exc:
+                return (False, "state_error", f"cannot decode stored state: {safe_text(exc)}")
             ctx = self.context(execution_id, key, state, headers, received_at)
             if remaining is not None and remaining <= 0:
                 return (False, "pipeline_timeout", "the deadline passed before the run started")

@@ -526,7 +526,7 @@ fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 }
 
 /// Decodes a batch frame payload (worker side) into tuples
-/// `(index, execution_id, key, event, state, headers, received_at, remaining)`.
+/// `(index, execution_id, key, event, state_json_bytes_or_None, headers, received_at, remaining)`.
 #[pyfunction]
 fn decode_batch<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Vec<Bound<'py, PyTuple>>> {
     let events = wire::decode_batch(payload).map_err(|e| PyValueError::new_err(e.0))?;
@@ -568,6 +568,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Core>()?;
     m.add_class::<PyJob>()?;
+    m.add_class::<thread_slot::LazyHeaders>()?;
     m.add_function(wrap_pyfunction!(hmac_sha256_hex, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;
     m.add_function(wrap_pyfunction!(decode_batch, m)?)?;

@@ -403,61 +403,24 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
             },
         }
     }
-    let forget = || {
-        if let Some(d) = &exec.delivery {
-            engine.deliveries.forget(pipeline.index, d, &exec);
-            if pipeline.store.shares_deliveries() {
-                pipeline.store.release_delivery(d, &exec.id_str);
-            }
-        }
-    };
     let journaled = is_async && pipeline.store.is_durable();
-    if journaled {
-        // The event is in the journal before its 202 is sent (group commit: the writer thread
-        // writes the arrivals of a moment in one transaction).
-        let entry = JournalEntry {
-            id: exec.id_str.clone(),
-            key: exec.key.clone(),
-            delivery: exec.delivery.clone(),
-            body: body.clone(),
-            headers: crate::engine::encode_headers(&parts.headers),
-            received_unix: exec.received_unix,
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        pipeline.store.journal(entry, Box::new(move |r| drop(tx.send(r))));
-        let written = rx.await.unwrap_or_else(|_| Err(crate::state::StoreError("the journal writer stopped".into())));
-        if let Err(e) = written {
-            forget();
-            return refuse(ErrorCode::StateError, format!("the event could not be journaled, nothing was run: {e}"));
-        }
+    // NOTE: journaling and admission run in their own task, so a client that goes away meanwhile
+    // (hyper then drops this future) cannot leave an event journaled but never admitted.
+    let admitted = tokio::spawn(journal_and_admit(
+        engine.clone(),
+        pipeline.clone(),
+        exec.clone(),
+        Job::new(exec.clone(), body, event, parts.headers),
+        journaled,
+    ))
+    .await;
+    match admitted {
+        Ok(Ok(())) => {}
+        Ok(Err((code, message))) => return refuse(code, message),
+        Err(e) => return refuse(ErrorCode::StateError, format!("the event could not be admitted: {e}")),
     }
-    pipeline.accepted_one();
-    if let Err((_, job)) = pipeline.intake.admit(Job::new(exec.clone(), body, event, parts.headers)) {
-        job.discard();
-        pipeline.finished_one();
-        forget();
-        if journaled {
-            // Mark the journal entry done: a refused event never runs, not even after a restart.
-            let message = "refused at admission (queue_size reached)".to_string();
-            let outcome = crate::runtime::execution::Outcome::Failed { code: ErrorCode::Overloaded, message };
-            pipeline.store.record_outcome(exec.record(Status::Failed, &outcome, &Default::default()));
-        }
-        return refuse(
-            ErrorCode::Overloaded,
-            format!("pipeline {:?} is at capacity ({} waiting); retry shortly", cfg.name, pipeline.intake.capacity()),
-        );
-    }
-    engine.remember(exec.clone());
     let mut settle = SettleLater(Some((exec.clone(), engine.clone())));
-    // Pairs with `Engine::shutdown`: it closes the pipeline, then drains the intake. Either that
-    // drain sees this job, or we see `closed` here and answer it ourselves.
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    if pipeline.is_closed() {
-        exec.abandon_queued(ErrorCode::ShuttingDown, "the server is shutting down".into());
-    }
-
     if is_async {
-        watch_async(exec.clone(), engine.clone());
         settle.0 = None;
         return accepted(&exec.id_str);
     }
@@ -474,6 +437,74 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     engine.settle(&exec);
     settle.0 = None;
     resp
+}
+
+/// Journals `job` first when `journaled` (the event is on disk before its 202), then admits it
+/// to its pipeline's intake; on refusal, undoes the delivery claim. Runs as its own task.
+async fn journal_and_admit(
+    engine: Arc<Engine>,
+    pipeline: Arc<Pipeline>,
+    exec: Arc<Execution>,
+    job: Job,
+    journaled: bool,
+) -> Result<(), (ErrorCode, String)> {
+    let forget = || {
+        if let Some(d) = &exec.delivery {
+            engine.deliveries.forget(pipeline.index, d, &exec);
+            if pipeline.store.shares_deliveries() {
+                pipeline.store.release_delivery(d, &exec.id_str);
+            }
+        }
+    };
+    if journaled {
+        // The event is in the journal before its 202 is sent (group commit: the writer thread
+        // writes the arrivals of a moment in one transaction).
+        let entry = JournalEntry {
+            id: exec.id_str.clone(),
+            key: exec.key.clone(),
+            delivery: exec.delivery.clone(),
+            body: job.body.clone(),
+            headers: crate::engine::encode_headers(&job.headers),
+            received_unix: exec.received_unix,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pipeline.store.journal(entry, Box::new(move |r| drop(tx.send(r))));
+        let written = rx.await.unwrap_or_else(|_| Err(crate::state::StoreError("the journal writer stopped".into())));
+        if let Err(e) = written {
+            job.discard();
+            forget();
+            return Err((ErrorCode::StateError, format!("the event could not be journaled, nothing was run: {e}")));
+        }
+    }
+    pipeline.accepted_one();
+    if let Err((_, job)) = pipeline.intake.admit(job) {
+        job.discard();
+        pipeline.finished_one();
+        forget();
+        if journaled {
+            // Mark the journal entry done: a refused event never runs, not even after a restart.
+            let message = "refused at admission (queue_size reached)".to_string();
+            let outcome = crate::runtime::execution::Outcome::Failed { code: ErrorCode::Overloaded, message };
+            let mut record = exec.record(Status::Failed, &outcome, &Default::default());
+            record.delivery = None; // the provider's retry of this delivery must run, after a restart too
+            pipeline.store.record_outcome(record);
+        }
+        let name = &pipeline.config.name;
+        let message =
+            format!("pipeline {name:?} is at capacity ({} waiting); retry shortly", pipeline.intake.capacity());
+        return Err((ErrorCode::Overloaded, message));
+    }
+    engine.remember(exec.clone());
+    // Pairs with `Engine::shutdown`: it closes the pipeline, then drains the intake. Either that
+    // drain sees this job, or we see `closed` here and answer it ourselves.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    if pipeline.is_closed() {
+        exec.abandon_queued(ErrorCode::ShuttingDown, "the server is shutting down".into());
+    }
+    if exec.is_async {
+        watch_async(exec.clone(), engine.clone());
+    }
+    Ok(())
 }
 
 /// Waits for an async execution's outcome (timing it out at the deadline) so its reply is counted

@@ -147,6 +147,16 @@ impl Intake {
         Ok(())
     }
 
+    /// Admits `job` past the capacity (journaled events recovered at start: they were accepted
+    /// before the restart, so they run, ahead of new events of their keys).
+    pub fn admit_recovered(&self, job: Job) {
+        let mut lanes = self.lock();
+        self.drain_ring(&mut lanes);
+        lanes.push(job);
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.ready.notify_one();
+    }
+
     fn drain_ring(&self, lanes: &mut Lanes) {
         while let Some(job) = self.ring.pop() {
             lanes.push(job);
