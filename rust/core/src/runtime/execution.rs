@@ -310,6 +310,21 @@ pub enum BeginError {
     Closed,
 }
 
+/// What a succeeded execution commits (see [`Job::prepare_commit`]).
+pub struct PreparedCommit {
+    reply: Bytes,
+    pub state: Option<Bytes>,
+    pub record: Option<crate::state::ExecutionRecord>,
+    commit_start: Instant,
+}
+
+impl PreparedCommit {
+    /// Whether the store has anything to write for it.
+    pub fn writes(&self) -> bool {
+        self.state.is_some() || self.record.is_some()
+    }
+}
+
 /// An event on its way to a slot. Dropping a job that never finished fails its execution, so an
 /// accepted request always gets an answer; dropping it also releases its key's lane.
 pub struct Job {
@@ -442,35 +457,55 @@ impl Job {
     /// After `claim`: commits `state` and publishes `reply`. False when the commit failed (the
     /// execution is then failed with `state_error`).
     pub fn commit(&mut self, reply: Bytes, state: Option<Bytes>) -> bool {
+        let Some(mut prepared) = self.prepare_commit(reply, state) else { return false };
+        let store = self.exec.pipeline.store.clone();
+        let result = if prepared.writes() {
+            let key = self.exec.key.as_deref();
+            store.commit_execution(key, prepared.state.take(), prepared.record.as_ref())
+        } else {
+            Ok(())
+        };
+        self.finish_commit(prepared, result)
+    }
+
+    /// After `claim`: checks the new state's size (failing the execution, nothing committed, when
+    /// it is too large) and builds what the commit writes: the state and, on a store that keeps
+    /// records, the execution record (with it, in one transaction, the journal entry is done).
+    pub fn prepare_commit(&mut self, reply: Bytes, state: Option<Bytes>) -> Option<PreparedCommit> {
         debug_assert_eq!(self.exec.status(), Status::Committing);
         if let (Some(_), Some(state)) = (&self.exec.key, &state) {
             if let Err(e) = crate::state::check_size(state, self.exec.pipeline.config.max_state_bytes) {
                 self.fail_claimed(ErrorCode::StateTooLarge, e.to_string());
-                return false;
+                return None;
             }
         }
         let commit_start = Instant::now();
-        let store = &self.exec.pipeline.store;
-        // On a durable store the record goes with the state, in one transaction: the journal
-        // entry is done exactly when the state update is in.
-        let record = store.keeps_records().then(|| {
+        let record = self.exec.pipeline.store.keeps_records().then(|| {
             let timings = self.final_timings(commit_start);
             self.exec.record(Status::Succeeded, &Outcome::Succeeded(reply.clone()), &timings)
         });
-        let key = self.exec.key.as_deref();
-        if (key.is_some() && state.is_some()) || record.is_some() {
-            self.holds_state &= state.is_none(); // a commit ends the lease, whether it succeeds or not
-            if let Err(e) = store.commit_execution(key, state, record.as_ref()) {
-                self.exec.finish(
-                    Status::Failed,
-                    Outcome::Failed { code: ErrorCode::StateError, message: e.to_string() },
-                    self.final_timings(commit_start),
-                );
-                return false;
-            }
-            self.exec.recorded.store(record.is_some(), Ordering::Release);
+        let state = if self.exec.key.is_some() { state } else { None };
+        self.holds_state &= state.is_none(); // a commit ends the lease, whether it succeeds or not
+        Some(PreparedCommit { reply, state, record, commit_start })
+    }
+
+    /// Publishes the outcome of a prepared commit: succeeded, or `state_error` when the store
+    /// refused it. False when the commit failed.
+    pub fn finish_commit(&mut self, prepared: PreparedCommit, result: Result<(), crate::state::StoreError>) -> bool {
+        if let Err(e) = result {
+            self.exec.finish(
+                Status::Failed,
+                Outcome::Failed { code: ErrorCode::StateError, message: e.to_string() },
+                self.final_timings(prepared.commit_start),
+            );
+            return false;
         }
-        self.exec.finish(Status::Succeeded, Outcome::Succeeded(reply), self.final_timings(commit_start));
+        self.exec.recorded.store(prepared.record.is_some(), Ordering::Release);
+        self.exec.finish(
+            Status::Succeeded,
+            Outcome::Succeeded(prepared.reply),
+            self.final_timings(prepared.commit_start),
+        );
         true
     }
 

@@ -155,6 +155,43 @@ fn settle(begun: &mut Begun, result: RunResult) {
     drop(begun.job.lane.take());
 }
 
+/// Commits the results a batch holds (a backend that commits after the batch) in one store
+/// transaction where the store has them; failures and refusals settle one by one.
+fn commit_together(pipeline: &Pipeline, batch: &mut [Begun]) {
+    let mut prepared = Vec::new();
+    for (i, b) in batch.iter_mut().enumerate() {
+        if !matches!(b.pending, Pending::Ran(RunResult::Reply { .. })) {
+            continue;
+        }
+        let Pending::Ran(RunResult::Reply { reply, state }) = std::mem::replace(&mut b.pending, Pending::Done) else {
+            continue;
+        };
+        // The deadline may have answered it first (then nothing is committed).
+        if b.job.claim() {
+            if let Some(p) = b.job.prepare_commit(reply, state) {
+                prepared.push((i, p));
+            }
+        }
+    }
+    if prepared.is_empty() {
+        return;
+    }
+    let items = prepared
+        .iter_mut()
+        .map(|(i, p)| (batch[*i].job.exec.key.as_deref(), p.state.take(), p.record.as_ref()))
+        .collect();
+    let (committed, error) = pipeline.store.commit_executions(items);
+    for (n, (i, p)) in prepared.into_iter().enumerate() {
+        let result = match &error {
+            Some(e) if n >= committed => Err(e.clone()),
+            _ => Ok(()),
+        };
+        let b = &mut batch[i];
+        b.job.finish_commit(p, result);
+        drop(b.job.lane.take());
+    }
+}
+
 /// Begins each job: `queued → running`, its key's state loaded. A job that cannot begin was
 /// already answered (timed out, state error, closed) and is dropped here.
 fn begin_all(pipeline: &Pipeline, settings: &LoopSettings, jobs: Vec<Job>) -> Vec<Begun> {
@@ -223,6 +260,9 @@ pub fn run_slot(pipeline: &Arc<Pipeline>, slot: usize, backend: &mut dyn Backend
             per_event_us = if per_event_us <= 0.0 { sample } else { 0.7 * per_event_us + 0.3 * sample };
         }
         let died = outcome.err();
+        if !inline {
+            commit_together(pipeline, &mut batch);
+        }
         let mut requeue = Vec::new();
         for (i, mut b) in batch.into_iter().enumerate() {
             match std::mem::replace(&mut b.pending, Pending::Done) {

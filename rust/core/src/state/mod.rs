@@ -66,6 +66,9 @@ pub type Journaled = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// The state of one pipeline's keys. Durable stores also keep the journal of accepted events and
 /// the records of finished executions; the defaults (memory) keep neither.
+/// One succeeded execution to commit: its key, its new state and its record.
+pub type CommitItem<'a> = (Option<&'a str>, Option<Bytes>, Option<&'a ExecutionRecord>);
+
 pub trait StateStore: Send + Sync {
     fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     fn commit(&self, key: &str, state: Bytes) -> Result<(), StoreError>;
@@ -82,6 +85,17 @@ pub trait StateStore: Send + Sync {
             (Some(key), Some(state)) => self.commit(key, state),
             _ => Ok(()),
         }
+    }
+    /// Commits several succeeded executions (`(key, state, record)` each, as `commit_execution`).
+    /// Returns how many were committed (a prefix) and the error that stopped the rest, if any.
+    /// Stores with transactions commit them all in one (all or none).
+    fn commit_executions(&self, items: Vec<CommitItem<'_>>) -> (usize, Option<StoreError>) {
+        for (i, (key, state, record)) in items.into_iter().enumerate() {
+            if let Err(e) = self.commit_execution(key, state, record) {
+                return (i, Some(e));
+            }
+        }
+        (usize::MAX, None)
     }
     /// True when the store journals accepted events and keeps execution records across restarts.
     fn is_durable(&self) -> bool {
