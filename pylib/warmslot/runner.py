@@ -87,6 +87,16 @@ class EventRunner:
         state = state if isinstance(state, dict) else {}
         return Context(execution_id, received_at, headers, state, key if spec.keyed else None, self.resources, spec.name)
 
+    def prepare(
+        self, execution_id: str, key: Optional[str], state: Any, headers: Any, received_at: float
+    ) -> "Context | Result":
+        """The run's context, or the `state_error` result when the stored state cannot be decoded."""
+        try:
+            decoded = self.decode_state(state)
+        except Exception as exc:
+            return (False, "state_error", f"cannot decode stored state: {safe_text(exc)}")
+        return self.context(execution_id, key, decoded, headers, received_at)
+
     @staticmethod
     def decode_state(state: Any) -> Any:
         """The key's committed state: JSON bytes as stored (decoded with orjson, which wrote them),
@@ -131,11 +141,9 @@ class EventRunner:
         remaining: Optional[float],
     ) -> Result:
         try:
-            try:
-                state = self.decode_state(state)
-            except Exception as exc:
-                return (False, "state_error", f"cannot decode stored state: {safe_text(exc)}")
-            ctx = self.context(execution_id, key, state, headers, received_at)
+            ctx = self.prepare(execution_id, key, state, headers, received_at)
+            if isinstance(ctx, tuple):
+                return ctx
             try:
                 result = self.target(event, ctx)
                 if asyncio.iscoroutine(result):
@@ -159,11 +167,9 @@ class EventRunner:
     ) -> Result:
         """Runs an async (or sync) pipeline on the running loop, cancelled at its deadline."""
         try:
-            try:
-                state = self.decode_state(state)
-            except Exception as exc:
-                return (False, "state_error", f"cannot decode stored state: {safe_text(exc)}")
-            ctx = self.context(execution_id, key, state, headers, received_at)
+            ctx = self.prepare(execution_id, key, state, headers, received_at)
+            if isinstance(ctx, tuple):
+                return ctx
             if remaining is not None and remaining <= 0:
                 return (False, "pipeline_timeout", "the deadline passed before the run started")
             try:

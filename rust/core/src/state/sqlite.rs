@@ -284,6 +284,29 @@ pub struct SqliteStore {
     pipeline: Box<str>,
 }
 
+impl SqliteStore {
+    /// Writes the new states and records of `items` in one transaction: all of them or none.
+    fn write_in_one_transaction(&self, items: Vec<CommitItem<'_>>) -> Result<(), StoreError> {
+        let mut conn = self.db.conn();
+        let tx = conn.transaction().map_err(err)?;
+        for (key, state, record) in items {
+            if let (Some(key), Some(state)) = (key, state) {
+                tx.prepare_cached(
+                    "INSERT INTO warmslot_state (pipeline, key, state) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (pipeline, key) DO UPDATE SET state = excluded.state, updated_at = unixepoch('subsec')",
+                )
+                .map_err(err)?
+                .execute(params![&*self.pipeline, key, &state[..]])
+                .map_err(err)?;
+            }
+            if let Some(record) = record {
+                upsert_record(&tx, &self.pipeline, record).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
 impl StateStore for SqliteStore {
     fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let conn = self.db.conn();
@@ -305,45 +328,13 @@ impl StateStore for SqliteStore {
         state: Option<Bytes>,
         record: Option<&ExecutionRecord>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.db.conn();
-        let tx = conn.transaction().map_err(err)?;
-        if let (Some(key), Some(state)) = (key, state) {
-            tx.prepare_cached(
-                "INSERT INTO warmslot_state (pipeline, key, state) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (pipeline, key) DO UPDATE SET state = excluded.state, updated_at = unixepoch('subsec')",
-            )
-            .map_err(err)?
-            .execute(params![&*self.pipeline, key, &state[..]])
-            .map_err(err)?;
-        }
-        if let Some(record) = record {
-            upsert_record(&tx, &self.pipeline, record).map_err(err)?;
-        }
-        tx.commit().map_err(err)
+        self.write_in_one_transaction(vec![(key, state, record)])
     }
 
     // NOTE: one transaction per batch instead of one per execution: each commit writes the
     // state row and the execution record (about 8 WAL pages); a batch shares the page writes.
     fn commit_executions(&self, items: Vec<CommitItem<'_>>) -> (usize, Option<StoreError>) {
-        let result = (|| {
-            let mut conn = self.db.conn();
-            let tx = conn.transaction().map_err(err)?;
-            for (key, state, record) in items {
-                if let (Some(key), Some(state)) = (key, state) {
-                    tx.prepare_cached(
-                        "INSERT INTO warmslot_state (pipeline, key, state) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (pipeline, key) DO UPDATE SET state = excluded.state, updated_at = unixepoch('subsec')",
-                    )
-                    .map_err(err)?
-                    .execute(params![&*self.pipeline, key, &state[..]])
-                    .map_err(err)?;
-                }
-                if let Some(record) = record {
-                    upsert_record(&tx, &self.pipeline, record).map_err(err)?;
-                }
-            }
-            tx.commit().map_err(err)
-        })();
+        let result = self.write_in_one_transaction(items);
         match result {
             Ok(()) => (usize::MAX, None),
             Err(e) => (0, Some(e)), // rolled back: none of them
