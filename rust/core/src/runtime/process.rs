@@ -38,6 +38,8 @@ use crate::runtime::wire::{self, WireResult};
 /// After a run's deadline, how long its worker gets before it is killed.
 const HANG_GRACE: Duration = Duration::from_secs(1);
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Without `max_memory_mb`, how often a worker's resident memory is read for the gauge.
+const RSS_GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// How long a hung worker gets to print its stack (SIGUSR1) before it is killed.
 const STACK_DUMP_GRACE: Duration = Duration::from_millis(300);
 const MAX_FRAME: usize = 256 << 20;
@@ -51,6 +53,10 @@ pub struct ProcessBackend {
     pid: u32,
     executions: u64,
     recycle_after: Option<u64>,
+    /// The worker's last CPU-time reading, and whether a batch is between its two readings.
+    cpu_last: Option<u64>,
+    cpu_in_batch: bool,
+    rss_read_at: Option<Instant>,
 }
 
 /// Why a worker did not become warm.
@@ -280,6 +286,9 @@ impl ProcessBackend {
             pid,
             executions: 0,
             recycle_after,
+            cpu_last: None,
+            cpu_in_batch: false,
+            rss_read_at: None,
         })
     }
 
@@ -442,13 +451,20 @@ impl Backend for ProcessBackend {
         Ok(())
     }
 
-    // NOTE: the worker's CPU time comes from `/proc/<pid>/stat` (clock ticks: 10 ms steps), read
-    // before and after each batch: 33 µs a read (debug build, 2026-12-02, measured by
-    // `process_cpu_time_is_read_from_proc`), small beside a batch's round trip through the
-    // worker. Differences of the cumulative counter lose no time across batches of one worker; a
-    // worker replaced mid-batch restarts its counter, and that batch adds nothing.
+    // NOTE: the worker's CPU time comes from `/proc/<pid>/stat` (clock ticks: 10 ms steps): 33 µs
+    // a read (debug build, 2026-12-02, measured by `process_cpu_time_is_read_from_proc`). Between
+    // batches the worker waits in `recv` and uses no CPU, so the reading taken after one batch is
+    // the next batch's starting point: one read per batch, not two. Differences of the cumulative
+    // counter lose no time across batches of one worker; a worker replaced mid-batch restarts its
+    // counter, and that batch adds nothing.
     fn cpu_clock_us(&mut self) -> Option<u64> {
-        process_cpu_us(self.pid)
+        // The slot loop asks before and after each batch, in pairs.
+        self.cpu_in_batch = !self.cpu_in_batch;
+        if self.cpu_in_batch && self.cpu_last.is_some() {
+            return self.cpu_last;
+        }
+        self.cpu_last = process_cpu_us(self.pid);
+        self.cpu_last
     }
 
     fn recycle(&mut self) -> Option<&'static str> {
@@ -458,9 +474,16 @@ impl Backend for ProcessBackend {
         if self.recycle_after.is_some_and(|n| self.executions >= n) {
             return Some("max_executions");
         }
+        // NOTE: `/proc` reads cost tens of µs, as much as a light event's round trip: RSS is read
+        // after every batch only to enforce `max_memory_mb`, else at most once a second (gauge).
+        let limit = self.pipeline.config.max_memory_mb;
+        if limit.is_none() && self.rss_read_at.is_some_and(|t| t.elapsed() < RSS_GAUGE_EVERY) {
+            return None;
+        }
+        self.rss_read_at = Some(Instant::now());
         let rss = rss_bytes(self.pid).unwrap_or(0);
         self.pipeline.slots.set_rss(self.slot, rss);
-        match self.pipeline.config.max_memory_mb {
+        match limit {
             Some(mb) if rss > mb * 1024 * 1024 => Some("max_memory"),
             _ => None,
         }

@@ -160,10 +160,9 @@ fn settle(begun: &mut Begun, result: RunResult) {
 fn commit_together(pipeline: &Pipeline, batch: &mut [Begun]) {
     let mut prepared = Vec::new();
     for (i, b) in batch.iter_mut().enumerate() {
-        if !matches!(b.pending, Pending::Ran(RunResult::Reply { .. })) {
-            continue;
-        }
-        let Pending::Ran(RunResult::Reply { reply, state }) = std::mem::replace(&mut b.pending, Pending::Done) else {
+        let pending = std::mem::replace(&mut b.pending, Pending::Done);
+        let Pending::Ran(RunResult::Reply { reply, state }) = pending else {
+            b.pending = pending; // errors and unrun events settle one by one, after this
             continue;
         };
         // The deadline may have answered it first (then nothing is committed).
