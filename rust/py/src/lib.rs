@@ -131,6 +131,7 @@ struct PyKeyFn {
     delivery_callables: Vec<Option<Py<PyAny>>>,
 }
 
+/// Calls a Python `callable(body: bytes) -> str | None` (key or delivery id) with the GIL.
 fn call_str(f: Option<&Option<Py<PyAny>>>, body: &[u8]) -> Result<Option<String>, String> {
     let Some(Some(f)) = f else { return Ok(None) };
     Python::attach(|py| {
@@ -149,15 +150,7 @@ impl KeyFn for PyKeyFn {
     }
 
     fn key(&self, pipeline: usize, body: &[u8]) -> Result<Option<String>, String> {
-        let Some(Some(f)) = self.callables.get(pipeline) else { return Ok(None) };
-        Python::attach(|py| {
-            let out = f.bind(py).call1((PyBytes::new(py, body),)).map_err(|e| e.to_string())?;
-            if out.is_none() {
-                Ok(None)
-            } else {
-                out.extract::<String>().map(Some).map_err(|e| e.to_string())
-            }
-        })
+        call_str(self.callables.get(pipeline), body)
     }
 }
 
