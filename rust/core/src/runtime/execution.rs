@@ -375,6 +375,15 @@ impl Job {
 
     /// Moves the execution to `running` and loads the key's state (None when the key has none yet).
     pub fn begin(&mut self) -> Result<Option<Bytes>, BeginError> {
+        self.start()?;
+        let Some(key) = &self.exec.key else { return Ok(None) };
+        let loaded = self.exec.pipeline.store.load(key);
+        self.loaded(loaded)
+    }
+
+    /// The first half of `begin`: `queued → running`, without loading the key's state (a slot
+    /// loads the states of a whole batch at once, then hands each job its own with `loaded`).
+    pub fn start(&mut self) -> Result<(), BeginError> {
         if self.exec.pipeline.is_closed() {
             self.exec
                 .abandon_queued(ErrorCode::ShuttingDown, "the server stopped before this execution could run".into());
@@ -387,8 +396,15 @@ impl Job {
         let now = Instant::now();
         self.started = Some(now);
         self.timings.queue_us = now.duration_since(self.exec.received).as_micros() as u64;
-        let Some(key) = &self.exec.key else { return Ok(None) };
-        match self.exec.pipeline.store.load(key) {
+        Ok(())
+    }
+
+    /// The second half of `begin`, for a keyed job: what loading its key's state gave.
+    pub fn loaded(
+        &mut self,
+        loaded: Result<Option<Bytes>, crate::state::StoreError>,
+    ) -> Result<Option<Bytes>, BeginError> {
+        match loaded {
             Ok(state) => {
                 self.holds_state = true;
                 if self.exec.status() != Status::Running {

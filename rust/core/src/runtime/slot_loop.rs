@@ -19,6 +19,7 @@ use bytes::Bytes;
 use crate::error::ErrorCode;
 use crate::runtime::execution::Job;
 use crate::runtime::pipeline::Pipeline;
+use crate::state::StoreError;
 
 /// What the pipeline produced for one event.
 #[derive(Debug)]
@@ -191,17 +192,33 @@ fn commit_together(pipeline: &Pipeline, batch: &mut [Begun]) {
     }
 }
 
-/// Begins each job: `queued → running`, its key's state loaded. A job that cannot begin was
-/// already answered (timed out, state error, closed) and is dropped here.
+/// Begins each job: `queued → running`, its key's state loaded (all the batch's keys in one store
+/// call). A job that cannot begin was already answered (timed out, state error, closed) and is
+/// dropped here.
 fn begin_all(pipeline: &Pipeline, settings: &LoopSettings, jobs: Vec<Job>) -> Vec<Begun> {
-    let mut batch = Vec::with_capacity(jobs.len());
+    let mut started = Vec::with_capacity(jobs.len());
     for mut job in jobs {
         let received = job.exec.received;
         if !job.cold_counted && settings.warm_from <= received && received < settings.warm_at {
             job.cold_counted = true; // once, even if it is requeued and runs elsewhere
             pipeline.slots.count_cold_start();
         }
-        if let Ok(state) = job.begin() {
+        if job.start().is_ok() {
+            started.push(job);
+        }
+    }
+    let keys: Vec<&str> = started.iter().filter_map(|j| j.exec.key.as_deref()).collect();
+    let mut states = if keys.is_empty() { Vec::new() } else { pipeline.store.load_many(&keys) }.into_iter();
+    let mut batch = Vec::with_capacity(started.len());
+    for mut job in started {
+        let state = match job.exec.key {
+            None => Ok(None),
+            Some(_) => {
+                let loaded = states.next().unwrap_or_else(|| Err(StoreError("the store lost a load".into())));
+                job.loaded(loaded)
+            }
+        };
+        if let Ok(state) = state {
             batch.push(Begun { job, state, pending: Pending::NotRun });
         }
     }

@@ -71,6 +71,11 @@ pub type CommitItem<'a> = (Option<&'a str>, Option<Bytes>, Option<&'a ExecutionR
 
 pub trait StateStore: Send + Sync {
     fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+    /// `load` of each key, in order (the keys of one batch: distinct). Stores with transactions
+    /// read them all in one.
+    fn load_many(&self, keys: &[&str]) -> Vec<Result<Option<Bytes>, StoreError>> {
+        keys.iter().map(|k| self.load(k)).collect()
+    }
     fn commit(&self, key: &str, state: Bytes) -> Result<(), StoreError>;
     /// Commits a succeeded execution: the key's new state and (on a durable store) its record,
     /// which also marks its journal entry done, all at once: after a crash either all of it is

@@ -79,6 +79,12 @@ impl Drop for SqliteDb {
 }
 
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// A WAL of more frames than this (4 MiB) is restarted after the passive checkpoint.
+const RESTART_ABOVE_FRAMES: i64 = 1024;
+/// How long a `RESTART` checkpoint waits for another process's readers.
+const RESTART_WAIT: Duration = Duration::from_millis(20);
+/// What a restarted WAL file is truncated to when it grew larger (after a burst).
+const WAL_KEEP_BYTES: i64 = 64 << 20;
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// Most writes one group commit takes.
 const MAX_GROUP: usize = 512;
@@ -192,6 +198,31 @@ fn write_groups(conn: Arc<Mutex<Connection>>, writes: Receiver<Write>) {
     }
 }
 
+/// Copies the WAL back into the database, from the background connection.
+///
+/// NOTE: a passive checkpoint alone never lets the WAL start over under steady writes: a writer
+/// restarts the WAL only if every frame was checkpointed when its transaction began, and commits
+/// keep appending while the checkpoint runs. Measured (2 thread slots, counter bot, `wrk -c64`):
+/// the WAL reached 600 MB in 30 s, and a third of the slots' CPU went to ext4 zeroing the new
+/// blocks that every commit appended. So a WAL longer than `RESTART_ABOVE_FRAMES` gets a
+/// `RESTART` checkpoint after the passive one: it copies the few frames appended meanwhile while
+/// holding the main connection (no commit or load of ours runs then, so only another process's
+/// reader can make it wait, for at most `RESTART_WAIT`), and the next commit writes from the
+/// start of the WAL, over pages the OS still caches.
+fn checkpoint(background: &Connection, main: &Mutex<Connection>) {
+    // (busy, frames in the WAL when it began, frames checkpointed).
+    let passive = background
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)));
+    if matches!(passive, Ok((log, _)) if log > RESTART_ABOVE_FRAMES) {
+        let _quiet = main.lock().unwrap_or_else(|e| e.into_inner());
+        // Another process reading the database (a `sqlite3` shell) can hold the restart up:
+        // give up after a moment rather than stall our commits for the whole busy timeout.
+        let _ = background.busy_timeout(RESTART_WAIT);
+        let _ = background.execute_batch("PRAGMA wal_checkpoint(RESTART);");
+        let _ = background.busy_timeout(Duration::from_secs(5));
+    }
+}
+
 fn prune(conn: &Connection, options: &SqliteOptions) -> rusqlite::Result<()> {
     let oldest = now_unix() - options.records_ttl.as_secs_f64();
     conn.execute("DELETE FROM warmslot_executions WHERE status != 'queued' AND finished_at < ?1", params![oldest])?;
@@ -218,19 +249,24 @@ impl SqliteDb {
         ))
         .map_err(|e| StoreError(format!("cannot prepare state database {path:?}: {e}")))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Mutex::new(conn));
         if path != ":memory:" && !path.is_empty() {
             // NOTE: with SQLite's automatic checkpoints, the commit that crosses 1000 WAL pages
             // copies them back into the database and fsyncs, inside the request: wrk -c1 against
             // the support bot saw p99 of 3.9-4.1 ms (p50 66-116 µs). Checkpointing from a
             // background connection takes that off the request path: p99 579-649 µs (p50 89-104
             // µs), for some throughput at 64 connections (16.0-16.4k req/s against 18.1-19.3k).
-            conn.pragma_update(None, "wal_autocheckpoint", 0)
+            shared
+                .lock()
+                .unwrap()
+                .execute_batch(&format!("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit={WAL_KEEP_BYTES};"))
                 .map_err(|e| StoreError(format!("cannot configure state database {path:?}: {e}")))?;
             let background =
                 Connection::open(path).map_err(|e| StoreError(format!("cannot open state database {path:?}: {e}")))?;
             let _ = background.busy_timeout(Duration::from_secs(5));
             let stop = stop.clone();
             let options = options.clone();
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("warmslot-sqlite-checkpoint".into())
                 .spawn(move || {
@@ -238,7 +274,7 @@ impl SqliteDb {
                     let _ = prune(&background, &options);
                     while !stop.load(Ordering::Acquire) {
                         std::thread::sleep(CHECKPOINT_EVERY);
-                        let _ = background.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
+                        checkpoint(&background, &shared);
                         if pruned.elapsed() >= PRUNE_EVERY {
                             pruned = Instant::now();
                             let _ = prune(&background, &options);
@@ -247,7 +283,7 @@ impl SqliteDb {
                 })
                 .map_err(|e| StoreError(format!("cannot start the checkpoint thread: {e}")))?;
         }
-        let conn = Arc::new(Mutex::new(conn));
+        let conn = shared;
         let (writes, queue) = crossbeam_channel::unbounded();
         let writer = conn.clone();
         std::thread::Builder::new()
@@ -284,6 +320,15 @@ pub struct SqliteStore {
     pipeline: Box<str>,
 }
 
+fn select_state(conn: &Connection, pipeline: &str, key: &str) -> Result<Option<Bytes>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT state FROM warmslot_state WHERE pipeline = ?1 AND key = ?2").map_err(err)?;
+    stmt.query_row(params![pipeline, key], |row| row.get::<_, Vec<u8>>(0))
+        .optional()
+        .map(|v| v.map(Bytes::from))
+        .map_err(err)
+}
+
 impl SqliteStore {
     /// Writes the new states and records of `items` in one transaction: all of them or none.
     fn write_in_one_transaction(&self, items: Vec<CommitItem<'_>>) -> Result<(), StoreError> {
@@ -309,13 +354,24 @@ impl SqliteStore {
 
 impl StateStore for SqliteStore {
     fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let conn = self.db.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT state FROM warmslot_state WHERE pipeline = ?1 AND key = ?2").map_err(err)?;
-        stmt.query_row(params![&*self.pipeline, key], |row| row.get::<_, Vec<u8>>(0))
-            .optional()
-            .map(|v| v.map(Bytes::from))
-            .map_err(err)
+        select_state(&self.db.conn(), &self.pipeline, key)
+    }
+
+    // NOTE: one read transaction for a batch's keys: each autocommit SELECT takes and drops
+    // SQLite's shared WAL lock (fcntl calls on the -shm file), about 6% of a slot's CPU with
+    // the counter bot at 64 connections.
+    fn load_many(&self, keys: &[&str]) -> Vec<Result<Option<Bytes>, StoreError>> {
+        let mut conn = self.db.conn();
+        let tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = err(e);
+                return keys.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let out = keys.iter().map(|k| select_state(&tx, &self.pipeline, k)).collect();
+        let _ = tx.commit();
+        out
     }
 
     fn commit(&self, key: &str, state: Bytes) -> Result<(), StoreError> {
@@ -466,6 +522,55 @@ mod tests {
         assert!(error.is_none() && committed >= 3, "{error:?}");
         assert_eq!(store.load("a").unwrap().as_deref(), Some(&b"{\"n\":1}"[..]));
         assert_eq!(store.load("b").unwrap().as_deref(), Some(&b"{\"n\":2}"[..]));
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The WAL header's checkpoint sequence number: SQLite adds one each time the WAL starts over.
+    fn wal_restarts(path: &std::path::Path) -> u32 {
+        let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
+        wal.get(12..16).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()))
+    }
+
+    #[test]
+    fn the_wal_starts_over_under_steady_commits() {
+        let dir = std::env::temp_dir().join(format!("warmslot-sqlite-wal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        let db = SqliteDb::open(path.to_str().unwrap()).unwrap();
+        let first = wal_restarts(&path);
+        let stop = Arc::new(AtomicBool::new(false));
+        // Two slots commit batches back to back: the checkpoint never finds a quiet moment.
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (store, stop) = (db.store(&format!("p{w}")), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        let keys: Vec<String> = (0..32).map(|i| format!("k{}", (n + i) % 64)).collect();
+                        let items =
+                            keys.iter().map(|k| (Some(k.as_str()), Some(Bytes::from(vec![b'x'; 300])), None)).collect();
+                        assert!(store.commit_executions(items).1.is_none());
+                        n += 32;
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut largest = 0;
+        while wal_restarts(&path) < first + 5 && Instant::now() < deadline {
+            let wal = std::fs::metadata(path.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
+            largest = largest.max(wal);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Release);
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        assert!(
+            wal_restarts(&path) >= first + 5,
+            "the WAL started over {} times in 60 s (largest {largest} bytes)",
+            wal_restarts(&path) - first
+        );
+        assert!(largest <= WAL_KEEP_BYTES as u64, "WAL of {largest} bytes");
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);
     }
