@@ -45,8 +45,9 @@ def tree_cpu_seconds(pid: int) -> float:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                pending.extend(int(c) for c in f.read().split())
+            for task in os.listdir(f"/proc/{p}/task"):  # children of every thread (slots spawn workers)
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    pending.extend(int(c) for c in f.read().split())
         except OSError:
             pass
     return total

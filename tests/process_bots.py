@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import tempfile
 import time
 
 import warmslot
@@ -24,6 +25,13 @@ def count(event, ctx):
         time.sleep(event["sleep"])
     ctx.state["n"] = ctx.state.get("n", 0) + 1
     return {"n": ctx.state["n"], "pid": os.getpid()}
+
+
+# The same bot on SQLite (results of a batch commit in one transaction). Worker processes import
+# this module too but never open the store: only the server does.
+SQLITE_PATH = os.path.join(tempfile.gettempdir(), "warmslot-process-bots.db")
+sqlite_app = warmslot.App(state=f"sqlite:///{SQLITE_PATH}")
+sqlite_app.pipeline("count", slots=2, key="user", isolation="process", timeout=5.0)(count)
 
 
 hang_app = warmslot.App()

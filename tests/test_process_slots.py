@@ -101,6 +101,35 @@ def test_per_key_counts_stay_exact_across_worker_processes(serve):
         pids.add(body["pid"])
 
 
+def test_on_sqlite_a_batch_commits_once_and_a_crash_commits_nothing(serve):
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(process_bots.SQLITE_PATH + suffix):
+            os.remove(process_bots.SQLITE_PATH + suffix)
+    server, c = serve(process_bots.sqlite_app)
+    keys = [f"k{i}" for i in range(4)]
+
+    def client(i: int):
+        with Client(server.host, server.port) as cc:
+            return [cc.post("count", {"user": keys[(i + j) % 4]}) for j in range(25)]
+
+    def victim(_: int):
+        with Client(server.host, server.port) as cc:
+            return [cc.post("count", {"user": "victim", "crash": "exit"})]
+
+    results = concurrently(9, lambda i: victim(i) if i == 8 else client(i))
+    crashed = results[8][0]
+    assert crashed[0] == 500 and crashed[2]["error"]["code"] == "slot_crashed", crashed
+    assert all(r[0] == 200 for rs in results[:8] for r in rs)
+    for k in keys:
+        status, headers, body = c.post("count", {"user": k})
+        assert (status, body["n"]) == (200, 51), body
+    assert c.post("count", {"user": "victim"})[2]["n"] == 1, "the crashed run committed nothing"
+    # Each execution's record is durable at commit.
+    status, headers, _ = results[0][0]
+    record = c.get(f"/executions/{headers['x-warmslot-execution-id']}")
+    assert record[0] == 200 and record[2]["status"] == "succeeded", record
+
+
 def test_a_hung_run_gets_504_and_the_slot_is_replaced(serve):
     server, c = serve(process_bots.hang_app)
     first = c.post("hang", {})[2]["pid"]

@@ -102,6 +102,11 @@ pub trait StateStore: Send + Sync {
         }
         (usize::MAX, None)
     }
+    /// True when `commit_executions` costs much less per execution than `commit_execution`
+    /// (one transaction for all): slots then commit a batch's results together.
+    fn commits_in_batches(&self) -> bool {
+        false
+    }
     /// True when the store journals accepted events and keeps execution records across restarts.
     fn is_durable(&self) -> bool {
         false

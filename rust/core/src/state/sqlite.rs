@@ -401,6 +401,10 @@ impl StateStore for SqliteStore {
         true
     }
 
+    fn commits_in_batches(&self) -> bool {
+        true
+    }
+
     fn journal(&self, entry: JournalEntry, done: Journaled) {
         if let Err(e) = self.db.writes.send(Write::Journal(self.pipeline.clone(), entry, done)) {
             if let Write::Journal(_, _, done) = e.into_inner() {
