@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import textwrap
 import threading
 import time
+import urllib.request
 
 import pytest
 import warmslot
@@ -46,6 +52,29 @@ def redis_command(url: str, *args: str):
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(payload)
         return sock.recv(65536)
+
+
+def redis_value(url: str, *args: str):
+    """One command's reply as a Python value: an int, bytes, or None (a nil bulk string)."""
+    reply = redis_command(url, *args)
+    if reply.startswith(b":"):
+        return int(reply[1:].split(b"\r\n")[0])
+    if reply.startswith(b"$-1"):
+        return None
+    if reply.startswith(b"$"):
+        head, rest = reply.split(b"\r\n", 1)
+        return rest[: int(head[1:])]
+    raise AssertionError(f"unexpected reply {reply!r}")
+
+
+def poll(fn, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_app(url: str) -> warmslot.App:
@@ -182,3 +211,179 @@ def test_repeated_deliveries_run_once_across_servers(redis_url):
     finally:
         for n in nodes:
             n.stop()
+
+
+# --- the journal: a 202 on Redis survives a SIGKILL ---------------------------------------------
+
+ASYNC = {"Prefer": "respond-async"}
+
+KILL_BOT = """
+import os, time
+import warmslot
+
+app = warmslot.App(state=os.environ["REDIS_URL"])
+
+@app.pipeline("count", key="user", slots=2)
+def count(event, ctx):
+    time.sleep(0.01)
+    ctx.state["n"] = ctx.state.get("n", 0) + 1
+    return {"n": ctx.state["n"]}
+"""
+
+
+def start_bot(tmp_path, redis_url, port):
+    log = tmp_path / "server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "warmslot", "run", f"{tmp_path / 'killbot.py'}:app", "--port", str(port)],
+            env={**os.environ, "REDIS_URL": redis_url},
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+
+    def healthy():
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    poll(healthy, what="the server to be healthy")
+    return proc
+
+
+def counters(redis_url, keys) -> dict:
+    import json
+
+    values = {k: redis_value(redis_url, "GET", f"warmslot:count:state:{k}") for k in keys}
+    return {k: json.loads(v)["n"] if v else 0 for k, v in values.items()}
+
+
+@pytest.mark.parametrize("while_sending", [False, True], ids=["after-intake", "during-intake"])
+def test_sigkill_loses_no_accepted_event_and_applies_each_once(redis_url, tmp_path, while_sending):
+    (tmp_path / "killbot.py").write_text(textwrap.dedent(KILL_BOT))
+    port = free_port()
+    proc = start_bot(tmp_path, redis_url, port)
+    users = [f"k{i}" for i in range(6)]
+    accepted, lock, stop = collections.defaultdict(list), threading.Lock(), threading.Event()
+
+    def send(i, per_client):
+        with Client("127.0.0.1", port) as c:
+            for n in range(per_client):
+                if stop.is_set():
+                    return
+                user = users[(i + n) % len(users)]
+                try:
+                    status, _, body = c.post("count", {"user": user, "n": n}, ASYNC)
+                except OSError:
+                    return
+                if status == 202:
+                    with lock:
+                        accepted[user].append(body["execution_id"])
+
+    if while_sending:
+        threads = [threading.Thread(target=send, args=(i, 1000)) for i in range(8)]
+        for t in threads:
+            t.start()
+        poll(lambda: sum(map(len, accepted.values())) >= 300, what="300 accepted events")
+    else:
+        concurrently(8, lambda i: send(i, 60))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    if while_sending:
+        for t in threads:
+            t.join()
+    total = sum(map(len, accepted.values()))
+    assert while_sending or total == 480, "every event was accepted"
+    assert redis_value(redis_url, "HLEN", "warmslot:count:journal") > 0, "the kill came with events journaled"
+    assert sum(counters(redis_url, users).values()) < total, "the kill came with events not yet run"
+
+    proc = start_bot(tmp_path, redis_url, port)
+    try:
+        ids = [eid for v in accepted.values() for eid in v]
+        with Client("127.0.0.1", port) as c:
+
+            def all_done():
+                return all(c.get(f"/executions/{eid}")[2].get("status") == "succeeded" for eid in ids)
+
+            poll(all_done, timeout=60, what="every accepted execution to succeed")
+        poll(lambda: redis_value(redis_url, "HLEN", "warmslot:count:journal") == 0, what="an empty journal")
+        counts = counters(redis_url, users)
+        if while_sending:
+            # An event journaled whose 202 the kill cut off (at most one per connection) runs too.
+            for k, v in accepted.items():
+                assert len(v) <= counts[k] <= len(v) + 8, (k, len(v), counts[k])
+            assert sum(counts.values()) <= total + 8
+        else:
+            assert counts == {k: len(v) for k, v in accepted.items()}, "each accepted event applied once"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_journaled_retries_dedupe_and_failures_on_redis(redis_url):
+    app = warmslot.App(state=redis_url)
+    calls = collections.Counter()
+
+    @app.pipeline("flaky", key="user", retries=2, retry_backoff=0.05)
+    def flaky(event, ctx):
+        calls[event["tag"]] += 1
+        if calls[event["tag"]] <= event["fail_times"]:
+            raise RuntimeError(f"attempt {calls[event['tag']]} fails")
+        ctx.state["ok"] = ctx.state.get("ok", 0) + 1
+        return {"attempt": calls[event["tag"]]}
+
+    with app.start("127.0.0.1", 0) as server, Client(server.host, server.port) as c:
+        ok = c.post("flaky", {"user": "u", "tag": "ok", "fail_times": 2}, {**ASYNC, "webhook-id": "w-1"})
+        bad = c.post("flaky", {"user": "u", "tag": "bad", "fail_times": 9}, ASYNC)
+        assert ok[0] == bad[0] == 202
+        again = c.post("flaky", {"user": "u", "tag": "ok", "fail_times": 2}, {**ASYNC, "webhook-id": "w-1"})
+        assert again[2]["execution_id"] == ok[2]["execution_id"], "a repeat gets the journaled execution"
+
+        def final(eid):
+            rec = c.get(f"/executions/{eid}")[2]
+            return rec if rec["status"] in ("succeeded", "failed") else None
+
+        rec = poll(lambda: final(ok[2]["execution_id"]), what="the retried execution")
+        assert (rec["status"], rec["attempts"], rec["result"]) == ("succeeded", 3, {"attempt": 3})
+        rec = poll(lambda: final(bad[2]["execution_id"]), what="the failing execution")
+        assert (rec["status"], rec["attempts"], calls["bad"]) == ("failed", 3, 3)
+        # Both are done: the success with its commit, the failure with its record (a moment later).
+        poll(lambda: redis_value(redis_url, "HLEN", "warmslot:flaky:journal") == 0, what="an empty journal")
+        assert redis_value(redis_url, "HLEN", "warmslot:flaky:journal:owner") == 0
+        assert c.post("flaky", {"user": "u", "tag": "x", "fail_times": 0})[2] == {"attempt": 1}
+        assert b'"ok":2' in redis_value(redis_url, "GET", "warmslot:flaky:state:u"), "applied once per event"
+        # When Redis cannot take the journal entry, the event is refused, not answered 202.
+        redis_command(redis_url, "SHUTDOWN", "NOSAVE")
+        status, _, body = c.post("flaky", {"user": "u", "tag": "y", "fail_times": 0}, ASYNC)
+        assert status == 500 and body["error"]["code"] == "state_error", (status, body)
+        assert "could not be journaled" in body["error"]["message"]
+
+
+def test_events_stopped_by_a_shutdown_run_after_the_restart(redis_url):
+    def slow_app() -> warmslot.App:
+        app = warmslot.App(state=redis_url)
+
+        @app.pipeline("slow", key="user")
+        def slow(event, ctx):
+            time.sleep(0.05)
+            ctx.state["n"] = ctx.state.get("n", 0) + 1
+            return ctx.state["n"]
+
+        return app
+
+    server = slow_app().start("127.0.0.1", 0)
+    with Client(server.host, server.port) as c:
+        ids = [c.post("slow", {"user": "u"}, ASYNC)[2]["execution_id"] for _ in range(20)]
+    server.stop(drain=0)
+    assert redis_value(redis_url, "HLEN", "warmslot:slow:journal") > 0, "the shutdown stopped some"
+    assert redis_command(redis_url, "KEYS", "warmslot:node:*") == b"*0\r\n", "the stopped process said goodbye"
+    with slow_app().start("127.0.0.1", 0) as server, Client(server.host, server.port) as c:
+        poll(
+            lambda: all(c.get(f"/executions/{eid}")[2].get("status") == "succeeded" for eid in ids),
+            what="every accepted execution to succeed",
+        )
+        assert c.post("slow", {"user": "u"})[2] == 21, "each ran once"

@@ -66,7 +66,8 @@ class App:
     ``"sqlite:///state.db"`` (durable, one SQLite file; relative to the working directory, or
     absolute with four slashes: ``"sqlite:////var/lib/bots/state.db"``), or ``"redis://host:6379/0"``
     (cluster mode: several warmslot processes share state; a per-key lease keeps one key's events
-    from running in two processes at once). ``debug=True`` puts
+    from running in two processes at once; async events are journaled in Redis, so a process that
+    dies loses none). ``debug=True`` puts
     tracebacks into error bodies. ``max_records``: executions kept for ``GET /executions/<id>``.
     ``spin_us``: how long idle threads spin for the next event before parking (lower latency at
     low load against some CPU; 0 parks at once). ``io_threads``: tokio threads for HTTP (1 runs a
@@ -82,7 +83,7 @@ class App:
     in-memory state store keeps per pipeline (the least recently used key is evicted past it).
     ``max_state_bytes``: largest state of one key (passed to the core; enforced once the slot
     runtime calls ``state::check_size`` before committing). ``records_ttl``: seconds a durable
-    store (SQLite) keeps finished execution records (and so answers repeated deliveries), besides
+    store (SQLite, Redis) keeps finished execution records (and so answers repeated deliveries), besides
     the ``max_records`` bound. ``sqlite_synchronous``: ``"normal"`` (default: a commit survives a
     crash of the process, a power cut may lose the last ones) or ``"full"`` (fsync every commit).
     """

@@ -373,6 +373,9 @@ impl Engine {
         for p in &self.pipelines {
             p.store.flush();
         }
+        for p in &self.pipelines {
+            p.store.close();
+        }
     }
 
     pub fn stats(&self) -> Vec<PipelineStats> {

@@ -439,8 +439,9 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     resp
 }
 
-/// Journals `job` first when `journaled` (the event is on disk before its 202), then admits it
-/// to its pipeline's intake; on refusal, undoes the delivery claim. Runs as its own task.
+/// Journals `job` first when `journaled` (the event is in the store, SQLite's file or Redis,
+/// before its 202), then admits it to its pipeline's intake; on refusal, undoes the delivery
+/// claim. Runs as its own task.
 async fn journal_and_admit(
     engine: Arc<Engine>,
     pipeline: Arc<Pipeline>,
@@ -458,7 +459,7 @@ async fn journal_and_admit(
     };
     if journaled {
         // The event is in the journal before its 202 is sent (group commit: the writer thread
-        // writes the arrivals of a moment in one transaction).
+        // writes the arrivals of a moment in one transaction, or one Redis script call).
         let entry = JournalEntry {
             id: exec.id_str.clone(),
             key: exec.key.clone(),

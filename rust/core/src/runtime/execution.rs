@@ -239,8 +239,9 @@ impl Execution {
         let _ = self.outcome.set((outcome, timings));
         self.status.store(status as u8, Ordering::Release);
         self.pipeline.finished_one();
-        // notify_one stores a permit when nobody waits yet, so a waiter that arrives later still wakes.
-        self.done.notify_one();
+        // Every waiter: the client's request and any number of repeats of its delivery. A waiter
+        // registers before it checks the outcome (see `wait`), so none misses this.
+        self.done.notify_waiters();
     }
 
     /// Takes the right to decide the outcome: moves `from` to `Committing`.
@@ -268,12 +269,14 @@ impl Execution {
     /// Waits until the execution has an outcome.
     pub async fn wait(&self) -> &(Outcome, Timings) {
         loop {
+            let mut notified = std::pin::pin!(self.done.notified());
+            notified.as_mut().enable();
             if let Some(o) = self.outcome.get() {
                 if self.status().is_final() {
                     return o;
                 }
             }
-            self.done.notified().await;
+            notified.await;
         }
     }
 

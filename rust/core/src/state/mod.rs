@@ -107,12 +107,13 @@ pub trait StateStore: Send + Sync {
     fn commits_in_batches(&self) -> bool {
         false
     }
-    /// True when the store journals accepted events and keeps execution records across restarts.
+    /// True when the store journals accepted events and keeps execution records across restarts
+    /// (SQLite, Redis).
     fn is_durable(&self) -> bool {
         false
     }
     /// True when the store keeps execution records (written with the commit, and by
-    /// `record_outcome`) that `record` reads back: durable stores, and Redis for other processes.
+    /// `record_outcome`) that `record` reads back.
     fn keeps_records(&self) -> bool {
         self.is_durable()
     }
@@ -128,6 +129,9 @@ pub trait StateStore: Send + Sync {
     }
     /// Waits until the outcomes recorded so far are written (called at shutdown).
     fn flush(&self) {}
+    /// This process runs nothing more from the store (called at shutdown, after `flush`). Redis:
+    /// other processes may take over its unfinished journal entries from then on.
+    fn close(&self) {}
     /// Undoes `claim_delivery` (the event was refused, so a repeat must run).
     fn release_delivery(&self, _delivery: &str, _execution_id: &str) {}
     /// True when `claim_delivery` deduplicates across processes (Redis).
@@ -145,7 +149,9 @@ pub trait StateStore: Send + Sync {
     fn record(&self, _id: &str) -> Option<ExecutionRecord> {
         None
     }
-    /// Journaled events of this pipeline whose execution has not ended, in arrival order.
+    /// Journaled events of this pipeline whose execution has not ended and that no live process
+    /// runs, in arrival order; called once, at start. Redis takes them over from dead processes
+    /// (this process runs them from then on).
     fn unfinished(&self) -> Result<Vec<JournalEntry>, StoreError> {
         Ok(Vec::new())
     }

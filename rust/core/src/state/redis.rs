@@ -6,17 +6,27 @@
 //! lease in one Lua script that first checks the token, so a process whose lease expired (its
 //! pipeline overran the lease) cannot overwrite what the next holder committed. `release` drops the
 //! lease without writing, for executions that fail or time out.
+//!
+//! Async (`202`) events are journaled in Redis before their `202` (see [`journal`]): the same
+//! `COMMIT` script writes a succeeded execution's state and record and removes its journal entry,
+//! all or nothing, and refuses (writing nothing) when another process has taken the entry over.
+//! A process that starts takes over the entries of dead processes and runs them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossbeam_channel::Sender;
 use redis::{Connection, Script};
 
 use crate::config::PipelineConfig;
-use crate::state::{ExecutionRecord, StateStore, StoreError};
+use crate::state::{ExecutionRecord, JournalEntry, Journaled, StateStore, StoreError};
+
+mod journal;
+
+use journal::{Heartbeat, JournalKeys, OutcomeWrite, Write};
 
 /// A record as stored: `<http status> <status>\n<reply length>\n<reply><record JSON>`.
 fn encode_record(r: &ExecutionRecord) -> Vec<u8> {
@@ -60,20 +70,65 @@ if redis.call('GET', KEYS[1]) == ARGV[1] or redis.call('SET', KEYS[1], ARGV[1], 
 end
 return {0, false}";
 
-// KEYS[3] / ARGV[3..4], when given: the execution record, written with the state (PX ARGV[4]).
+// Commits an execution. KEYS: the key's lock and state, the record, the journal and its owners.
+// ARGV: [1] the lease token ('' when no state is written), [2] the state, [3] the record ('' when
+// none), [4] the record's expiry (ms), [5] the execution id, [6] this node when the execution is
+// journaled here ('' when not: then its entry is neither checked nor removed).
+// Returns 1: committed; 2: committed already (a repeat after a lost reply: the record, or without
+// one the state, is already the one given); 0: the lease expired, nothing written; 3: another
+// process took the journal entry over, nothing written.
 const COMMIT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2])
-  redis.call('DEL', KEYS[1])
-  if KEYS[3] then
-    redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-  end
-  return 1
-end
-if redis.call('GET', KEYS[2]) == ARGV[2] then
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
   return 2
 end
-return 0";
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[5], ARGV[5]) ~= ARGV[6] then
+  return 3
+end
+if ARGV[1] ~= '' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    if ARGV[3] == '' and redis.call('GET', KEYS[2]) == ARGV[2] then
+      return 2
+    end
+    return 0
+  end
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[1])
+end
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+end
+if ARGV[6] ~= '' then
+  redis.call('HDEL', KEYS[4], ARGV[5])
+  redis.call('HDEL', KEYS[5], ARGV[5])
+end
+return 1";
+
+/// One call of `COMMIT`.
+struct CommitCall<'a> {
+    /// The key's lock and state keys, the lease token and the new state.
+    lease: Option<(String, String, &'a str, &'a [u8])>,
+    /// The record's key and the encoded record.
+    record: Option<(&'a str, &'a [u8])>,
+    ttl_ms: u64,
+    id: &'a str,
+    journal: &'a JournalKeys,
+    /// This node, when the execution is journaled here: its entry must still be ours.
+    node: Option<&'a str>,
+}
+
+impl CommitCall<'_> {
+    fn invoke(&self, script: &Script, c: &mut Connection) -> redis::RedisResult<i64> {
+        let mut call = script.prepare_invoke();
+        let (lock, state, token, value) = match &self.lease {
+            Some((lock, state, token, value)) => (lock.as_str(), state.as_str(), *token, *value),
+            None => ("", "", "", &b""[..]),
+        };
+        let (record_key, record) = self.record.unwrap_or(("", b""));
+        call.key(lock).key(state).key(record_key).key(&self.journal.entries).key(&self.journal.owners);
+        call.arg(token).arg(value).arg(record).arg(self.ttl_ms).arg(self.id).arg(self.node.unwrap_or(""));
+        call.invoke(c)
+    }
+}
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -111,11 +166,42 @@ fn connect(client: &redis::Client) -> redis::RedisResult<Connection> {
     Ok(conn)
 }
 
-/// A Redis server and a small pool of connections to it.
-pub struct RedisDb {
+/// A Redis client and a small pool of connections, shared by the store and its threads.
+struct Conns {
     client: redis::Client,
-    url: String,
     pool: Mutex<Vec<Connection>>,
+}
+
+impl Conns {
+    /// Runs `f` on a pooled connection. A pooled connection that turns out dead (server restarted,
+    /// idle client killed) is dropped and `f` runs once more on a fresh one; every script here is
+    /// safe to repeat (see `ACQUIRE`, `COMMIT` and the journal's). Connections that errored are
+    /// never reused.
+    fn with_conn<T>(&self, mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>) -> Result<T, StoreError> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let was_pooled = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => connect(&self.client).map_err(err)?,
+        };
+        let out = match f(&mut conn) {
+            Ok(v) => v,
+            Err(e) if was_pooled && (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout() => {
+                conn = connect(&self.client).map_err(err)?;
+                f(&mut conn).map_err(err)?
+            }
+            Err(e) => return Err(err(e)),
+        };
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        Ok(out)
+    }
+}
+
+/// A Redis server, a small pool of connections to it, and this process's node in it: its
+/// heartbeat and its journal writer.
+pub struct RedisDb {
+    conns: Arc<Conns>,
+    url: String,
     node: String,
     tokens: AtomicU64,
     acquire: Script,
@@ -124,27 +210,49 @@ pub struct RedisDb {
     claim: Script,
     /// How long execution records are kept (ms).
     records_ttl_ms: AtomicU64,
+    writes: Sender<Write>,
+    heartbeat: Heartbeat,
+    /// Nodes whose journal entries were looked at during recovery: dead (true) or alive.
+    verdicts: Mutex<HashMap<String, bool>>,
+}
+
+impl Drop for RedisDb {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl RedisDb {
-    /// Connects to `url` (`redis://host:port/db`) and checks the server answers.
+    /// Connects to `url` (`redis://host:port/db`), checks the server answers, and starts this
+    /// process's node: its heartbeat and its journal writer.
     pub fn open(url: &str) -> Result<Arc<RedisDb>, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError(format!("invalid redis URL {url:?}: {e}")))?;
         let mut conn = connect(&client).map_err(|e| StoreError(format!("cannot reach redis at {url}: {e}")))?;
         redis::cmd("PING").query::<String>(&mut conn).map_err(|e| StoreError(format!("redis at {url}: {e}")))?;
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let node = format!("{:x}-{:x}", std::process::id(), seed);
+        let conns = Arc::new(Conns { client, pool: Mutex::new(vec![conn]) });
+        let (writes, queue) = crossbeam_channel::unbounded();
+        let (writer_conns, writer_node) = (conns.clone(), node.clone());
+        std::thread::Builder::new()
+            .name("warmslot-redis-journal".into())
+            .spawn(move || journal::write_groups(writer_conns, writer_node, queue))
+            .map_err(|e| StoreError(format!("cannot start the journal thread: {e}")))?;
+        let heartbeat = Heartbeat::start(conns.clone(), &node)?;
         Ok(Arc::new(RedisDb {
-            client,
+            conns,
             url: url.to_string(),
-            pool: Mutex::new(vec![conn]),
-            node: format!("{:x}-{:x}", std::process::id(), seed),
+            node,
             tokens: AtomicU64::new(0),
             acquire: Script::new(ACQUIRE),
             commit: Script::new(COMMIT),
             release: Script::new(RELEASE),
             claim: Script::new(CLAIM),
             records_ttl_ms: AtomicU64::new(7 * 24 * 3600 * 1000),
+            writes,
+            heartbeat,
+            verdicts: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -157,39 +265,42 @@ impl RedisDb {
         &self.url
     }
 
-    fn connect(&self) -> Result<Connection, StoreError> {
-        connect(&self.client).map_err(err)
+    fn with_conn<T>(&self, f: impl FnMut(&mut Connection) -> redis::RedisResult<T>) -> Result<T, StoreError> {
+        self.conns.with_conn(f)
     }
 
-    /// Runs `f` on a pooled connection. A pooled connection that turns out dead (server restarted,
-    /// idle client killed) is dropped and `f` runs once more on a fresh one; every script here is
-    /// safe to repeat (see `ACQUIRE` and `COMMIT`). Connections that errored are never reused.
-    fn with_conn<T>(&self, mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>) -> Result<T, StoreError> {
-        let pooled = self.pool.lock().unwrap().pop();
-        let was_pooled = pooled.is_some();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => self.connect()?,
-        };
-        let out = match f(&mut conn) {
-            Ok(v) => v,
-            Err(e) if was_pooled && (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout() => {
-                conn = self.connect()?;
-                f(&mut conn).map_err(err)?
-            }
-            Err(e) => return Err(err(e)),
-        };
-        self.pool.lock().unwrap().push(conn);
-        Ok(out)
+    /// Waits until every journal entry and outcome sent so far is written.
+    pub fn flush(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.writes.send(Write::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// This process runs nothing more from this Redis: writes what is pending and deletes the
+    /// heartbeat, so another process that starts may take over its unfinished journal entries
+    /// (events stopped by a shutdown) at once. Called at shutdown and on drop.
+    pub fn close(&self) {
+        self.flush();
+        self.heartbeat.stop(true);
+    }
+
+    /// Stops the heartbeat as a SIGKILL would: the key stays until it expires.
+    #[cfg(test)]
+    pub(crate) fn halt_heartbeat(&self) {
+        self.heartbeat.stop(false);
     }
 
     /// The store of one pipeline; `lease` bounds how long one execution may hold a key.
     pub fn store(self: &Arc<Self>, pipeline: &str, lease: Duration) -> Arc<dyn StateStore> {
+        let prefix = format!("warmslot:{pipeline}");
         Arc::new(RedisStore {
             db: self.clone(),
-            prefix: format!("warmslot:{pipeline}"),
+            journal: Arc::new(JournalKeys::new(&prefix)),
+            prefix,
             lease,
             held: Mutex::new(HashMap::new()),
+            journaled: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 }
@@ -197,9 +308,13 @@ impl RedisDb {
 pub struct RedisStore {
     db: Arc<RedisDb>,
     prefix: String,
+    journal: Arc<JournalKeys>,
     lease: Duration,
     /// Key → the token of the lease this process holds on it (one execution per key at a time).
     held: Mutex<HashMap<String, String>>,
+    /// Executions whose journal entry this process owns (journaled here, or taken over) and whose
+    /// outcome is not written yet: their commit writes only while the entry is still ours.
+    journaled: Arc<Mutex<HashSet<Box<str>>>>,
 }
 
 impl RedisStore {
@@ -217,6 +332,10 @@ impl RedisStore {
 
     fn records_ttl_ms(&self) -> u64 {
         self.db.records_ttl_ms.load(Ordering::Relaxed)
+    }
+
+    fn journaled(&self) -> std::sync::MutexGuard<'_, HashSet<Box<str>>> {
+        self.journaled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drops our lease on `key` if we still hold it (the script checks the token).
@@ -258,35 +377,58 @@ impl StateStore for RedisStore {
         state: Option<Bytes>,
         record: Option<&ExecutionRecord>,
     ) -> Result<(), StoreError> {
-        let ttl = self.records_ttl_ms();
-        let (Some(key), Some(value)) = (key, state) else {
-            if let Some(r) = record {
-                self.record_outcome(r.clone());
+        let id = record.map_or("", |r| &*r.id);
+        let journaled = record.is_some() && self.journaled().contains(id);
+        let lease = match (key, &state) {
+            (Some(key), Some(value)) => {
+                let Some(token) = self.held.lock().unwrap().remove(key) else {
+                    return Err(StoreError(format!("no lease held on key {key:?}")));
+                };
+                Some((key, token, value))
             }
-            return Ok(());
+            _ => None,
         };
-        let Some(token) = self.held.lock().unwrap().remove(key) else {
-            return Err(StoreError(format!("no lease held on key {key:?}")));
+        let record_key = record.map(|r| self.record_key(&r.id));
+        let encoded = record.map(encode_record);
+        let call = CommitCall {
+            lease: lease
+                .as_ref()
+                .map(|(key, token, value)| (self.lock_key(key), self.state_key(key), token.as_str(), &value[..])),
+            record: record_key.as_deref().zip(encoded.as_deref()),
+            ttl_ms: self.records_ttl_ms(),
+            id,
+            journal: &self.journal,
+            node: journaled.then_some(self.db.node.as_str()),
         };
-        let (lock, state) = (self.lock_key(key), self.state_key(key));
-        let record = record.map(|r| (self.record_key(&r.id), encode_record(r)));
-        let outcome: Result<i64, StoreError> = self.db.with_conn(|c| {
-            let mut call = self.db.commit.key(&lock);
-            call.key(&state).arg(&token).arg(&value[..]);
-            if let Some((k, v)) = &record {
-                call.key(k).arg(&v[..]).arg(ttl);
+        let outcome = self.db.with_conn(|c| call.invoke(&self.db.commit, c));
+        let release = || {
+            if let Some((key, token, _)) = &lease {
+                // Do not leave the key locked for the rest of the lease.
+                self.release_lease(key, token);
             }
-            call.invoke(c)
-        });
+        };
         match outcome {
-            Ok(1 | 2) => Ok(()),
+            Ok(1 | 2) => {
+                if journaled {
+                    self.journaled().remove(id);
+                }
+                Ok(())
+            }
+            Ok(3) => {
+                release();
+                Err(StoreError(format!(
+                    "execution {id} was taken over by another process (this one's heartbeat in Redis lapsed for \
+                     over {} s), which runs it; nothing committed here",
+                    journal::HEARTBEAT_TTL.as_secs()
+                )))
+            }
             Ok(_) => Err(StoreError(format!(
-                "the lease on key {key:?} expired before the commit (run longer than {} ms); nothing committed",
+                "the lease on key {:?} expired before the commit (run longer than {} ms); nothing committed",
+                key.unwrap_or(""),
                 self.lease.as_millis()
             ))),
             Err(e) => {
-                // Do not leave the key locked for the rest of the lease.
-                self.release_lease(key, &token);
+                release();
                 Err(e)
             }
         }
@@ -298,19 +440,64 @@ impl StateStore for RedisStore {
         }
     }
 
-    fn keeps_records(&self) -> bool {
+    fn is_durable(&self) -> bool {
         true
     }
 
+    fn journal(&self, entry: JournalEntry, done: Journaled) {
+        let (id, encoded) = (entry.id.clone(), journal::encode_entry(&entry));
+        let journaled = self.journaled.clone();
+        let remembered = id.clone();
+        let done: Journaled = Box::new(move |result| {
+            if result.is_ok() {
+                journaled.lock().unwrap_or_else(|e| e.into_inner()).insert(remembered);
+            }
+            done(result);
+        });
+        let write = Write::Journal { keys: self.journal.clone(), id, entry: encoded, done };
+        if let Err(e) = self.db.writes.send(write) {
+            if let Write::Journal { done, .. } = e.into_inner() {
+                done(Err(StoreError("the journal writer has stopped".into())));
+            }
+        }
+    }
+
     fn record_outcome(&self, record: ExecutionRecord) {
-        let (k, v, ttl) = (self.record_key(&record.id), encode_record(&record), self.records_ttl_ms());
-        let _ = self.db.with_conn(|c| redis::cmd("SET").arg(&k).arg(&v[..]).arg("PX").arg(ttl).query::<()>(c));
+        let journaled = self.journaled().remove(&record.id);
+        let _ = self.db.writes.send(Write::Outcome(OutcomeWrite {
+            keys: self.journal.clone(),
+            record_key: self.record_key(&record.id),
+            record: encode_record(&record),
+            ttl_ms: self.records_ttl_ms(),
+            id: record.id,
+            journaled,
+        }));
+    }
+
+    fn flush(&self) {
+        self.db.flush();
+    }
+
+    fn close(&self) {
+        self.db.close();
     }
 
     fn record(&self, id: &str) -> Option<ExecutionRecord> {
         let k = self.record_key(id);
         let raw: Option<Vec<u8>> = self.db.with_conn(|c| redis::cmd("GET").arg(&k).query(c)).ok()?;
         decode_record(id, &raw?)
+    }
+
+    fn unfinished(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        let entries = journal::take_over(
+            &self.db.conns,
+            &self.db.node,
+            &self.journal,
+            &|key| self.lock_key(key),
+            &self.db.verdicts,
+        )?;
+        self.journaled().extend(entries.iter().map(|e| e.id.clone()));
+        Ok(entries)
     }
 
     fn shares_deliveries(&self) -> bool {
