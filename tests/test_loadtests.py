@@ -317,3 +317,20 @@ def test_bench_json_holds_every_promised_field(tmp_path):
     assert "| warmslot-thread |" in r.stdout and "| uvicorn |" in r.stdout
     # --quick draws the chart by default, into the logs directory
     assert (tmp_path / "logs" / "bench.png").stat().st_size > 10_000
+
+
+def test_store_bench_runs_the_counter_bot_on_both_stores_and_checks_every_reply(tmp_path):
+    _require_tool("wrk")
+    out = tmp_path / "store.json"
+    r = subprocess.run(
+        [sys.executable, os.path.join(LOADTESTS, "store_bench.py"), "--rounds", "1", "--duration", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(out.read_text())
+    assert [row["mode"] for row in rows] == ["sync", "async"]
+    for row in rows:
+        for store in ("memory", "sqlite"):
+            assert row[store]["rps"] > 0 and row[store]["cpu_us"] > 0, row
+    assert "sqlite / memory" in r.stdout
