@@ -34,6 +34,21 @@ sqlite_app = warmslot.App(state=f"sqlite:///{SQLITE_PATH}")
 sqlite_app.pipeline("count", slots=2, key="user", isolation="process", timeout=5.0)(count)
 
 
+# An async bot on SQLite whose slots run several events at once: results commit within a moment,
+# not when the slot's stream of top-ups ends.
+SQLITE_ASYNC_PATH = os.path.join(tempfile.gettempdir(), "warmslot-process-bots-async.db")
+sqlite_async_app = warmslot.App(state=f"sqlite:///{SQLITE_ASYNC_PATH}")
+
+
+@sqlite_async_app.pipeline(
+    "nap", slots=1, key="user", isolation="process", concurrency=4, max_batch=8, timeout=3.0
+)
+async def nap(event, ctx):
+    await asyncio.sleep(event.get("sleep", 0.2))
+    ctx.state["n"] = ctx.state.get("n", 0) + 1
+    return {"n": ctx.state["n"]}
+
+
 hang_app = warmslot.App()
 
 

@@ -130,6 +130,34 @@ def test_on_sqlite_a_batch_commits_once_and_a_crash_commits_nothing(serve):
     assert record[0] == 200 and record[2]["status"] == "succeeded", record
 
 
+def test_on_sqlite_a_concurrent_slot_commits_each_result_without_waiting_for_the_others(serve):
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(process_bots.SQLITE_ASYNC_PATH + suffix):
+            os.remove(process_bots.SQLITE_ASYNC_PATH + suffix)
+    server, c = serve(process_bots.sqlite_async_app)
+    import threading
+
+    slow: dict = {}
+    t = threading.Thread(target=lambda: slow.setdefault("r", c.post("nap", {"user": "slow", "sleep": 2.5})))
+    t.start()
+    wait_for(lambda: server._core.pool(0)["busy"] == 1, 3.0, "the slow event to run")
+
+    def fast(i: int):
+        with Client(server.host, server.port) as cc:
+            started = time.monotonic()
+            status, _, body = cc.post("nap", {"user": f"u{i}", "sleep": 0.05})
+            return status, time.monotonic() - started, body
+
+    # They run beside the slow one in the same worker; each commits and answers as it ends, not
+    # when the slow one does.
+    results = concurrently(3, fast)
+    assert [r[0] for r in results] == [200, 200, 200], results
+    assert max(r[1] for r in results) < 1.5, results
+    assert "r" not in slow, "the slow one is still running"
+    t.join()
+    assert slow["r"][0] == 200 and slow["r"][2] == {"n": 1}
+
+
 def test_a_hung_run_gets_504_and_the_slot_is_replaced(serve):
     server, c = serve(process_bots.hang_app)
     first = c.post("hang", {})[2]["pid"]

@@ -536,6 +536,7 @@ mod tests {
                 batch: &mut Vec<Begun>,
                 _more: &mut More<'_>,
                 done: &mut dyn FnMut(&mut Begun, RunResult),
+                _commit_now: &mut crate::runtime::slot_loop::CommitNow<'_>,
             ) -> Result<(), SlotDied> {
                 for b in batch.iter_mut() {
                     let n: u64 = b.state.as_ref().map_or(0, |s| std::str::from_utf8(s).unwrap().parse().unwrap()) + 1;

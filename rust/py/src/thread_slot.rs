@@ -4,7 +4,7 @@
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
-use warmslot_core::runtime::slot_loop::{Backend, Begun, More, RunResult, SlotDied};
+use warmslot_core::runtime::slot_loop::{Backend, Begun, CommitNow, More, RunResult, SlotDied};
 use warmslot_core::{Bytes, ErrorCode};
 
 use crate::value::to_py;
@@ -89,6 +89,7 @@ impl Backend for ThreadBackend {
         batch: &mut Vec<Begun>,
         _more: &mut More<'_>,
         done: &mut dyn FnMut(&mut Begun, RunResult),
+        _commit_now: &mut CommitNow<'_>,
     ) -> Result<(), SlotDied> {
         let started = std::time::Instant::now();
         Python::attach(|py| {

@@ -449,6 +449,12 @@ impl Job {
     /// deadline won. Call right after the pipeline returns; then `commit` or `fail_claimed`.
     pub fn claim(&mut self) -> bool {
         self.run_done();
+        // A deadline that passed first wins even if the I/O thread's timer has not fired yet
+        // (results a slot holds for a batched commit can be a moment late).
+        if self.exec.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.exec.time_out();
+            return false;
+        }
         self.exec.claim(&[Status::Running])
     }
 

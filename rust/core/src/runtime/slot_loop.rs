@@ -9,7 +9,8 @@
 //!
 //! A [`Backend`] runs pipeline code only: in this process's interpreter (the bindings' thread
 //! backend, which commits after detaching from the interpreter) or in a worker process
-//! ([`crate::runtime::process`], which commits each result as it arrives).
+//! ([`crate::runtime::process`], which commits each result as it arrives, or on a store that
+//! commits batches in one transaction, the results that came back within about a millisecond).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +60,12 @@ impl Begun {
     pub fn has_result(&self) -> bool {
         !matches!(self.pending, Pending::NotRun)
     }
+
+    /// Ran, and its result waits to be committed with the batch's others (`Backend::commits_inline`
+    /// is false).
+    pub fn awaits_commit(&self) -> bool {
+        matches!(self.pending, Pending::Ran(_))
+    }
 }
 
 /// A slot that died in the middle of a batch (its worker process exited or hung).
@@ -76,13 +83,17 @@ pub struct SlotDied {
 /// tops itself up while it runs).
 pub type More<'a> = dyn FnMut(usize) -> Vec<Begun> + 'a;
 
+/// Commits, in one store transaction, the results a batch holds so far (`Begun::awaits_commit`):
+/// a backend that waits for more results calls it rather than hold finished ones.
+pub type CommitNow<'a> = dyn FnMut(&mut [Begun]) + 'a;
+
 /// Runs pipeline code for a batch. Implementations call `done` once per event that produced a
-/// result, in any order, and never touch the store. A backend may stop early: events it did not
+/// result, in any order, and never touch the store (but may call `commit_now`). A backend may stop early: events it did not
 /// run (no `done`) go back to the front of their lanes. It should skip events that already
 /// ended (`b.job.exec.status()` is final: timed out while waiting in the batch).
 pub trait Backend {
-    /// True when results may be committed as they arrive: the backend holds no interpreter lock
-    /// while it waits (then commits overlap the next runs).
+    /// True when results are committed as they arrive; false when `done` keeps them for one
+    /// transaction at the end of the batch (or at `commit_now`).
     fn commits_inline(&self) -> bool;
     /// Runs `batch`; may append events from `more` to it and run them too.
     fn run(
@@ -90,6 +101,7 @@ pub trait Backend {
         batch: &mut Vec<Begun>,
         more: &mut More<'_>,
         done: &mut dyn FnMut(&mut Begun, RunResult),
+        commit_now: &mut CommitNow<'_>,
     ) -> Result<(), SlotDied>;
     /// Asked between batches: `Some(reason)` when the slot should be recycled now.
     fn recycle(&mut self) -> Option<&'static str> {
@@ -255,19 +267,25 @@ pub fn run_slot(pipeline: &Arc<Pipeline>, slot: usize, backend: &mut dyn Backend
         let started = Instant::now();
         let mut more =
             |n: usize| begin_all(pipeline, settings, pipeline.intake.take_batch(n, Duration::ZERO, Duration::ZERO));
-        let outcome = backend.run(&mut batch, &mut more, &mut |b: &mut Begun, result: RunResult| {
-            if !matches!(b.pending, Pending::NotRun) {
-                return; // a second result for one event: ignore it
-            }
-            if inline {
-                settle(b, result);
-            } else {
-                // NOTE: claimed only after the batch, so a deadline that passes meanwhile still
-                // answers 504 (and nothing commits) rather than a late 200.
-                b.job.end_run();
-                b.pending = Pending::Ran(result);
-            }
-        });
+        let mut commit_now = |batch: &mut [Begun]| commit_together(pipeline, batch);
+        let outcome = backend.run(
+            &mut batch,
+            &mut more,
+            &mut |b: &mut Begun, result: RunResult| {
+                if !matches!(b.pending, Pending::NotRun) {
+                    return; // a second result for one event: ignore it
+                }
+                if inline {
+                    settle(b, result);
+                } else {
+                    // NOTE: claimed only after the batch, so a deadline that passes meanwhile still
+                    // answers 504 (and nothing commits) rather than a late 200.
+                    b.job.end_run();
+                    b.pending = Pending::Ran(result);
+                }
+            },
+            &mut commit_now,
+        );
         if let (Some(a), Some(b)) = (cpu_before, backend.cpu_clock_us()) {
             pipeline.slots.add_cpu_us(b.saturating_sub(a));
         }

@@ -71,10 +71,10 @@ enum Write {
 /// NOTE: execution ids are 128 random bits, so a unique index on them put every insert on a random
 /// leaf page: each execution wrote about one more 4 KiB page to the WAL, most of a commit's cost.
 /// Measured (counter bot, 2 thread slots, `wrk -c64`, sync, one run after another): 22k req/s at
-/// 52 µs of CPU per request with that index, 38-40k at 31 µs without it (memory store: 44-47k at
-/// 23-27 µs). So the id → row map lives in memory, filled from the table at open (one scan) and
-/// kept as rows are written and pruned. Its limit: one warmslot process per database file
-/// (which the journal's recovery needs anyway).
+/// 52 µs of CPU per request with that index, 33k at 35 µs with this map (memory store: 47-58k at
+/// 22-27 µs). So the id → row map lives in memory, filled from the table at open (one scan) and
+/// kept as rows are written and pruned. Its limit: one `SqliteDb` (one App, one process) per
+/// database file, which the journal's recovery needs anyway.
 struct Main {
     conn: Connection,
     /// Execution id (as a number) → `seq` of its newest row.
@@ -84,7 +84,7 @@ struct Main {
 /// An execution id as the key of `Main::rows`: its 128 bits (ids are 32 hex digits), or for any
 /// other string a 128-bit hash of it (lookups also compare the stored id).
 fn id_key(id: &str) -> u128 {
-    if id.len() == 32 {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         if let Ok(k) = u128::from_str_radix(id, 16) {
             return k;
         }
@@ -153,6 +153,11 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS warmslot_executions_by_delivery
         ON warmslot_executions (pipeline, received_at) WHERE delivery IS NOT NULL;";
 
+/// The layout this code writes (`PRAGMA user_version`): 2 since execution ids left the file's
+/// unique index (`migrate`). Databases of a higher version are refused; once upgraded, a database
+/// cannot be used by an older warmslot (its commits would fail).
+const SCHEMA_VERSION: i64 = 2;
+
 /// Databases written before the id → row map moved into memory had a unique index on
 /// `warmslot_executions.id`: rebuild the table without it (once, at open).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -187,15 +192,15 @@ fn upsert_record(
     r: &ExecutionRecord,
 ) -> rusqlite::Result<()> {
     let key = id_key(&r.id);
-    // A journaled (async) execution's row turns from `queued` to its outcome.
+    // An execution with a row already (a journaled one, `queued`) gets its outcome in that row.
     if let Some(seq) = rows.get(&key) {
         let finished = conn
             .prepare_cached(
                 "UPDATE warmslot_executions SET status = ?3, http_status = ?4, reply = ?5, record = ?6,
-                     finished_at = unixepoch('subsec'), body = NULL, headers = NULL
-                 WHERE seq = ?1 AND id = ?2 AND status = 'queued'",
+                     delivery = ?7, finished_at = unixepoch('subsec'), body = NULL, headers = NULL
+                 WHERE seq = ?1 AND id = ?2",
             )?
-            .execute(params![seq, &*r.id, r.status, r.http_status, &r.reply[..], r.json])?;
+            .execute(params![seq, &*r.id, r.status, r.http_status, &r.reply[..], r.json, r.delivery.as_deref()])?;
         if finished > 0 {
             return Ok(());
         }
@@ -302,19 +307,24 @@ fn write_groups(main: Arc<Mutex<Main>>, writes: Receiver<Write>) {
 /// restarts the WAL only if every frame was checkpointed when its transaction began, and commits
 /// keep appending while the checkpoint runs. Measured (2 thread slots, counter bot, `wrk -c64`):
 /// the WAL reached 600 MB in 30 s, and a third of the slots' CPU went to ext4 zeroing the new
-/// blocks that every commit appended. So a WAL longer than `RESTART_ABOVE_FRAMES` gets a
-/// `RESTART` checkpoint after the passive one: it copies the few frames appended meanwhile while
-/// holding the main connection (no commit or load of ours runs then, so only another process's
-/// reader can make it wait, for at most `RESTART_WAIT`), and the next commit writes from the
-/// start of the WAL, over pages the OS still caches.
+/// blocks that every commit appended. So when the passive pass copied every frame it saw and the
+/// WAL is longer than `RESTART_ABOVE_FRAMES`, a `RESTART` checkpoint copies the frames appended
+/// meanwhile, holding the main connection so that none of our commits or loads waits in SQLite's
+/// busy handler; the next commit then writes from the start of the WAL, over pages the OS still
+/// caches. That hold (the last frames, and with `synchronous=NORMAL` an fsync of the database
+/// file) stalls commits, loads and journal writes: it is why SQLite's p99 at 64 connections is
+/// higher than the memory store's. When another process holds a read transaction (a `sqlite3`
+/// shell, a backup), the passive pass cannot copy every frame and no restart is tried: the WAL
+/// then grows until that reader lets go.
 fn checkpoint(background: &Connection, main: &Mutex<Main>) {
     // (busy, frames in the WAL when it began, frames checkpointed).
-    let passive = background
-        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)));
-    if matches!(passive, Ok((log, _)) if log > RESTART_ABOVE_FRAMES) {
+    let passive = background.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+    });
+    if matches!(passive, Ok((0, log, done)) if log == done && log > RESTART_ABOVE_FRAMES) {
         let _quiet = main.lock().unwrap_or_else(|e| e.into_inner());
-        // Another process reading the database (a `sqlite3` shell) can hold the restart up:
-        // give up after a moment rather than stall our commits for the whole busy timeout.
+        // A reader of another process that began meanwhile can still hold the restart up: give
+        // up after a moment rather than stall our commits for the whole busy timeout.
         let _ = background.busy_timeout(RESTART_WAIT);
         let _ = background.execute_batch("PRAGMA wal_checkpoint(RESTART);");
         let _ = background.busy_timeout(Duration::from_secs(5));
@@ -322,39 +332,42 @@ fn checkpoint(background: &Connection, main: &Mutex<Main>) {
 }
 
 /// Deletes finished records past `records_ttl` and beyond `max_records`; returns their ids.
-fn prune(conn: &Connection, options: &SqliteOptions) -> rusqlite::Result<Vec<String>> {
+/// Deletes finished records past `records_ttl` and beyond `max_records`; adds each deleted row's
+/// `(id, seq)` to `gone` (also those of a first statement when the second fails).
+fn prune(conn: &Connection, options: &SqliteOptions, gone: &mut Vec<(String, i64)>) -> rusqlite::Result<()> {
     let oldest = now_unix() - options.records_ttl.as_secs_f64();
-    let mut gone: Vec<String> = Vec::new();
-    {
-        let mut stmt =
-            conn.prepare("DELETE FROM warmslot_executions WHERE status != 'queued' AND finished_at < ?1 RETURNING id")?;
-        let ids = stmt.query_map(params![oldest], |r| r.get::<_, String>(0))?;
-        gone.extend(ids.filter_map(Result::ok));
-    }
+    let row = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?));
     {
         let mut stmt = conn.prepare(
-            "DELETE FROM warmslot_executions WHERE status != 'queued' AND seq <= (
-                 SELECT seq FROM warmslot_executions WHERE status != 'queued' ORDER BY seq DESC LIMIT 1 OFFSET ?1)
-             RETURNING id",
+            "DELETE FROM warmslot_executions WHERE status != 'queued' AND finished_at < ?1 RETURNING id, seq",
         )?;
-        let ids = stmt.query_map(params![options.max_records as i64], |r| r.get::<_, String>(0))?;
-        gone.extend(ids.filter_map(Result::ok));
+        gone.extend(stmt.query_map(params![oldest], row)?.filter_map(Result::ok));
     }
-    Ok(gone)
+    let mut stmt = conn.prepare(
+        "DELETE FROM warmslot_executions WHERE status != 'queued' AND seq <= (
+             SELECT seq FROM warmslot_executions WHERE status != 'queued' ORDER BY seq DESC LIMIT 1 OFFSET ?1)
+         RETURNING id, seq",
+    )?;
+    gone.extend(stmt.query_map(params![options.max_records as i64], row)?.filter_map(Result::ok));
+    Ok(())
 }
 
 fn prune_now(background: &Connection, main: &Mutex<Main>, options: &SqliteOptions) {
-    match prune(background, options) {
-        Ok(gone) => forget(main, gone),
-        Err(e) => eprintln!("warmslot: could not prune execution records: {e}"),
+    let mut gone = Vec::new();
+    if let Err(e) = prune(background, options, &mut gone) {
+        eprintln!("warmslot: could not prune execution records: {e}");
     }
+    forget(main, gone);
 }
 
-/// Drops pruned rows from the id → row map.
-fn forget(main: &Mutex<Main>, gone: Vec<String>) {
+/// Drops pruned rows from the id → row map (an id whose map entry points at another row keeps it).
+fn forget(main: &Mutex<Main>, gone: Vec<(String, i64)>) {
     let mut main = main.lock().unwrap_or_else(|e| e.into_inner());
-    for id in &gone {
-        main.rows.remove(&id_key(id));
+    for (id, seq) in &gone {
+        let key = id_key(id);
+        if main.rows.get(&key) == Some(seq) {
+            main.rows.remove(&key);
+        }
     }
 }
 
@@ -374,8 +387,15 @@ impl SqliteDb {
              PRAGMA cache_size={CACHE_KIB};"
         ))
         .map_err(prepare)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(prepare)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError(format!(
+                "state database {path:?} was written by a newer warmslot (schema {version}, this one knows \
+                 {SCHEMA_VERSION})"
+            )));
+        }
         migrate(&conn).map_err(|e| StoreError(format!("cannot upgrade state database {path:?}: {e}")))?;
-        conn.execute_batch(SCHEMA).map_err(prepare)?;
+        conn.execute_batch(&format!("{SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION};")).map_err(prepare)?;
         let rows = {
             let mut stmt = conn.prepare("SELECT id, seq FROM warmslot_executions").map_err(prepare)?;
             let all = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(prepare)?;
@@ -852,13 +872,15 @@ mod tests {
         }
         journal(&p, entry("q", "u", None));
         let options = SqliteOptions { max_records: 2, ..SqliteOptions::default() };
-        let gone = prune(&db.main().conn, &options).unwrap();
+        let mut gone = Vec::new();
+        prune(&db.main().conn, &options, &mut gone).unwrap();
         forget(&db.main, gone);
         assert!(p.record("r2").is_none() && p.record("r3").is_some() && p.record("r4").is_some());
         assert_eq!(p.unfinished().unwrap().len(), 1, "queued events are never pruned");
         let options = SqliteOptions { records_ttl: Duration::ZERO, ..SqliteOptions::default() };
         std::thread::sleep(Duration::from_millis(5)); // finished_at must be in the past
-        let gone = prune(&db.main().conn, &options).unwrap();
+        let mut gone = Vec::new();
+        prune(&db.main().conn, &options, &mut gone).unwrap();
         forget(&db.main, gone);
         assert!(p.record("r4").is_none(), "older than records_ttl");
         assert_eq!(p.unfinished().unwrap().len(), 1);
