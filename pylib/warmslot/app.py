@@ -67,7 +67,8 @@ class App:
     absolute with four slashes: ``"sqlite:////var/lib/bots/state.db"``), or ``"redis://host:6379/0"``
     (cluster mode: several warmslot processes share state; a per-key lease keeps one key's events
     from running in two processes at once; async events are journaled in Redis, so a process that
-    dies loses none). ``debug=True`` puts
+    dies loses none; a crash of Redis itself loses what Redis's persistence settings lose).
+    ``debug=True`` puts
     tracebacks into error bodies. ``max_records``: executions kept for ``GET /executions/<id>``.
     ``spin_us``: how long idle threads spin for the next event before parking (lower latency at
     low load against some CPU; 0 parks at once). ``io_threads``: tokio threads for HTTP (1 runs a

@@ -802,6 +802,7 @@ mod tests {
             let old = Connection::open(&path).unwrap();
             old.execute_batch(&SCHEMA.replace("id TEXT NOT NULL,", "id TEXT NOT NULL UNIQUE,")).unwrap();
             upsert_record(&old, &HashMap::new(), &mut Vec::new(), "p", &record("e1", Some("d1"), "succeeded")).unwrap();
+            insert_journal(&old, &HashMap::new(), &mut Vec::new(), "p", &entry("q1", "u", None)).unwrap();
         }
         let db = SqliteDb::open(path.to_str().unwrap()).unwrap();
         let sql: String = db
@@ -814,7 +815,22 @@ mod tests {
         assert_eq!(p.record("e1").unwrap().delivery.as_deref(), Some("d1"), "kept across the upgrade");
         p.commit_execution(None, None, Some(&record("e2", None, "succeeded"))).unwrap();
         assert_eq!(p.record("e2").unwrap().status, "succeeded");
-        drop(db);
+        // The journaled event is still unfinished, and finishing it leaves nothing queued.
+        let unfinished: Vec<_> = p.unfinished().unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(unfinished, vec!["q1".into()] as Vec<Box<str>>);
+        p.commit_execution(Some("u"), Some(Bytes::from_static(b"{}")), Some(&record("q1", None, "succeeded")))
+            .unwrap();
+        drop((p, db));
+        let db = SqliteDb::open(path.to_str().unwrap()).unwrap();
+        let p = db.store("p");
+        assert!(p.unfinished().unwrap().is_empty(), "finished once, after a reopen too");
+        assert_eq!(p.record("q1").unwrap().status, "succeeded");
+        let version: i64 = db.main().conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        db.main().conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop((p, db));
+        let refused = SqliteDb::open(path.to_str().unwrap()).err().unwrap();
+        assert!(refused.to_string().contains("written by a newer warmslot"), "{refused}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -409,9 +409,12 @@ pub(super) fn take_over(
             })?;
             for pair in got.chunks_exact(2) {
                 let id = String::from_utf8_lossy(&pair[0]);
-                let entry = decode_entry(&id, &pair[1])
-                    .ok_or_else(|| StoreError(format!("the journal entry of execution {id} is unreadable")))?;
-                taken.push(entry);
+                // One unreadable entry (written by something else) must not keep every start from
+                // recovering the rest: it is left in the journal, for a person to look at.
+                match decode_entry(&id, &pair[1]) {
+                    Some(entry) => taken.push(entry),
+                    None => eprintln!("warmslot: the journal entry of execution {id} is unreadable; skipped"),
+                }
             }
         }
         let mut locks: Vec<String> = taken[from..].iter().filter_map(|(_, e)| e.key.as_deref().map(lock_key)).collect();
