@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import warmslot
@@ -71,7 +72,7 @@ def test_bad_tokens_are_refused_at_declaration(bad):
 
 
 def test_cli_says_admin_routes_need_the_token(tmp_path):
-    from conftest import free_port
+    from conftest import free_port, wait_for
     from test_cli import run_cli, wait_healthy
 
     bot = tmp_path / "bot.py"
@@ -79,11 +80,18 @@ def test_cli_says_admin_routes_need_the_token(tmp_path):
     port = free_port()
     env = dict(os.environ, WARMSLOT_ADMIN_TOKEN=TOKEN)
     proc = run_cli("run", str(bot), "--port", str(port), env=env)
+    seen: list = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")))
+    reader.start()
     try:
         wait_healthy(port, proc)
+        # /healthz answers as soon as the listener is up; the banner is printed a moment later.
+        wait_for(lambda: any("Authorization: Bearer" in line for line in seen), 30, "the admin-token banner")
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
+        reader.join(timeout=30)
+    out = "".join(seen)
     assert "Authorization: Bearer" in out, out
     assert TOKEN not in out + err, "the token itself is never printed"
     assert proc.returncode == 0, err

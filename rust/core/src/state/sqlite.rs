@@ -818,8 +818,7 @@ mod tests {
         // The journaled event is still unfinished, and finishing it leaves nothing queued.
         let unfinished: Vec<_> = p.unfinished().unwrap().into_iter().map(|e| e.id).collect();
         assert_eq!(unfinished, vec!["q1".into()] as Vec<Box<str>>);
-        p.commit_execution(Some("u"), Some(Bytes::from_static(b"{}")), Some(&record("q1", None, "succeeded")))
-            .unwrap();
+        p.commit_execution(Some("u"), Some(Bytes::from_static(b"{}")), Some(&record("q1", None, "succeeded"))).unwrap();
         drop((p, db));
         let db = SqliteDb::open(path.to_str().unwrap()).unwrap();
         let p = db.store("p");
