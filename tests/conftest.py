@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
@@ -109,3 +113,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_killbot(tmp_path, port: int, env: Dict[str, str]) -> subprocess.Popen:
+    """Runs `tmp_path/killbot.py:app` with `warmslot run` in a subprocess (its stderr appended to
+    `tmp_path/server.log`) and waits until it is healthy: a server a test can SIGKILL."""
+    log = tmp_path / "server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "warmslot", "run", f"{tmp_path / 'killbot.py'}:app", "--port", str(port)],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, 30.0, "the server to be healthy")
+    return proc

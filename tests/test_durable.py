@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import threading
 import time
-import urllib.request
 
 import pytest
 import warmslot
-from conftest import Client, concurrently, free_port
+from conftest import Client, concurrently, free_port, start_killbot
 
 HEADERS = ["Idempotency-Key", "webhook-id", "X-GitHub-Delivery"]
 
@@ -280,27 +276,7 @@ def count(event, ctx):
 
 
 def start_bot(tmp_path, port):
-    env = {**os.environ, "DB": str(tmp_path / "kill.db")}
-    log = tmp_path / "server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "warmslot", "run", f"{tmp_path / 'killbot.py'}:app", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
-
-    def healthy():
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    poll(healthy, what="the server to be healthy")
-    return proc
+    return start_killbot(tmp_path, port, {"DB": str(tmp_path / "kill.db")})
 
 
 def send_async(port, accepted, lock, stop, i, per_client):

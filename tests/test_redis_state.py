@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import collections
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
-import urllib.request
 
 import pytest
 import warmslot
-from conftest import Client, concurrently, free_port
+from conftest import Client, concurrently, free_port, start_killbot
 
 
 @pytest.fixture
@@ -232,26 +229,7 @@ def count(event, ctx):
 
 
 def start_bot(tmp_path, redis_url, port):
-    log = tmp_path / "server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "warmslot", "run", f"{tmp_path / 'killbot.py'}:app", "--port", str(port)],
-            env={**os.environ, "REDIS_URL": redis_url},
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
-
-    def healthy():
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    poll(healthy, what="the server to be healthy")
-    return proc
+    return start_killbot(tmp_path, port, {"REDIS_URL": redis_url})
 
 
 def counters(redis_url, keys) -> dict:

@@ -173,6 +173,20 @@ pub trait StateStore: Send + Sync {
 pub mod redis;
 pub mod sqlite;
 
+/// Waits for the next write, then takes whatever else has arrived, up to `max` in all (a group
+/// commit's group). False once every sender is gone.
+pub(crate) fn next_group<T>(writes: &crossbeam_channel::Receiver<T>, max: usize, group: &mut Vec<T>) -> bool {
+    let Ok(first) = writes.recv() else { return false };
+    group.push(first);
+    while group.len() < max {
+        match writes.try_recv() {
+            Ok(w) => group.push(w),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 /// Why a state is not committed: it is larger than `max_state_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateTooLarge {

@@ -258,14 +258,7 @@ fn insert_journal(
 /// transaction, then tells each journal write's waiter. Ends when the database is dropped.
 fn write_groups(main: Arc<Mutex<Main>>, writes: Receiver<Write>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
-    while let Ok(first) = writes.recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match writes.try_recv() {
-                Ok(w) => group.push(w),
-                Err(_) => break,
-            }
-        }
+    while crate::state::next_group(&writes, MAX_GROUP, &mut group) {
         let result = {
             let mut guard = main.lock().unwrap_or_else(|e| e.into_inner());
             let Main { conn, rows } = &mut *guard;

@@ -190,14 +190,7 @@ pub(super) struct OutcomeWrite {
 pub(super) fn write_groups(conns: Arc<Conns>, node: String, writes: Receiver<Write>) {
     let (journal, unjournal, commit) = (Script::new(JOURNAL), Script::new(UNJOURNAL), Script::new(COMMIT));
     let mut group = Vec::with_capacity(MAX_GROUP);
-    while let Ok(first) = writes.recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match writes.try_recv() {
-                Ok(w) => group.push(w),
-                Err(_) => break,
-            }
-        }
+    while crate::state::next_group(&writes, MAX_GROUP, &mut group) {
         let arrivals: Vec<_> = group
             .iter()
             .filter_map(|w| match w {
