@@ -334,6 +334,18 @@ def test_journaled_retries_dedupe_and_failures_on_redis(redis_url):
         assert redis_value(redis_url, "HLEN", "warmslot:flaky:journal:owner") == 0
         assert c.post("flaky", {"user": "u", "tag": "x", "fail_times": 0})[2] == {"attempt": 1}
         assert b'"ok":2' in redis_value(redis_url, "GET", "warmslot:flaky:state:u"), "applied once per event"
+        # The failed execution is listed on every process sharing the Redis, the succeeded one not.
+        other = warmslot.App(state=redis_url)
+
+        @other.pipeline("flaky", key="user")
+        def flaky_elsewhere(event, ctx):
+            return {}
+
+        with other.start("127.0.0.1", 0) as server2, Client(server2.host, server2.port) as c2:
+            status, _, body = c2.get("/executions?status=failed&pipeline=flaky")
+            assert status == 200
+            assert [r["id"] for r in body["executions"]] == [bad[2]["execution_id"]], body
+            assert body["executions"][0]["attempts"] == 3
         # When Redis cannot take the journal entry, the event is refused, not answered 202.
         redis_command(redis_url, "SHUTDOWN", "NOSAVE")
         status, _, body = c.post("flaky", {"user": "u", "tag": "y", "fail_times": 0}, ASYNC)

@@ -469,9 +469,22 @@ impl StateStore for RedisStore {
             record_key: self.record_key(&record.id),
             record: encode_record(&record),
             ttl_ms: self.records_ttl_ms(),
+            listed_in: (record.status != "succeeded").then(|| format!("{}:{}", self.prefix, record.status)),
             id: record.id,
             journaled,
         }));
+    }
+
+    fn list(&self, status: &str, limit: usize) -> Vec<String> {
+        if limit == 0 || !matches!(status, "failed" | "timed_out") {
+            return Vec::new(); // succeeded executions are listed by the process that ran them
+        }
+        let listed_in = format!("{}:{status}", self.prefix);
+        let ids: Vec<String> = self
+            .db
+            .with_conn(|c| redis::cmd("ZREVRANGE").arg(&listed_in).arg(0).arg(limit as isize - 1).query(c))
+            .unwrap_or_default();
+        ids.iter().filter_map(|id| self.record(id)).filter(|r| r.status == status).map(|r| r.json).collect()
     }
 
     fn flush(&self) {

@@ -182,7 +182,12 @@ pub(super) struct OutcomeWrite {
     pub(super) ttl_ms: u64,
     /// Journaled by this node: its entry is removed with the record, if it is still ours.
     pub(super) journaled: bool,
+    /// `<prefix>:failed` or `<prefix>:timed_out`: the sorted set, by time, that lists this outcome.
+    pub(super) listed_in: Option<String>,
 }
+
+/// Most ids one outcome list (`<prefix>:failed`, `<prefix>:timed_out`) keeps.
+pub(super) const LISTED_MAX: isize = 100_000;
 
 /// The group-commit writer: takes what has arrived (up to `MAX_GROUP`), writes the journal
 /// entries in one script call, tells each one's waiter, then writes the outcomes. Ends when the
@@ -249,7 +254,27 @@ fn write_outcome(conns: &Conns, commit: &Script, node: &str, o: &OutcomeWrite) {
              another process (this one's heartbeat lapsed), which runs it",
             o.id
         ),
-        Ok(_) => {}
+        Ok(_) => {
+            let Some(listed_in) = &o.listed_in else { return };
+            // Listed for `GET /executions?status=...` on every process, for as long as records
+            // are kept (the oldest past `LISTED_MAX` go first).
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let listed = conns.with_conn(|c| {
+                redis::pipe()
+                    .atomic()
+                    .zadd(listed_in, &*o.id, now_ms)
+                    .ignore()
+                    .zrembyscore(listed_in, 0, now_ms.saturating_sub(o.ttl_ms))
+                    .ignore()
+                    .zremrangebyrank(listed_in, 0, -LISTED_MAX - 1)
+                    .ignore()
+                    .query::<()>(c)
+            });
+            if let Err(e) = listed {
+                eprintln!("warmslot: could not list the outcome of execution {}: {e}", o.id);
+            }
+        }
         Err(e) => eprintln!("warmslot: could not record the outcome of execution {}: {e}", o.id),
     }
 }
