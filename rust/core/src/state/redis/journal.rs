@@ -196,47 +196,80 @@ pub(super) fn write_groups(conns: Arc<Conns>, node: String, writes: Receiver<Wri
     let (journal, unjournal, commit) = (Script::new(JOURNAL), Script::new(UNJOURNAL), Script::new(COMMIT));
     let mut group = Vec::with_capacity(MAX_GROUP);
     while crate::state::next_group(&writes, MAX_GROUP, &mut group) {
-        let arrivals: Vec<_> = group
-            .iter()
-            .filter_map(|w| match w {
-                Write::Journal { keys, id, entry, .. } => Some((keys, id, entry)),
-                _ => None,
-            })
-            .collect();
-        let result = if arrivals.is_empty() {
-            Ok(())
-        } else {
-            let written = conns.with_conn(|c| {
-                let mut call = journal.prepare_invoke();
-                call.arg(&node);
-                for (keys, id, entry) in &arrivals {
-                    call.key(&keys.entries).key(&keys.owners).key(&keys.seq).arg(&***id).arg(&entry[..]);
+        // The arrivals go in script calls of at most `JOURNAL_CALL_BYTES` each (one call unless
+        // bodies are large); each arrival is told how its own call went.
+        let mut results: Vec<Option<Result<(), StoreError>>> = vec![None; group.len()];
+        let mut chunk: Vec<usize> = Vec::new();
+        let mut bytes = 0;
+        for i in 0..=group.len() {
+            let size = match group.get(i) {
+                Some(Write::Journal { entry, .. }) => Some(entry.len()),
+                Some(_) => continue,
+                None => None,
+            };
+            if !chunk.is_empty() && size.is_none_or(|n| bytes + n > JOURNAL_CALL_BYTES) {
+                let result = write_arrivals(&conns, &journal, &unjournal, &node, &group, &chunk);
+                for &j in &chunk {
+                    results[j] = Some(result.clone());
                 }
-                call.invoke::<i64>(c)
-            });
-            if written.is_err() {
-                // The script may have run (a reply lost to a timeout): take the entries back, so
-                // an event whose client is told it failed does not run after a restart.
-                let _ = conns.with_conn(|c| {
-                    let mut call = unjournal.prepare_invoke();
-                    call.arg(&node);
-                    for (keys, id, _) in &arrivals {
-                        call.key(&keys.entries).key(&keys.owners).arg(&***id);
-                    }
-                    call.invoke::<i64>(c)
-                });
+                chunk.clear();
+                bytes = 0;
             }
-            written.map(drop)
-        };
-        drop(arrivals);
-        for w in group.drain(..) {
+            if let Some(n) = size {
+                chunk.push(i);
+                bytes += n;
+            }
+        }
+        for (w, result) in group.drain(..).zip(results) {
             match w {
-                Write::Journal { done, .. } => done(result.clone()),
+                Write::Journal { done, .. } => done(result.unwrap_or(Ok(()))),
                 Write::Outcome(o) => write_outcome(&conns, &commit, &node, &o),
                 Write::Flush(done) => drop(done.send(())),
             }
         }
     }
+}
+
+/// Most bytes of journal entries one script call carries.
+const JOURNAL_CALL_BYTES: usize = 8 << 20;
+
+/// Writes the journal entries `group[i]` for `i` in `chunk` in one script call.
+fn write_arrivals(
+    conns: &Conns,
+    journal: &Script,
+    unjournal: &Script,
+    node: &str,
+    group: &[Write],
+    chunk: &[usize],
+) -> Result<(), StoreError> {
+    let arrivals: Vec<_> = chunk
+        .iter()
+        .filter_map(|&i| match &group[i] {
+            Write::Journal { keys, id, entry, .. } => Some((keys, id, entry)),
+            _ => None,
+        })
+        .collect();
+    let written = conns.with_conn(|c| {
+        let mut call = journal.prepare_invoke();
+        call.arg(node);
+        for (keys, id, entry) in &arrivals {
+            call.key(&keys.entries).key(&keys.owners).key(&keys.seq).arg(&***id).arg(&entry[..]);
+        }
+        call.invoke::<i64>(c)
+    });
+    if written.is_err() {
+        // The script may have run (a reply lost to a timeout): take the entries back, so an event
+        // whose client is told it failed does not run after a restart.
+        let _ = conns.with_conn(|c| {
+            let mut call = unjournal.prepare_invoke();
+            call.arg(node);
+            for (keys, id, _) in &arrivals {
+                call.key(&keys.entries).key(&keys.owners).arg(&***id);
+            }
+            call.invoke::<i64>(c)
+        });
+    }
+    written.map(drop)
 }
 
 fn write_outcome(conns: &Conns, commit: &Script, node: &str, o: &OutcomeWrite) {
@@ -635,6 +668,31 @@ mod tests {
         let mut union: Vec<String> = taken.concat();
         union.sort();
         assert_eq!(union, all, "every entry taken once: {} + {}", taken[0].len(), taken[1].len());
+    }
+
+    #[test]
+    fn large_entries_go_in_several_script_calls_and_all_arrive() {
+        let server = RedisServer::start();
+        let a = RedisDb::open(&server.url).unwrap();
+        let pa = a.store("p", LEASE);
+        // 6 entries of 3 MiB written at once: more than one call's `JOURNAL_CALL_BYTES`.
+        std::thread::scope(|s| {
+            for i in 0..6 {
+                let pa = pa.clone();
+                s.spawn(move || {
+                    let mut e = entry(&format!("big{i}"), Some("u"), None);
+                    e.body = Bytes::from(vec![b'x'; 3 << 20]);
+                    journal(&pa, e).unwrap();
+                });
+            }
+        });
+        assert_eq!(journal_len(&a, "p"), (6, 6));
+        a.halt_heartbeat();
+        drop((pa, a));
+        let b = RedisDb::open(&server.url).unwrap();
+        let taken = b.store("p", LEASE).unfinished().unwrap();
+        assert_eq!(taken.len(), 6);
+        assert!(taken.iter().all(|e| e.body.len() == 3 << 20));
     }
 
     #[test]
