@@ -89,6 +89,18 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> None:
         time.sleep(0.005)
 
 
+def poll(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Polls `fn` until it returns something true, and returns that; fails the test after
+    `timeout` seconds, naming `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 @pytest.fixture
 def serve() -> Iterator:
     """serve(app) starts `app` on a free loopback port and returns (server, client); stopped after the test."""

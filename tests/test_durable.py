@@ -13,19 +13,9 @@ import time
 
 import pytest
 import warmslot
-from conftest import Client, concurrently, free_port, start_killbot
+from conftest import Client, concurrently, free_port, poll, start_killbot
 
 HEADERS = ["Idempotency-Key", "webhook-id", "X-GitHub-Delivery"]
-
-
-def poll(fn, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def counter_app(state: str = "memory", app_options=None, **options) -> warmslot.App:

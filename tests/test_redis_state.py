@@ -12,7 +12,7 @@ import time
 
 import pytest
 import warmslot
-from conftest import Client, concurrently, free_port, start_killbot
+from conftest import Client, concurrently, free_port, poll, start_killbot
 
 
 @pytest.fixture
@@ -62,16 +62,6 @@ def redis_value(url: str, *args: str):
         head, rest = reply.split(b"\r\n", 1)
         return rest[: int(head[1:])]
     raise AssertionError(f"unexpected reply {reply!r}")
-
-
-def poll(fn, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_app(url: str) -> warmslot.App:
