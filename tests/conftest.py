@@ -150,3 +150,39 @@ def start_killbot(tmp_path, port: int, env: Dict[str, str]) -> subprocess.Popen:
 
     wait_for(healthy, 30.0, "the server to be healthy")
     return proc
+
+
+def send_counted(
+    port: int,
+    accepted: Dict[str, List[str]],
+    lock: threading.Lock,
+    stop: threading.Event,
+    i: int,
+    per_client: int,
+    headers: Optional[Dict[str, str]] = None,
+) -> None:
+    """Client `i` of a kill test: posts `{"user": "k0".."k5", "n": n}` to `count` until `stop`, the
+    server goes away, or `per_client` events; the execution id of each `202` goes to `accepted`."""
+    with Client("127.0.0.1", port) as c:
+        for n in range(per_client):
+            if stop.is_set():
+                return
+            user = f"k{(i + n) % 6}"
+            try:
+                status, _, body = c.post("count", {"user": user, "n": n}, headers)
+            except OSError:
+                return
+            if status == 202:
+                with lock:
+                    accepted[user].append(body["execution_id"])
+
+
+def wait_all_succeeded(port: int, accepted: Dict[str, List[str]]) -> None:
+    """Polls the server on `port` until every execution in `accepted` has succeeded."""
+    ids = [eid for v in accepted.values() for eid in v]
+    with Client("127.0.0.1", port) as c:
+
+        def all_done() -> bool:
+            return all(c.get(f"/executions/{eid}")[2].get("status") == "succeeded" for eid in ids)
+
+        poll(all_done, timeout=60, what="every accepted execution to succeed")

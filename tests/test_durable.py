@@ -13,7 +13,7 @@ import time
 
 import pytest
 import warmslot
-from conftest import Client, concurrently, free_port, poll, start_killbot
+from conftest import Client, concurrently, free_port, poll, send_counted, start_killbot, wait_all_succeeded
 
 HEADERS = ["Idempotency-Key", "webhook-id", "X-GitHub-Delivery"]
 
@@ -269,31 +269,10 @@ def start_bot(tmp_path, port):
     return start_killbot(tmp_path, port, {"DB": str(tmp_path / "kill.db")})
 
 
-def send_async(port, accepted, lock, stop, i, per_client):
-    with Client("127.0.0.1", port) as c:
-        for n in range(per_client):
-            if stop.is_set():
-                return
-            user = f"k{(i + n) % 6}"
-            try:
-                status, _, body = c.post("count", {"user": user, "n": n})
-            except OSError:
-                return
-            if status == 202:
-                with lock:
-                    accepted[user].append(body["execution_id"])
-
-
 def restart_and_check(tmp_path, port, accepted):
     proc = start_bot(tmp_path, port)
     try:
-        ids = [eid for v in accepted.values() for eid in v]
-        with Client("127.0.0.1", port) as c:
-
-            def all_done():
-                return all(c.get(f"/executions/{eid}")[2].get("status") == "succeeded" for eid in ids)
-
-            poll(all_done, timeout=60, what="every accepted execution to succeed")
+        wait_all_succeeded(port, accepted)
         return state_of(tmp_path / "kill.db")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -305,7 +284,7 @@ def test_sigkill_with_hundreds_accepted_loses_nothing_and_applies_once(tmp_path)
     port = free_port()
     proc = start_bot(tmp_path, port)
     accepted, lock, stop = collections.defaultdict(list), threading.Lock(), threading.Event()
-    concurrently(8, lambda i: send_async(port, accepted, lock, stop, i, 60))
+    concurrently(8, lambda i: send_counted(port, accepted, lock, stop, i, 60))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     total = sum(map(len, accepted.values()))
@@ -321,7 +300,7 @@ def test_sigkill_during_intake_runs_every_accepted_event_once(tmp_path):
     port = free_port()
     proc = start_bot(tmp_path, port)
     accepted, lock, stop = collections.defaultdict(list), threading.Lock(), threading.Event()
-    threads = [threading.Thread(target=send_async, args=(port, accepted, lock, stop, i, 1000)) for i in range(8)]
+    threads = [threading.Thread(target=send_counted, args=(port, accepted, lock, stop, i, 1000)) for i in range(8)]
     for t in threads:
         t.start()
     poll(lambda: sum(map(len, accepted.values())) >= 300, what="300 accepted events")

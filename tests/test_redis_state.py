@@ -12,7 +12,7 @@ import time
 
 import pytest
 import warmslot
-from conftest import Client, concurrently, free_port, poll, start_killbot
+from conftest import Client, concurrently, free_port, poll, send_counted, start_killbot, wait_all_succeeded
 
 
 @pytest.fixture
@@ -238,18 +238,7 @@ def test_sigkill_loses_no_accepted_event_and_applies_each_once(redis_url, tmp_pa
     accepted, lock, stop = collections.defaultdict(list), threading.Lock(), threading.Event()
 
     def send(i, per_client):
-        with Client("127.0.0.1", port) as c:
-            for n in range(per_client):
-                if stop.is_set():
-                    return
-                user = users[(i + n) % len(users)]
-                try:
-                    status, _, body = c.post("count", {"user": user, "n": n}, ASYNC)
-                except OSError:
-                    return
-                if status == 202:
-                    with lock:
-                        accepted[user].append(body["execution_id"])
+        send_counted(port, accepted, lock, stop, i, per_client, ASYNC)
 
     if while_sending:
         threads = [threading.Thread(target=send, args=(i, 1000)) for i in range(8)]
@@ -271,13 +260,7 @@ def test_sigkill_loses_no_accepted_event_and_applies_each_once(redis_url, tmp_pa
 
     proc = start_bot(tmp_path, redis_url, port)
     try:
-        ids = [eid for v in accepted.values() for eid in v]
-        with Client("127.0.0.1", port) as c:
-
-            def all_done():
-                return all(c.get(f"/executions/{eid}")[2].get("status") == "succeeded" for eid in ids)
-
-            poll(all_done, timeout=60, what="every accepted execution to succeed")
+        wait_all_succeeded(port, accepted)
         poll(lambda: redis_value(redis_url, "HLEN", "warmslot:count:journal") == 0, what="an empty journal")
         counts = counters(redis_url, users)
         if while_sending:
