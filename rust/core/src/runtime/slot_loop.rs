@@ -88,9 +88,10 @@ pub type More<'a> = dyn FnMut(usize) -> Vec<Begun> + 'a;
 pub type CommitNow<'a> = dyn FnMut(&mut [Begun]) + 'a;
 
 /// Runs pipeline code for a batch. Implementations call `done` once per event that produced a
-/// result, in any order, and never touch the store (but may call `commit_now`). A backend may stop early: events it did not
-/// run (no `done`) go back to the front of their lanes. It should skip events that already
-/// ended (`b.job.exec.status()` is final: timed out while waiting in the batch).
+/// result, in any order, and never touch the store themselves (they may call `commit_now`). A
+/// backend may stop early: events it did not run (no `done`) go back to the front of their lanes.
+/// It should skip events that already ended (`b.job.exec.status()` is final: timed out while
+/// waiting in the batch).
 pub trait Backend {
     /// True when results are committed as they arrive; false when `done` keeps them for one
     /// transaction at the end of the batch (or at `commit_now`).
@@ -278,8 +279,8 @@ pub fn run_slot(pipeline: &Arc<Pipeline>, slot: usize, backend: &mut dyn Backend
                 if inline {
                     settle(b, result);
                 } else {
-                    // NOTE: claimed only after the batch, so a deadline that passes meanwhile still
-                    // answers 504 (and nothing commits) rather than a late 200.
+                    // NOTE: claimed only at the commit (batch end or `commit_now`), so a deadline
+                    // that passes meanwhile still answers 504 (and nothing commits), not a late 200.
                     b.job.end_run();
                     b.pending = Pending::Ran(result);
                 }

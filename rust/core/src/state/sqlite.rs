@@ -665,10 +665,31 @@ impl StateStore for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A private directory for one test's database files, removed when the test ends, whether it
+    /// passed or not.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("warmslot-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn join(&self, file: &str) -> std::path::PathBuf {
+            self.0.join(file)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn a_batch_of_commits_lands_in_one_transaction() {
-        let dir = std::env::temp_dir().join(format!("warmslot-sqlite-batch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("sqlite-batch");
         let path = dir.join("state.db");
         let db = SqliteDb::open(path.to_str().unwrap()).unwrap();
         let store = db.store("p");
@@ -682,7 +703,6 @@ mod tests {
         assert_eq!(store.load("a").unwrap().as_deref(), Some(&b"{\"n\":1}"[..]));
         assert_eq!(store.load("b").unwrap().as_deref(), Some(&b"{\"n\":2}"[..]));
         drop(db);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The WAL header's checkpoint sequence number: SQLite adds one each time the WAL starts over.
@@ -693,8 +713,7 @@ mod tests {
 
     #[test]
     fn the_wal_starts_over_under_steady_commits() {
-        let dir = std::env::temp_dir().join(format!("warmslot-sqlite-wal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("sqlite-wal");
         let path = dir.join("state.db");
         let db = SqliteDb::open(path.to_str().unwrap()).unwrap();
         let first = wal_restarts(&path);
@@ -731,13 +750,11 @@ mod tests {
         );
         assert!(largest <= WAL_KEEP_BYTES as u64, "WAL of {largest} bytes");
         drop(db);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn state_survives_reopening_and_pipelines_are_separate() {
-        let dir = std::env::temp_dir().join(format!("warmslot-sqlite-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("sqlite-test");
         let path = dir.join("state.db");
         let path = path.to_str().unwrap();
         {
@@ -753,7 +770,6 @@ mod tests {
         assert_eq!(db.store("a").load("k").unwrap().unwrap(), Bytes::from_static(b"{\"n\":2}"));
         assert_eq!(db.store("b").load("k").unwrap().unwrap(), Bytes::from_static(b"{\"other\":true}"));
         assert_eq!(db.store("c").load("k").unwrap(), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn entry(id: &str, key: &str, delivery: Option<&str>) -> JournalEntry {
@@ -788,8 +804,7 @@ mod tests {
 
     #[test]
     fn a_database_with_the_old_unique_id_index_is_upgraded_and_keeps_its_records() {
-        let dir = std::env::temp_dir().join(format!("warmslot-sqlite-migrate-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("sqlite-migrate");
         let path = dir.join("old.db");
         {
             let old = Connection::open(&path).unwrap();
@@ -823,13 +838,11 @@ mod tests {
         drop((p, db));
         let refused = SqliteDb::open(path.to_str().unwrap()).err().unwrap();
         assert!(refused.to_string().contains("written by a newer warmslot"), "{refused}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn journal_commit_and_recovery() {
-        let dir = std::env::temp_dir().join(format!("warmslot-journal-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("journal-test");
         let path = dir.join("j.db");
         let path = path.to_str().unwrap();
         {
@@ -868,7 +881,6 @@ mod tests {
         assert_eq!(seen.len(), 1);
         assert_eq!((seen[0].delivery.as_str(), seen[0].execution_id.as_str()), ("d1", "e1"));
         assert_eq!(p.list("failed", 10), vec!["{\"id\":\"e3\",\"status\":\"failed\"}".to_string()]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
