@@ -484,7 +484,19 @@ impl StateStore for RedisStore {
             .db
             .with_conn(|c| redis::cmd("ZREVRANGE").arg(&listed_in).arg(0).arg(limit as isize - 1).query(c))
             .unwrap_or_default();
-        ids.iter().filter_map(|id| self.record(id)).filter(|r| r.status == status).map(|r| r.json).collect()
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        // One round trip for all the records (`MGET`), not one per id.
+        let keys: Vec<String> = ids.iter().map(|id| self.record_key(id)).collect();
+        let raws: Vec<Option<Vec<u8>>> =
+            self.db.with_conn(|c| redis::cmd("MGET").arg(&keys).query(c)).unwrap_or_default();
+        ids.iter()
+            .zip(raws)
+            .filter_map(|(id, raw)| decode_record(id, &raw?))
+            .filter(|r| r.status == status)
+            .map(|r| r.json)
+            .collect()
     }
 
     fn flush(&self) {
