@@ -4,14 +4,22 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Length of the textual id.
 pub const ID_LEN: usize = 32;
+
+// NOTE: one `getrandom` system call per id was one per request on the I/O thread (strace: as many
+// `getrandom` calls as responses). The generator reads the OS's random bytes 32 ids at a time;
+// each id still gets 128 bits of its own from the OS generator, used once.
+const POOL: usize = 32 * 16;
 
 #[derive(Default)]
 pub struct IdGenerator {
     counter: AtomicU64,
     fallback: RandomState,
+    /// Random bytes from the OS not handed out yet: `pool.1[pool.0..]`.
+    pool: Mutex<(usize, Vec<u8>)>,
 }
 
 impl IdGenerator {
@@ -19,13 +27,33 @@ impl IdGenerator {
     pub fn next(&self) -> (u64, Box<str>) {
         let seq = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut bits = [0u8; 16];
-        if getrandom::fill(&mut bits).is_err() {
+        if !self.take_random(&mut bits) {
             // The OS generator does not fail on supported systems once it has been seeded; should
             // it, ids stay unique (the counter) and keyed by a per-process random SipHash key.
             bits[..8].copy_from_slice(&self.fallback.hash_one((seq, 0u8)).to_le_bytes());
             bits[8..].copy_from_slice(&self.fallback.hash_one((seq, 1u8)).to_le_bytes());
         }
         (seq, hex::encode(bits).into_boxed_str())
+    }
+}
+
+impl IdGenerator {
+    /// Fills `out` with random bytes from the pool (refilled from the OS when it runs out).
+    fn take_random(&self, out: &mut [u8; 16]) -> bool {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let (used, bytes) = &mut *pool;
+        if *used + 16 > bytes.len() {
+            bytes.resize(POOL, 0);
+            if getrandom::fill(bytes).is_err() {
+                bytes.clear();
+                *used = 0;
+                return false;
+            }
+            *used = 0;
+        }
+        out.copy_from_slice(&bytes[*used..*used + 16]);
+        *used += 16;
+        true
     }
 }
 
