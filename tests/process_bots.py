@@ -141,3 +141,20 @@ def crash_once(event, ctx):
         os._exit(3)
     ctx.state["n"] = ctx.state.get("n", 0) + 1
     return {"n": ctx.state["n"]}
+
+
+# Echoes what the worker decoded, keyed by a body field, with deliveries deduplicated by another
+# body field: the ingress keeps only the key of a process pipeline's body (the worker parses the
+# bytes), except when a dedupe field needs the document.
+echo_app = warmslot.App()
+
+
+@echo_app.pipeline("echo", key="user", isolation="process")
+def echo(event, ctx):
+    return {"event": event, "key": ctx.key}
+
+
+@echo_app.pipeline("once", key="user", isolation="process", dedupe="id")
+def once(event, ctx):
+    ctx.state["runs"] = ctx.state.get("runs", 0) + 1
+    return {"runs": ctx.state["runs"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -307,3 +308,37 @@ def test_workers_start_when_the_server_is_pid_1(tmp_path):
         timeout=60,
     )
     assert out.returncode == 0 and out.stdout.strip() == "200", out.stdout + out.stderr
+
+
+def test_workers_decode_bodies_as_python_json_does_and_the_ingress_finds_the_key(serve):
+    server, c = serve(process_bots.echo_app)
+    bodies = [
+        b'{"user":"a","text":"caf\\u00e9 \\ud83d\\ude00","n":[1,-2,3.5,1e300,18446744073709551615,-9223372036854775808]}',
+        b'{"user":7,"deep":{"x":[{"y":null},true,false,{}]},"s":"\\"\\\\\\/\\n"}',
+        b'{"user":"first","z":1,"a":2,"user":"last"}',
+        b'{"user":1.5e3,"unicode":"\xc3\xa9\xe2\x82\xac"}',
+        b'{"text":"no key"}',
+        b'[1,2,{"user":"nested is not the key"}]',
+    ]
+    for body in bodies:
+        status, _, reply = c.post("echo", body, {"Content-Type": "application/json"}, raw=True)
+        assert status == 200, (body, reply)
+        expected = json.loads(body)
+        assert reply["event"] == expected, body
+        if isinstance(expected, dict):
+            assert list(reply["event"]) == list(expected), "fields in order, a repeated one where it first was"
+    keys = [c.post("echo", b, raw=True)[2]["key"] for b in bodies]
+    assert keys == ["a", "7", "last", "1500.0", None, None]
+    # What a worker could not decode is refused at the ingress, with the thread slots' errors.
+    for bad in [b'{"user":"x","n":' + b"9" * 400 + b"}", b"[" * 200 + b"]" * 200, b'{"user":"\\ud800"}', b'{"user":{}}']:
+        status, _, reply = c.post("echo", bad, raw=True)
+        assert status == 400, (bad[:30], reply)
+        assert reply["error"]["code"] in ("invalid_json", "bad_request"), reply
+
+
+def test_a_process_pipeline_deduplicates_by_a_body_field(serve):
+    server, c = serve(process_bots.echo_app)
+    replies = [c.post("once", {"user": "u", "id": "evt_1", "attempt": i}) for i in range(3)]
+    assert [r[0] for r in replies] == [200, 200, 200]
+    assert [r[2]["runs"] for r in replies] == [1, 1, 1], "the repeats got the first execution's result"
+    assert c.post("once", {"user": "u", "id": "evt_2"})[2]["runs"] == 2

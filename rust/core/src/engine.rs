@@ -261,7 +261,8 @@ impl Engine {
                     KeySpec::Field(f) => Some(f.as_str()),
                     _ => None,
                 };
-                let event = match crate::http::body::parse(&entry.body, key_field) {
+                let document = p.config.isolation == crate::config::Isolation::Thread;
+                let event = match crate::http::body::check(&entry.body, key_field, document) {
                     Ok((event, _)) => event,
                     Err(_) => serde_json::Value::Null,
                 };

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{DedupeSpec, KeySpec, MissingKey, DELIVERY_HEADERS};
+use crate::config::{DedupeSpec, Isolation, KeySpec, MissingKey, DELIVERY_HEADERS};
 use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::http::admin;
@@ -319,10 +319,14 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
             return refuse(ErrorCode::BadSignature, e.0);
         }
     }
-    let parsed = match &cfg.key {
-        KeySpec::Field(field) => body::parse(&body, Some(field)),
-        KeySpec::None | KeySpec::Callable => body::parse(&body, None),
+    let key_field = match &cfg.key {
+        KeySpec::Field(field) => Some(field.as_str()),
+        KeySpec::None | KeySpec::Callable => None,
     };
+    // The document is kept for thread slots (their pipeline gets it) and for a dedupe field; worker
+    // processes parse the bytes themselves.
+    let document = cfg.isolation == Isolation::Thread || matches!(cfg.dedupe, DedupeSpec::Field(_));
+    let parsed = body::check(&body, key_field, document);
     let (event, key) = match parsed {
         Ok(parsed) => parsed,
         Err(e @ EventError::InvalidJson(_)) => return refuse(ErrorCode::InvalidJson, e.to_string()),
