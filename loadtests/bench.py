@@ -1146,6 +1146,13 @@ def parse_args(argv=None):
         help="make the bot CPU-bound: every system burns about this many µs of pure Python per event "
         "(a fixed loop count, calibrated once here, so every system does the same work; default 0)",
     )
+    ap.add_argument(
+        "--cpu-iters",
+        type=int,
+        default=0,
+        help="with --cpu-us: use this loop count instead of calibrating (the calibration follows the "
+        "machine's speed at that moment; a fixed count keeps the work the same across runs)",
+    )
     ap.add_argument("--start-timeout", type=float, default=30.0)
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--plot", metavar="PATH", help="chart (PNG) path (default: bench.png in the logs directory)")
@@ -1202,7 +1209,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, BOTS)
         import botlogic
 
-        os.environ["BOT_CPU_ITERS"] = str(botlogic.calibrate(args.cpu_us))
+        os.environ["BOT_CPU_ITERS"] = str(args.cpu_iters or botlogic.calibrate(args.cpu_us))
         log(f"CPU-bound bot: {os.environ['BOT_CPU_ITERS']} loop iterations per event (~{args.cpu_us:.0f} µs here)")
     logdir = args.logs or tempfile.mkdtemp(prefix="warmslot-bench-")
     os.makedirs(logdir, exist_ok=True)
