@@ -1210,7 +1210,11 @@ def main(argv=None) -> int:
         import botlogic
 
         os.environ["BOT_CPU_ITERS"] = str(args.cpu_iters or botlogic.calibrate(args.cpu_us))
-        log(f"CPU-bound bot: {os.environ['BOT_CPU_ITERS']} loop iterations per event (~{args.cpu_us:.0f} µs here)")
+        how = "given by --cpu-iters" if args.cpu_iters else f"~{args.cpu_us:.0f} µs here"
+        log(f"CPU-bound bot: {os.environ['BOT_CPU_ITERS']} loop iterations per event ({how})")
+    elif args.cpu_iters:
+        log("--cpu-iters needs --cpu-us")
+        return 2
     logdir = args.logs or tempfile.mkdtemp(prefix="warmslot-bench-")
     os.makedirs(logdir, exist_ok=True)
     bodies = events.write_bodies(os.path.join(logdir, "bodies.jsonl"))

@@ -342,3 +342,13 @@ def test_a_process_pipeline_deduplicates_by_a_body_field(serve):
     assert [r[0] for r in replies] == [200, 200, 200]
     assert [r[2]["runs"] for r in replies] == [1, 1, 1], "the repeats got the first execution's result"
     assert c.post("once", {"user": "u", "id": "evt_2"})[2]["runs"] == 2
+
+
+def test_thread_slot_entry_points_refuse_a_process_pipeline(serve):
+    # A process pipeline's events carry no parsed document (its workers parse the bytes): a thread
+    # slot must never be pointed at one.
+    server, _ = serve(process_bots.echo_app)
+    with pytest.raises(ValueError, match="does not use thread slots"):
+        server._core.take_batch(0, 1, 0.0)
+    with pytest.raises(ValueError, match="does not use thread slots"):
+        server._core.run_thread_slot(0, 0, lambda *a: None, "demand", 0.0)

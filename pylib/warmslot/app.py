@@ -71,7 +71,8 @@ class App:
     ``debug=True`` puts
     tracebacks into error bodies. ``max_records``: executions kept for ``GET /executions/<id>``.
     ``spin_us``: how long idle threads spin for the next event before parking (lower latency at
-    low load against some CPU; 0 parks at once). ``io_threads``: tokio threads for HTTP (1 runs a
+    low load against some CPU; 0 parks at once); a process slot also polls this long for its
+    worker's next result while results come faster than that. ``io_threads``: tokio threads for HTTP (1 runs a
     current-thread runtime).
 
     Hardening: ``admin_token`` (default: the ``WARMSLOT_ADMIN_TOKEN`` environment variable) makes

@@ -174,6 +174,16 @@ impl Core {
         self.engine.pipelines().get(index).ok_or_else(|| PyValueError::new_err(format!("no pipeline {index}")))
     }
 
+    /// A pipeline whose code runs in this interpreter: only those get parsed documents (process
+    /// pipelines' events carry `Null`; their workers parse the bytes).
+    fn thread_pipeline(&self, index: usize) -> PyResult<&Arc<warmslot_core::runtime::pipeline::Pipeline>> {
+        let p = self.pipeline(index)?;
+        if p.config.isolation != Isolation::Thread {
+            return Err(PyValueError::new_err(format!("pipeline {:?} does not use thread slots", p.name())));
+        }
+        Ok(p)
+    }
+
     fn check_slot(&self, pipeline: usize, slot: usize) -> PyResult<&Arc<warmslot_core::runtime::pipeline::Pipeline>> {
         let p = self.pipeline(pipeline)?;
         if slot >= p.slots.len() {
@@ -287,6 +297,7 @@ impl Core {
         warmup_s: f64,
     ) -> PyResult<&'static str> {
         let spin = self.engine.config.idle_spin;
+        self.thread_pipeline(pipeline)?;
         let p = self.check_slot(pipeline, slot)?.clone();
         let reason = warmup_reason(reason)?;
         let inline = p.store.kind() == "memory";
@@ -348,7 +359,7 @@ impl Core {
         timeout: f64,
         spin_us: u64,
     ) -> PyResult<Option<Vec<PyJob>>> {
-        let p = self.pipeline(pipeline)?.clone();
+        let p = self.thread_pipeline(pipeline)?.clone();
         let timeout = seconds(Some(timeout))?.unwrap_or_default();
         let got = py.detach(move || {
             let jobs = p.intake.take_batch(max, timeout, Duration::from_micros(spin_us));

@@ -1,7 +1,8 @@
 //! One pass over a webhook body: parses it (once) and pulls out the ordering key.
 //!
-//! The parsed document travels with the event to the slot, which hands it to the pipeline as it
-//! is (the thread backend converts it straight into Python objects); worker processes parse the
+//! For thread slots the parsed document travels with the event to the slot, which hands it to the
+//! pipeline as it is (converted straight into Python objects); for worker processes the ingress
+//! only checks the body and finds its key ([`scan`], no document built) and the worker parses the
 //! same bytes with the same parser. So the ingress's check and the slot's parse accept exactly
 //! the same inputs: serde_json's grammar, nesting up to 128 levels, numbers that fit an i64, u64
 //! or finite f64 (a 100,000-digit number is refused here with 400 `invalid_json`).

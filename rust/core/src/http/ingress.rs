@@ -373,6 +373,8 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
         Ok(None) => None,
         Err(message) => return refuse(ErrorCode::BadRequest, message),
     };
+    // A worker process parses the body itself: the document served only the dedupe field.
+    let event = if cfg.isolation == Isolation::Thread { event } else { serde_json::Value::Null };
 
     let delivery = delivery.map(bounded_delivery_id);
 

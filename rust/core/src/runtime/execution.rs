@@ -333,7 +333,8 @@ impl PreparedCommit {
 pub struct Job {
     pub exec: Arc<Execution>,
     pub body: Bytes,
-    /// The body, parsed once at the ingress (the slot hands it to the pipeline as is).
+    /// The body, parsed once at the ingress (a thread slot hands it to the pipeline as is); `Null`
+    /// for process pipelines, whose workers parse `body` themselves.
     pub event: serde_json::Value,
     pub headers: HeaderMap,
     /// Set while the job is out of its lane (taken by a slot); dropped last, after the outcome.

@@ -153,12 +153,15 @@ impl FrameReader {
     // NOTE: a read timeout that is set only when it changes was still one `setsockopt` per read:
     // the wait is "until the running event's deadline", a little shorter each time. A timeout that
     // ends no later than the wanted one and at most 10% (or 1 ms) earlier is kept: an early wake-up
-    // costs one more turn of the caller's loop, never a missed deadline.
-    fn set_timeout(&mut self, sock: &UnixStream, t: Option<Duration>) -> std::io::Result<()> {
+    // costs one more turn of the caller's loop (which rechecks its clock), never a missed deadline.
+    // `exact` (the rest of a frame that has begun, bounded by the hang grace) sets it as asked.
+    fn set_timeout(&mut self, sock: &UnixStream, t: Option<Duration>, exact: bool) -> std::io::Result<()> {
         let t = t.map(|t| t.max(Duration::from_micros(100)));
         let keep = match (self.timeout, t) {
             (Some(set), want) if set == want => true,
-            (Some(Some(set)), Some(want)) => set <= want && want - set <= (want / 10).max(Duration::from_millis(1)),
+            (Some(Some(set)), Some(want)) if !exact => {
+                set <= want && want - set <= (want / 10).max(Duration::from_millis(1))
+            }
             _ => false,
         };
         if !keep {
@@ -180,8 +183,9 @@ impl FrameReader {
             if let Some(frame) = self.take()? {
                 return Ok(frame);
             }
-            let t = if self.buffered().is_empty() { wait } else { rest.map(|r| r.max(Duration::from_millis(1))) };
-            self.set_timeout(sock, t)?;
+            let begun = !self.buffered().is_empty();
+            let t = if begun { rest.map(|r| r.max(Duration::from_millis(1))) } else { wait };
+            self.set_timeout(sock, t, begun)?;
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
@@ -194,7 +198,7 @@ impl FrameReader {
             }
             let end = self.end;
             if self.spin > Duration::ZERO && self.buffered().is_empty() {
-                let until = Instant::now() + self.spin;
+                let until = Instant::now() + wait.map_or(self.spin, |w| w.min(self.spin));
                 let mut n = 0u32;
                 loop {
                     match rustix::net::recv(&*sock, &mut self.buf[end..], rustix::net::RecvFlags::DONTWAIT) {
@@ -504,12 +508,16 @@ impl Backend for ProcessBackend {
                 wait = Some(wait.map_or(left, |w| w.min(left)));
             }
             let rest = hang_at.map(|t| t.saturating_duration_since(Instant::now()) + HANG_GRACE);
+            // Poll only while results come fast and one came just now (not through a slow event).
             let spin_us = self.spin.as_secs_f64() * 1e6;
-            self.reader.spin = if self.result_gap_us < spin_us { self.spin } else { Duration::ZERO };
+            let fast = self.result_gap_us < spin_us && last_result.elapsed() < self.spin;
+            self.reader.spin = if fast { self.spin } else { Duration::ZERO };
             let frame = match self.reader.next(&mut self.sock, wait, rest) {
                 Ok(f) => f,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    if held_since.take().is_some() {
+                    // A timeout may end a little early (see `set_timeout`): commit only when due.
+                    if held_since.is_some_and(|since| since.elapsed() >= COMMIT_AFTER) {
+                        held_since = None;
                         commit_now(batch);
                     }
                     if hang_at.is_some_and(|t| Instant::now() >= t) {
