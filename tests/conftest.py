@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -119,6 +120,24 @@ def serve() -> Iterator:
         c.close()
     for s in servers:
         s.stop(drain=2.0)
+
+
+def flaky_app(state: str, **options: Any) -> Tuple[warmslot.App, "collections.Counter[str]"]:
+    """An app on `state` with pipeline "flaky" (keyed by "user", 2 retries 50 ms apart, plus
+    `options`): the event tagged `tag` fails its first `fail_times` attempts, then adds 1 to its
+    key's "ok" and answers {"attempt": n}. Returns the app and the attempts counted per tag."""
+    app = warmslot.App(state=state)
+    calls: "collections.Counter[str]" = collections.Counter()
+
+    @app.pipeline("flaky", key="user", retries=2, retry_backoff=0.05, **options)
+    def flaky(event, ctx):
+        calls[event["tag"]] += 1
+        if calls[event["tag"]] <= event["fail_times"]:
+            raise RuntimeError(f"attempt {calls[event['tag']]} fails")
+        ctx.state["ok"] = ctx.state.get("ok", 0) + 1
+        return {"attempt": calls[event["tag"]]}
+
+    return app, calls
 
 
 def free_port() -> int:

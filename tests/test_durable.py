@@ -13,7 +13,7 @@ import time
 
 import pytest
 import warmslot
-from conftest import Client, concurrently, free_port, poll, send_counted, start_killbot, wait_all_succeeded
+from conftest import Client, concurrently, flaky_app, free_port, poll, send_counted, start_killbot, wait_all_succeeded
 
 HEADERS = ["Idempotency-Key", "webhook-id", "X-GitHub-Delivery"]
 
@@ -185,17 +185,7 @@ def test_sqlite_dedupes_and_keeps_records_across_a_restart(tmp_path):
 
 
 def test_retries_until_success_then_failed_list(tmp_path):
-    app = warmslot.App(state="sqlite:///" + str(tmp_path / "r.db"))
-    calls = collections.Counter()
-
-    @app.pipeline("flaky", key="user", retries=2, retry_backoff=0.05, reply="async")
-    def flaky(event, ctx):
-        calls[event["tag"]] += 1
-        if calls[event["tag"]] <= event["fail_times"]:
-            raise RuntimeError(f"attempt {calls[event['tag']]} fails")
-        ctx.state["ok"] = ctx.state.get("ok", 0) + 1
-        return {"attempt": calls[event["tag"]]}
-
+    app, calls = flaky_app("sqlite:///" + str(tmp_path / "r.db"), reply="async")
     server = app.start("127.0.0.1", 0)
     try:
         with Client(server.host, server.port) as c:

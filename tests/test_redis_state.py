@@ -12,7 +12,7 @@ import time
 
 import pytest
 import warmslot
-from conftest import Client, concurrently, free_port, poll, send_counted, start_killbot, wait_all_succeeded
+from conftest import Client, concurrently, flaky_app, free_port, poll, send_counted, start_killbot, wait_all_succeeded
 
 
 @pytest.fixture
@@ -276,17 +276,7 @@ def test_sigkill_loses_no_accepted_event_and_applies_each_once(redis_url, tmp_pa
 
 
 def test_journaled_retries_dedupe_and_failures_on_redis(redis_url):
-    app = warmslot.App(state=redis_url)
-    calls = collections.Counter()
-
-    @app.pipeline("flaky", key="user", retries=2, retry_backoff=0.05)
-    def flaky(event, ctx):
-        calls[event["tag"]] += 1
-        if calls[event["tag"]] <= event["fail_times"]:
-            raise RuntimeError(f"attempt {calls[event['tag']]} fails")
-        ctx.state["ok"] = ctx.state.get("ok", 0) + 1
-        return {"attempt": calls[event["tag"]]}
-
+    app, calls = flaky_app(redis_url)
     with app.start("127.0.0.1", 0) as server, Client(server.host, server.port) as c:
         ok = c.post("flaky", {"user": "u", "tag": "ok", "fail_times": 2}, {**ASYNC, "webhook-id": "w-1"})
         bad = c.post("flaky", {"user": "u", "tag": "bad", "fail_times": 9}, ASYNC)
