@@ -35,9 +35,7 @@ impl IdGenerator {
         }
         (seq, hex::encode(bits).into_boxed_str())
     }
-}
 
-impl IdGenerator {
     /// Fills `out` with random bytes from the pool (refilled from the OS when it runs out).
     fn take_random(&self, out: &mut [u8; 16]) -> bool {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
