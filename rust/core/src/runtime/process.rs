@@ -171,6 +171,32 @@ impl FrameReader {
         Ok(())
     }
 
+    /// Polls `sock` (non-blocking reads, spinning, then yielding) until bytes come or `until`;
+    /// true when bytes came.
+    fn poll(&mut self, sock: &UnixStream, until: Instant) -> std::io::Result<bool> {
+        let mut turn = 0u32;
+        loop {
+            match rustix::net::recv(sock, &mut self.buf[self.end..], rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok((got, _)) => {
+                    self.end += got;
+                    return Ok(true);
+                }
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            turn += 1;
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            if turn < 16 {
+                std::hint::spin_loop()
+            } else {
+                std::thread::yield_now()
+            }
+        }
+    }
+
     /// Reads one frame. `wait` bounds the wait when no frame has begun; once one has, the rest is
     /// read with `rest` as the bound (so a timeout never splits a frame).
     fn next(
@@ -196,34 +222,13 @@ impl FrameReader {
                 let grown = (self.buf.len() * 2).min(MAX_FRAME + 4).max(self.end + 16 * 1024);
                 self.buf.resize(grown, 0);
             }
-            let end = self.end;
-            if self.spin > Duration::ZERO && self.buffered().is_empty() {
-                let until = Instant::now() + wait.map_or(self.spin, |w| w.min(self.spin));
-                let mut n = 0u32;
-                loop {
-                    match rustix::net::recv(&*sock, &mut self.buf[end..], rustix::net::RecvFlags::DONTWAIT) {
-                        Ok((0, _)) => return Err(ErrorKind::UnexpectedEof.into()),
-                        Ok((got, _)) => {
-                            self.end += got;
-                            break;
-                        }
-                        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    n += 1;
-                    if Instant::now() >= until {
-                        break;
-                    }
-                    if n < 16 {
-                        std::hint::spin_loop()
-                    } else {
-                        std::thread::yield_now()
-                    }
-                }
-                if self.end > end {
-                    continue;
-                }
+            if self.spin > Duration::ZERO
+                && !begun
+                && self.poll(sock, Instant::now() + wait.map_or(self.spin, |w| w.min(self.spin)))?
+            {
+                continue;
             }
+            let end = self.end;
             let got = loop {
                 match sock.read(&mut self.buf[end..]) {
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -422,8 +427,9 @@ impl ProcessBackend {
 // one (non-blocking reads, then `sched_yield`) for up to `spin_us` before it blocks in `read`:
 // a blocking read per result put the slot thread to sleep and woke it for every light event.
 // Support bot, 2 process slots, wrk -c64 (2-core VM, release build, interleaved, 2026-12-02):
-// 42.8k/46.4k/43.4k/39.3k req/s with a 100 µs poll against 35.8k/45.5k/32.0k/35.9k without. A
-// CPU-bound bot (results ~400 µs apart) never polls: there it cost ~3% of throughput.
+// 42.8k/46.4k/43.4k/39.3k req/s with a 100 µs poll against 35.8k/45.5k/32.0k/35.9k without, and
+// 42.1k/44.0k with the default 50 µs against 34.9k/33.3k at `spin_us=0`. A CPU-bound bot (results
+// ~400 µs apart) never polls: there it cost ~3% of throughput.
 // NOTE: a slot with `concurrency > 1` tops itself up while its worker runs: when it has room, it
 // waits for results at most TOP_UP_POLL, then takes newly runnable events (without blocking) and
 // sends them. New events wait at most this long for a busy async slot that has room.
