@@ -257,15 +257,6 @@ impl Engine {
                 .unfinished()
                 .map_err(|e| EngineError::Config(format!("cannot read the journal of pipeline {:?}: {e}", p.name())))?;
             for entry in entries {
-                let key_field = match &p.config.key {
-                    KeySpec::Field(f) => Some(f.as_str()),
-                    _ => None,
-                };
-                let document = p.config.isolation == crate::config::Isolation::Thread;
-                let event = match crate::http::body::check(&entry.body, key_field, document) {
-                    Ok((event, _)) => event,
-                    Err(_) => serde_json::Value::Null,
-                };
                 let (seq, _) = self.ids.next(); // arrival order in this process; the public id is kept
                 let exec = Execution::new(seq, entry.id.clone(), p.clone(), entry.key.clone(), Instant::now())
                     .with_delivery(entry.delivery.clone(), true)
@@ -273,7 +264,7 @@ impl Engine {
                 let exec = Arc::new(exec);
                 p.arrived();
                 p.accepted_one();
-                let job = Job::new(exec.clone(), entry.body.clone(), event, decode_headers(&entry.headers));
+                let job = Job::new(exec.clone(), entry.body.clone(), decode_headers(&entry.headers));
                 // Past queue_size too: it was accepted before the restart (the intake's waiting
                 // count then exceeds queue_size until these run, so new events get 429 meanwhile).
                 p.intake.admit_recovered(job);

@@ -76,10 +76,10 @@ impl PyJob {
         Ok(self.job()?.exec.key.as_deref().map(str::to_string))
     }
 
-    /// The event, parsed once by the ingress.
+    /// The event: the body, parsed by the parser the ingress checked it with.
     #[getter]
     fn event<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        crate::value::to_py(py, &self.job()?.event)
+        crate::value::loads(py, &self.job()?.body)
     }
 
     /// The key's committed state, decoded (None when the key has none yet). Raises ValueError

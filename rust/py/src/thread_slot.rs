@@ -7,7 +7,7 @@ use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use warmslot_core::runtime::slot_loop::{Backend, Begun, CommitNow, More, RunResult, SlotDied};
 use warmslot_core::{Bytes, ErrorCode};
 
-use crate::value::to_py;
+use crate::value::loads;
 
 pub struct ThreadBackend {
     /// `runner(execution_id, key, event, state, headers, received_at, remaining)` returns
@@ -52,9 +52,13 @@ fn run_one(py: Python<'_>, runner: &Bound<'_, PyAny>, b: &Begun) -> RunResult {
     let exec = &job.exec;
     // NOTE: the stored state goes to Python as bytes and is decoded there with orjson (the
     // encoder that wrote it), about 3x faster than serde_json + object building for a typical
-    // conversation state. Bodies are parsed once, by the ingress (see `http::body`).
+    // conversation state. The body is parsed here, straight into Python objects, by the parser the
+    // ingress checked it with (see `http::body`): it cannot fail here but for want of memory.
+    let event = match loads(py, &job.body) {
+        Ok(event) => event,
+        Err(e) => return error(ErrorCode::PipelineError, format!("cannot decode the event: {e}")),
+    };
     let args = (|| -> PyResult<Bound<'_, PyTuple>> {
-        let event = to_py(py, &job.event)?;
         let state = b.state.as_ref().map(|s| PyBytes::new(py, s));
         let headers = Bound::new(py, LazyHeaders(job.headers.clone()))?;
         (exec.id_str.as_ref(), exec.key.as_deref(), event, state, headers, exec.received_unix, job.remaining())

@@ -1,5 +1,5 @@
-//! JSON documents into Python objects: documents the core already parsed (thread slots), and JSON
-//! bytes parsed straight into Python objects by the core's parser (worker processes).
+//! JSON bytes parsed straight into Python objects by the core's parser, the one the ingress checks
+//! bodies with (thread slots and worker processes alike).
 
 use std::fmt;
 
@@ -7,46 +7,13 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList, PyString};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
-
-/// Builds the Python object for `v`: dict (field order kept), list, str, int, float, bool, None.
-pub fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match v {
-        Value::Null => py.None().into_bound(py),
-        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.into_pyobject(py)?.into_any()
-            } else if let Some(u) = n.as_u64() {
-                u.into_pyobject(py)?.into_any()
-            } else {
-                n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any()
-            }
-        }
-        Value::String(s) => s.into_pyobject(py)?.into_any(),
-        Value::Array(items) => {
-            let list = PyList::empty(py);
-            for item in items {
-                list.append(to_py(py, item)?)?;
-            }
-            list.into_any()
-        }
-        Value::Object(map) => {
-            let dict = PyDict::new(py);
-            for (k, item) in map {
-                dict.set_item(k, to_py(py, item)?)?;
-            }
-            dict.into_any()
-        }
-    })
-}
 
 /// Parses JSON bytes with the ingress's parser (same grammar and limits) into Python objects.
 // NOTE: straight into Python objects, without a `serde_json::Value` in between: the tree (an
 // `IndexMap` per object) cost about a fifth of a worker process's CPU per light event (perf:
-// `Value::deserialize`, `IndexMap::insert_full`, `to_py`). Same parser, same visits, same objects
-// as `to_py` builds (dict fields in order, the last of duplicate fields winning in the first one's
-// place, as `IndexMap::insert` does).
+// `Value::deserialize`, `IndexMap::insert_full`, then its conversion). Same parser, same visits;
+// dict fields in order, the last of duplicate fields winning in the first one's place (as
+// `IndexMap::insert` and Python's `json` do).
 pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let mut de = serde_json::Deserializer::from_slice(data);
     PySeed(py)

@@ -1,9 +1,9 @@
-//! One pass over a webhook body: parses it (once) and pulls out the ordering key.
+//! One pass over a webhook body at the ingress: checks it and pulls out the ordering key.
 //!
-//! For thread slots the parsed document travels with the event to the slot, which hands it to the
-//! pipeline as it is (converted straight into Python objects); for worker processes the ingress
-//! only checks the body and finds its key ([`scan`], no document built) and the worker parses the
-//! same bytes with the same parser. So the ingress's check and the slot's parse accept exactly
+//! The ingress only checks the body and finds its key ([`scan`], no document built; [`parse`]
+//! builds one only for a pipeline that deduplicates by a body field). The slot (a thread slot, or
+//! a worker process) parses the same bytes with the same parser straight into Python objects. So
+//! the ingress's check and the slot's parse accept exactly
 //! the same inputs: serde_json's grammar, nesting up to 128 levels, numbers that fit an i64, u64
 //! or finite f64 (a 100,000-digit number is refused here with 400 `invalid_json`).
 
@@ -49,8 +49,7 @@ pub fn parse(body: &[u8], key_field: Option<&str>) -> Result<(Value, Option<Stri
 }
 
 /// What the ingress keeps of a body: the document and its key ([`parse`]) when `document` is true
-/// (thread slots hand the document to the pipeline), else only the key ([`scan`]; worker processes
-/// parse the bytes themselves) with `Null` for the document.
+/// (a dedupe field is read from it), else only the key ([`scan`]) with `Null` for the document.
 pub fn check(body: &[u8], key_field: Option<&str>, document: bool) -> Result<(Value, Option<String>), EventError> {
     if document {
         parse(body, key_field)

@@ -333,9 +333,6 @@ impl PreparedCommit {
 pub struct Job {
     pub exec: Arc<Execution>,
     pub body: Bytes,
-    /// The body, parsed once at the ingress (a thread slot hands it to the pipeline as is); `Null`
-    /// for process pipelines, whose workers parse `body` themselves.
-    pub event: serde_json::Value,
     pub headers: HeaderMap,
     /// Set while the job is out of its lane (taken by a slot); dropped last, after the outcome.
     pub(crate) lane: Option<LaneLease>,
@@ -351,11 +348,10 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(exec: Arc<Execution>, body: Bytes, event: serde_json::Value, headers: HeaderMap) -> Self {
+    pub fn new(exec: Arc<Execution>, body: Bytes, headers: HeaderMap) -> Self {
         Job {
             exec,
             body,
-            event,
             headers,
             lane: None,
             live: true,
@@ -576,7 +572,7 @@ impl Job {
         }
         // We hold the outcome (`Committing`): hand the execution back to `queued`.
         exec.status.store(Status::Queued as u8, Ordering::Release);
-        let again = Job::new(exec.clone(), self.body.clone(), self.event.clone(), self.headers.clone());
+        let again = Job::new(exec.clone(), self.body.clone(), self.headers.clone());
         self.live = false; // `again` answers for the execution now
         let delay = p.config.retry_backoff.saturating_mul(1u32 << (attempt.saturating_sub(1)).min(16));
         let spawned = std::thread::Builder::new().name("warmslot-retry".into()).spawn(move || {

@@ -320,7 +320,7 @@ mod tests {
 
     fn job(p: &Arc<Pipeline>, id: u64, key: Option<&str>) -> Job {
         let exec = Arc::new(Execution::new(id, id.to_string().into(), p.clone(), key.map(Into::into), Instant::now()));
-        Job::new(exec, Bytes::new(), serde_json::Value::Null, HeaderMap::new())
+        Job::new(exec, Bytes::new(), HeaderMap::new())
     }
 
     fn ids(batch: &[Job]) -> Vec<u64> {
