@@ -327,8 +327,10 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     // slots parse it straight into Python objects with the same parser (`value::loads` in the
     // bindings), so a body is refused here or runs. A document is built only for a dedupe field.
     // Building a `serde_json::Value` here for thread slots (an `IndexMap` per object, converted to
-    // Python by the slot, freed across threads) cost ~2 µs of the I/O thread's ~12 µs per light
-    // event (perf, support bot, 2026-12-02).
+    // Python by the slot, freed across threads) was the largest of our own costs on the I/O thread
+    // (perf). Without it, and with admission in the request's task (below), the I/O thread went from
+    // 11.6-13 to 8.8-9.3 µs per request and the slot thread from 8.5 to 7.2-7.4 (support bot,
+    // thread slots, wrk -c64, per-thread /proc, 2-core VM, 2026-12-02).
     let document = matches!(cfg.dedupe, DedupeSpec::Field(_));
     let parsed = body::check(&body, key_field, document);
     let (event, key) = match parsed {
@@ -414,7 +416,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     // NOTE: journaling and admission run in their own task, so a client that goes away meanwhile
     // (hyper then drops this future) cannot leave an event journaled but never admitted. Without
     // a journal there is nothing to wait for: `journal_and_admit` ends in its first poll, so it runs
-    // here (a task per request was ~0.5 µs of the I/O thread's ~12 µs per light event).
+    // here (a spawned task per request: an allocation, a schedule and a wake; see the NOTE above).
     let admit = journal_and_admit(
         engine.clone(),
         pipeline.clone(),
