@@ -309,6 +309,9 @@ impl Engine {
             .name("warmslot-io".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    for p in &engine.pipelines {
+                        tokio::spawn(p.wakes.clone().drain());
+                    }
                     for exec in recovered {
                         crate::http::ingress::watch_async(exec, engine.clone());
                     }

@@ -229,7 +229,7 @@ impl Execution {
     }
 
     /// Publishes the final outcome once; wakes whoever awaits it.
-    fn finish(&self, status: Status, outcome: Outcome, timings: Timings) {
+    fn finish(self: &Arc<Self>, status: Status, outcome: Outcome, timings: Timings) {
         self.pipeline.metrics.record(status, &timings);
         // A journaled event stopped by a shutdown stays journaled: it runs after the restart.
         let shutting_down = matches!(outcome, Outcome::Failed { code: ErrorCode::ShuttingDown, .. });
@@ -241,6 +241,11 @@ impl Execution {
         self.pipeline.finished_one();
         // Every waiter: the client's request and any number of repeats of its delivery. A waiter
         // registers before it checks the outcome (see `wait`), so none misses this.
+        self.pipeline.wakes.wake(self);
+    }
+
+    /// Wakes every task in `wait` (the outcome is published).
+    pub(crate) fn notify_waiters(&self) {
         self.done.notify_waiters();
     }
 
@@ -251,7 +256,7 @@ impl Execution {
 
     /// Marks the execution timed out unless it already finished or is committing.
     /// Returns true when this call decided the outcome.
-    pub fn time_out(&self) -> bool {
+    pub fn time_out(self: &Arc<Self>) -> bool {
         if !self.claim(&[Status::Queued, Status::Running]) {
             return false;
         }
@@ -282,16 +287,16 @@ impl Execution {
 
     /// Fails an execution that will not be answered otherwise (shutdown): a queued one, or one
     /// still running past the drain (its late result is then discarded, nothing committed).
-    pub fn abandon(&self, code: ErrorCode, message: String) -> bool {
+    pub fn abandon(self: &Arc<Self>, code: ErrorCode, message: String) -> bool {
         self.abandon_from(&[Status::Queued, Status::Running], code, message)
     }
 
     /// Fails an execution only if no slot has started it yet.
-    pub fn abandon_queued(&self, code: ErrorCode, message: String) -> bool {
+    pub fn abandon_queued(self: &Arc<Self>, code: ErrorCode, message: String) -> bool {
         self.abandon_from(&[Status::Queued], code, message)
     }
 
-    fn abandon_from(&self, from: &[Status], code: ErrorCode, message: String) -> bool {
+    fn abandon_from(self: &Arc<Self>, from: &[Status], code: ErrorCode, message: String) -> bool {
         if !self.claim(from) {
             return false;
         }

@@ -9,4 +9,5 @@ pub mod pipeline;
 pub mod process;
 pub mod slot_loop;
 pub mod slots;
+pub mod wakes;
 pub mod wire;

@@ -7,6 +7,7 @@ use crate::config::PipelineConfig;
 use crate::observe::metrics::PipelineMetrics;
 use crate::runtime::intake::Intake;
 use crate::runtime::slots::SlotPool;
+use crate::runtime::wakes::Wakes;
 use crate::state::StateStore;
 
 pub struct Pipeline {
@@ -16,6 +17,8 @@ pub struct Pipeline {
     pub slots: SlotPool,
     pub store: Arc<dyn StateStore>,
     pub metrics: PipelineMetrics,
+    /// Wakes the requests waiting for executions that slot threads finish (see `runtime::wakes`).
+    pub(crate) wakes: Arc<Wakes>,
     /// Accepted executions that have no outcome yet.
     inflight: AtomicUsize,
     /// Webhooks that reached admission (accepted or refused with 429): the demand signal.
@@ -36,6 +39,7 @@ impl Pipeline {
             slots: SlotPool::new(max_slots),
             store,
             metrics: PipelineMetrics::default(),
+            wakes: Arc::default(),
             inflight: AtomicUsize::new(0),
             arrivals: AtomicU64::new(0),
             target_slots: AtomicUsize::new(config.min_slots),
