@@ -22,6 +22,13 @@ log = logging.getLogger("warmslot")
 
 Result = Tuple[bool, Any, Any]
 
+_loads = _json.loads
+_dumps = _json.orjson.dumps
+_default = _json._default
+_OPTS = _json._OPTS
+# What a sync pipeline usually returns: never a coroutine, no need to ask asyncio.
+_PLAIN = frozenset({dict, list, str, int, float, bool, type(None)})
+
 
 def safe_text(exc: BaseException) -> str:
     try:
@@ -140,18 +147,54 @@ class EventRunner:
         received_at: float,
         remaining: Optional[float],
     ) -> Result:
+        # NOTE: the per-event path of every sync pipeline, written flat: `prepare`, `context` and
+        # `encode` inlined, orjson called directly, the coroutine check skipped for plain JSON
+        # values (`asyncio.iscoroutine` does an ABC isinstance check). 1879 ns a call -> 1285 ns
+        # for the support bot, whose own work (state decode, reply, two encodes) is ~800 ns
+        # (timeit, 2026-12-02). Same results and errors as `run_async`'s helpers.
         try:
-            ctx = self.prepare(execution_id, key, state, headers, received_at)
-            if isinstance(ctx, tuple):
-                return ctx
+            spec = self.spec
+            if state is None:
+                decoded: Any = {}
+            elif isinstance(state, (bytes, bytearray, memoryview)):
+                try:
+                    decoded = _loads(state)
+                except Exception as exc:
+                    return (False, "state_error", f"cannot decode stored state: {safe_text(exc)}")
+            else:
+                decoded = state
+            keyed = spec.keyed
+            if key is None and keyed and not self._warned_unkeyed:
+                self.context(execution_id, key, decoded, headers, received_at)  # warns once
+            ctx = Context(
+                execution_id,
+                received_at,
+                headers,
+                decoded if isinstance(decoded, dict) else {},
+                key if keyed else None,
+                self.resources,
+                spec.name,
+            )
             try:
                 result = self.target(event, ctx)
-                if asyncio.iscoroutine(result):
+                if type(result) not in _PLAIN and asyncio.iscoroutine(result):
                     result.close()
                     raise TypeError("pipeline returned a coroutine; declare it with `async def`")
             except BaseException as exc:
                 return self.failed(execution_id, exc)
-            return self.encode(result, ctx)
+            try:
+                reply = _dumps(result, _default, _OPTS)
+            except Exception as exc:
+                return (False, "pipeline_error", f"the return value of pipeline {spec.name!r} is not JSON: {safe_text(exc)}")
+            if ctx.key is None:
+                return (True, reply, None)
+            new_state = ctx.state
+            if not isinstance(new_state, dict):
+                return (False, "pipeline_error", f"ctx.state must stay a dict, got {type(new_state).__name__}")
+            try:
+                return (True, reply, _dumps(new_state, _default, _OPTS))
+            except Exception as exc:
+                return (False, "pipeline_error", f"ctx.state of pipeline {spec.name!r} is not JSON: {safe_text(exc)}")
         except BaseException as exc:  # our own handling failed: still answer, never raise
             return (False, "pipeline_error", f"internal error while running the pipeline: {type(exc).__name__}")
 
