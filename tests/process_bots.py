@@ -34,6 +34,16 @@ sqlite_app = warmslot.App(state=f"sqlite:///{SQLITE_PATH}")
 sqlite_app.pipeline("count", slots=2, key="user", isolation="process", timeout=5.0)(count)
 
 
+# The counter on SQLite in each isolation, for a test that corrupts a stored state.
+STATE_PATHS = {
+    iso: os.path.join(tempfile.gettempdir(), f"warmslot-process-bots-state-{iso}.db") for iso in ("thread", "process")
+}
+state_apps = {iso: warmslot.App(state=f"sqlite:///{path}") for iso, path in STATE_PATHS.items()}
+state_thread_app, state_process_app = state_apps["thread"], state_apps["process"]  # module-level names
+for _iso, _app in state_apps.items():
+    _app.pipeline("count", slots=1, key="user", isolation=_iso, timeout=5.0)(count)
+
+
 # An async bot on SQLite whose slots run several events at once: results commit within a moment,
 # not when the slot's stream of top-ups ends.
 SQLITE_ASYNC_PATH = os.path.join(tempfile.gettempdir(), "warmslot-process-bots-async.db")

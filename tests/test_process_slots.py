@@ -352,3 +352,28 @@ def test_thread_slot_entry_points_refuse_a_process_pipeline(serve):
         server._core.take_batch(0, 1, 0.0)
     with pytest.raises(ValueError, match="does not use thread slots"):
         server._core.run_thread_slot(0, 0, lambda *a: None, "demand", 0.0)
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_a_stored_state_that_cannot_be_decoded_is_that_events_state_error(serve, isolation):
+    import sqlite3
+
+    db = process_bots.STATE_PATHS[isolation]
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.remove(db + suffix)
+    server, c = serve(process_bots.state_apps[isolation])
+    assert c.post("count", {"user": "ok"})[2]["n"] == 1
+    assert c.post("count", {"user": "bad"})[2]["n"] == 1
+    pids = {w[0] for w in workers()}
+    assert len(pids) == (1 if isolation == "process" else 0)
+    with sqlite3.connect(db, timeout=5.0) as conn:  # another writer, as a bad migration would be
+        changed = conn.execute("UPDATE warmslot_state SET state = ? WHERE key = 'bad'", (b'{"n": 1, oops',))
+        assert changed.rowcount == 1
+    status, _, body = c.post("count", {"user": "bad"})
+    assert (status, body["error"]["code"]) == (500, "state_error"), body
+    assert "cannot decode stored state" in body["error"]["message"]
+    # Only that event failed: the slot (and its worker process) serves the next ones.
+    assert c.post("count", {"user": "ok"})[2]["n"] == 2
+    assert {w[0] for w in workers()} == pids
+    assert sum(server._core.pool(0)["crashes"].values()) == 0

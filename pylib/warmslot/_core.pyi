@@ -70,5 +70,9 @@ class Job:
 def hmac_sha256_hex(secret: bytes, parts: List[bytes]) -> str: ...
 def loads(data: bytes) -> Any:
     """Parses JSON with the server's own parser (the ingress's grammar and limits)."""
-def decode_batch(payload: bytes) -> List[Tuple[int, str, Optional[str], Any, Optional[bytes], Dict[str, str], float, Optional[float]]]: ...
+def decode_batch(
+    payload: bytes,
+) -> List[Tuple[int, str, Optional[str], Any, Optional[bytes], Callable[[], Dict[str, str]], float, Optional[float]]]:
+    """A batch frame's events: (index, execution_id, key, event, state JSON bytes or None,
+    headers (call it for the dict), received_at, remaining)."""
 def encode_result(index: int, kind: int, a: bytes = b"", b: Optional[bytes] = None) -> bytes: ...

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from . import _json
 from .context import Context
@@ -143,7 +143,7 @@ class EventRunner:
         key: Optional[str],
         event: Any,
         state: Any,
-        headers: Dict[str, str],
+        headers: Union[Dict[str, str], Callable[[], Dict[str, str]]],
         received_at: float,
         remaining: Optional[float],
     ) -> Result:

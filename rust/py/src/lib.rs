@@ -539,23 +539,20 @@ fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 }
 
 /// Decodes a batch frame payload (worker side) into tuples
-/// `(index, execution_id, key, event, state_json_bytes_or_None, headers, received_at, remaining)`.
+/// `(index, execution_id, key, event, state_json_bytes_or_None, headers, received_at, remaining)`;
+/// `headers` is a callable that builds the dict (`Context.headers` calls it when first read).
+// NOTE: the state stays bytes, decoded by the runner with orjson as in thread slots (a state that
+// cannot be decoded is that event's `state_error`, not a bad frame), and the headers dict is built
+// only when read: decode_batch went from 1643 to 1131-1159 ns an event (support bot, 4-event frames).
 #[pyfunction]
 fn decode_batch<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Vec<Bound<'py, PyTuple>>> {
     let events = wire::decode_batch(payload).map_err(|e| PyValueError::new_err(e.0))?;
     let mut out = Vec::with_capacity(events.len());
     for ev in events {
         let event = value::loads(py, ev.body)?;
-        let state = match ev.state {
-            Some(s) => Some(
-                value::loads(py, s).map_err(|e| PyValueError::new_err(format!("cannot decode stored state: {e}")))?,
-            ),
-            None => None,
-        };
-        let headers = PyDict::new(py);
-        for (k, v) in &ev.headers {
-            headers.set_item(*k, String::from_utf8_lossy(v))?;
-        }
+        let state = ev.state.map(|s| PyBytes::new(py, s));
+        let pairs = ev.headers.iter().map(|(k, v)| (Box::<str>::from(*k), Box::<[u8]>::from(*v))).collect();
+        let headers = Bound::new(py, thread_slot::LazyHeaders::new(thread_slot::RawHeaders::Pairs(pairs)))?;
         out.push((ev.index, ev.id, ev.key, event, state, headers, ev.received_unix, ev.remaining).into_pyobject(py)?);
     }
     Ok(out)

@@ -38,12 +38,33 @@ fn error(code: ErrorCode, message: String) -> RunResult {
 /// The request headers of one event, turned into a dict only if the pipeline reads
 /// `ctx.headers` (most do not; building it for every event cost more than the bot's own work).
 #[pyclass(module = "warmslot._core", frozen)]
-pub struct LazyHeaders(warmslot_core::http::HeaderMap);
+pub struct LazyHeaders(RawHeaders);
+
+/// Headers as the slot has them: the request's (thread slots) or a batch frame's (workers).
+pub enum RawHeaders {
+    Map(warmslot_core::http::HeaderMap),
+    Pairs(Vec<(Box<str>, Box<[u8]>)>),
+}
+
+impl LazyHeaders {
+    pub fn new(raw: RawHeaders) -> Self {
+        LazyHeaders(raw)
+    }
+}
 
 #[pymethods]
 impl LazyHeaders {
     fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        headers_dict(py, &self.0)
+        match &self.0 {
+            RawHeaders::Map(map) => headers_dict(py, map),
+            RawHeaders::Pairs(pairs) => {
+                let d = PyDict::new(py);
+                for (k, v) in pairs {
+                    d.set_item(&**k, String::from_utf8_lossy(v))?;
+                }
+                Ok(d)
+            }
+        }
     }
 }
 
@@ -60,7 +81,7 @@ fn run_one(py: Python<'_>, runner: &Bound<'_, PyAny>, b: &Begun) -> RunResult {
     };
     let args = (|| -> PyResult<Bound<'_, PyTuple>> {
         let state = b.state.as_ref().map(|s| PyBytes::new(py, s));
-        let headers = Bound::new(py, LazyHeaders(job.headers.clone()))?;
+        let headers = Bound::new(py, LazyHeaders(RawHeaders::Map(job.headers.clone())))?;
         (exec.id_str.as_ref(), exec.key.as_deref(), event, state, headers, exec.received_unix, job.remaining())
             .into_pyobject(py)
     })();
