@@ -18,13 +18,16 @@
 // NOTE: IPC choice. A Unix socketpair with length-prefixed batch frames: one write per batch, one
 // write per result (so a result that left the worker survives the worker's death: a crash fails
 // only the event that was running), buffered reads on the slot's side. Measured on the 2-core CI
-// VM with the light support bot at 64 connections (release build, 2026-12-02): a worker spends
-// ~11 µs per event, of which ~4 µs is decoding its batch, running the pipeline and encoding the
-// result (`decode_batch` 1.7 µs, `run_sync` 2.0 µs, `encode_result` 0.25 µs, timed in-process)
-// and the rest the loop, the `send` and waking up; its slot thread spends ~6.5 µs per event. A
-// shared-memory result ring with an eventfd doorbell would save the worker's `send` while the slot
-// is busy, but needs `unsafe` cross-process atomics and fd passing; it is not built. Batching
-// results in the worker instead would lose finished results in a crash and blame the wrong event.
+// VM with the light support bot, 2 slots, at 64 connections (release build, per-thread /proc,
+// 2026-12-02, later session): per request the I/O thread spends ~10 µs, the two slot threads ~5 µs
+// and the two workers ~7 µs (22 µs in all, uvicorn --workers 2 24 µs); in a worker, decoding,
+// running and encoding a 4-event frame takes ~2.9 µs an event (timeit), the rest is `recv`,
+// `send` and waking up. On a CPU-bound bot (~400 µs an event, 4.8k req/s) the I/O thread spends
+// ~20-24 µs and the slot threads ~13-15 µs per request: at that rate each of them sleeps and is
+// woken for every event. A shared-memory result ring with an eventfd doorbell would save the
+// worker's `send` while the slot is busy, but needs `unsafe` cross-process atomics and fd passing;
+// it is not built. Batching results in the worker instead would lose finished results in a crash
+// and blame the wrong event.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::OwnedFd;
