@@ -78,10 +78,21 @@ def start(store: str, isolation: str, tmp: str) -> tuple:
 
 
 def wrk(port: int, duration: float, mode: str) -> dict:
-    cmd = ["wrk", "-t1", "-c64", f"-d{duration:g}s", "-s", LUA, f"http://127.0.0.1:{port}/hooks/count", "--", "64", mode]
+    cmd = [
+        "wrk",
+        "-t1",
+        "-c64",
+        f"-d{duration:g}s",
+        "-s",
+        LUA,
+        f"http://127.0.0.1:{port}/hooks/count",
+        "--",
+        "64",
+        mode,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
-    return json.loads(line[len("WRKJSON "):])
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    return json.loads(line[len("WRKJSON ") :])
 
 
 def measure(store: str, mode: str, isolation: str, duration: float, tmp: str) -> dict:
@@ -124,8 +135,11 @@ def main(argv=None) -> int:
                 for store in stores:
                     row[store] = measure(store, mode, args.isolation, args.duration, tmp)
                     m = row[store]
-                    print(f"round {rnd + 1} {mode:5} {store:7} {m['rps']:9.0f} 2xx/s  {m['cpu_us']:6.1f} µs CPU/req"
-                          f"  p50 {m['p50_us'] / 1000:.2f} ms  p99 {m['p99_us'] / 1000:.2f} ms", flush=True)
+                    print(
+                        f"round {rnd + 1} {mode:5} {store:7} {m['rps']:9.0f} 2xx/s  {m['cpu_us']:6.1f} µs CPU/req"
+                        f"  p50 {m['p50_us'] / 1000:.2f} ms  p99 {m['p99_us'] / 1000:.2f} ms",
+                        flush=True,
+                    )
                 base = row.get("memory")
                 for store in stores:
                     if base and store != "memory":

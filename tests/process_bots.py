@@ -50,9 +50,7 @@ SQLITE_ASYNC_PATH = os.path.join(tempfile.gettempdir(), "warmslot-process-bots-a
 sqlite_async_app = warmslot.App(state=f"sqlite:///{SQLITE_ASYNC_PATH}")
 
 
-@sqlite_async_app.pipeline(
-    "nap", slots=1, key="user", isolation="process", concurrency=4, max_batch=8, timeout=3.0
-)
+@sqlite_async_app.pipeline("nap", slots=1, key="user", isolation="process", concurrency=4, max_batch=8, timeout=3.0)
 async def nap(event, ctx):
     await asyncio.sleep(event.get("sleep", 0.2))
     ctx.state["n"] = ctx.state.get("n", 0) + 1

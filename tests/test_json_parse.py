@@ -20,7 +20,7 @@ def _name(rng: random.Random) -> str:
     if kind < 0.1:
         return "".join(rng.choice(string.ascii_letters) for _ in range(rng.randint(65, 120)))  # not cached
     if kind < 0.2:
-        return rng.choice(["é", "名前", "ключ", "a\"b", "tab\there", "\u2028", "emoji😀"]) + str(rng.randint(0, 9))
+        return rng.choice(["é", "名前", "ключ", 'a"b', "tab\there", "\u2028", "emoji😀"]) + str(rng.randint(0, 9))
     return "".join(rng.choice(string.ascii_lowercase + "_") for _ in range(rng.randint(0, 12)))
 
 

@@ -9,7 +9,6 @@ import warmslot
 from conftest import Client, concurrently, wait_for
 
 
-
 def test_a_blocked_key_does_not_hold_up_other_keys_and_its_backlog_runs_in_order(serve):
     app = warmslot.App()
     gate = threading.Event()
@@ -29,7 +28,9 @@ def test_a_blocked_key_does_not_hold_up_other_keys_and_its_backlog_runs_in_order
     def slow_client():
         with Client(server.host, server.port) as cc:
             for seq in range(6):
-                slow_results.append(cc.request("POST", "/hooks/p", {"k": "slow", "seq": seq}, {"Prefer": "respond-async"}))
+                slow_results.append(
+                    cc.request("POST", "/hooks/p", {"k": "slow", "seq": seq}, {"Prefer": "respond-async"})
+                )
 
     slow_client()  # six queued events of one key; the first one blocks its slot
     wait_for(lambda: server._core.pool(0)["busy"] == 1, 5, "the slow key to occupy one slot")

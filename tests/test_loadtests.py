@@ -323,9 +323,19 @@ def test_store_bench_runs_the_counter_bot_on_both_stores_and_checks_every_reply(
     _require_tool("wrk")
     out = tmp_path / "store.json"
     r = subprocess.run(
-        [sys.executable, os.path.join(LOADTESTS, "store_bench.py"), "--rounds", "1", "--duration", "1",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            os.path.join(LOADTESTS, "store_bench.py"),
+            "--rounds",
+            "1",
+            "--duration",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads(out.read_text())

@@ -36,7 +36,6 @@ def workers() -> list:
     return [c for c in children() if "warmslot.worker" in c[2]]
 
 
-
 def test_workers_are_warm_before_healthz_and_run_in_other_processes(serve):
     server, c = serve(process_bots.class_app)
     assert c.get("/healthz")[0] == 200
@@ -243,6 +242,7 @@ def test_a_slot_that_keeps_failing_to_warm_backs_off_and_healthz_says_so(serve, 
     assert c.get("/healthz")[0] == 200
     marker.write_text("x")
     assert c.post("flaky", {"exit": True})[0] == 500
+
     # The replacement cannot warm up: /healthz turns 503 and names the problem.
     def unhealthy():
         status, _, body = c.get("/healthz")
@@ -313,7 +313,8 @@ def test_workers_start_when_the_server_is_pid_1(tmp_path):
 def test_workers_decode_bodies_as_python_json_does_and_the_ingress_finds_the_key(serve):
     server, c = serve(process_bots.echo_app)
     bodies = [
-        b'{"user":"a","text":"caf\\u00e9 \\ud83d\\ude00","n":[1,-2,3.5,1e300,18446744073709551615,-9223372036854775808]}',
+        b'{"user":"a","text":"caf\\u00e9 \\ud83d\\ude00",'
+        b'"n":[1,-2,3.5,1e300,18446744073709551615,-9223372036854775808]}',
         b'{"user":7,"deep":{"x":[{"y":null},true,false,{}]},"s":"\\"\\\\\\/\\n"}',
         b'{"user":"first","z":1,"a":2,"user":"last"}',
         b'{"user":1.5e3,"unicode":"\xc3\xa9\xe2\x82\xac"}',
@@ -330,7 +331,12 @@ def test_workers_decode_bodies_as_python_json_does_and_the_ingress_finds_the_key
     keys = [c.post("echo", b, raw=True)[2]["key"] for b in bodies]
     assert keys == ["a", "7", "last", "1500.0", None, None]
     # What a worker could not decode is refused at the ingress, with the thread slots' errors.
-    for bad in [b'{"user":"x","n":' + b"9" * 400 + b"}", b"[" * 200 + b"]" * 200, b'{"user":"\\ud800"}', b'{"user":{}}']:
+    for bad in [
+        b'{"user":"x","n":' + b"9" * 400 + b"}",
+        b"[" * 200 + b"]" * 200,
+        b'{"user":"\\ud800"}',
+        b'{"user":{}}',
+    ]:
         status, _, reply = c.post("echo", bad, raw=True)
         assert status == 400, (bad[:30], reply)
         assert reply["error"]["code"] in ("invalid_json", "bad_request"), reply

@@ -188,10 +188,14 @@ def test_repeated_deliveries_run_once_across_servers(redis_url):
         with Client(nodes[1].host, nodes[1].port) as c:
             assert c.post("ledger", {"account": "dup", "amount": 0})[2] == 10, "applied once"
             # An async repeat on either server gets the same execution id.
-            status, _, body = c.post("ledger", {"account": "dup", "amount": 10}, {
-                "Idempotency-Key": "pay-1",
-                "Prefer": "respond-async",
-            })
+            status, _, body = c.post(
+                "ledger",
+                {"account": "dup", "amount": 10},
+                {
+                    "Idempotency-Key": "pay-1",
+                    "Prefer": "respond-async",
+                },
+            )
             assert (status, body["execution_id"]) == (202, results[0][1]["x-warmslot-execution-id"])
             # The record of an execution run by the other server is readable here too.
             assert c.get(f"/executions/{body['execution_id']}")[2]["result"] == 10

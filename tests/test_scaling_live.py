@@ -97,9 +97,7 @@ def test_predictive_beats_knative_kpa_on_recurring_bursts_live(serve):
     before = [_pool(server, i) for i in range(2)]
     results = _drive(server.port)
     after = [_pool(server, i) for i in range(2)]
-    (pred_cold, pred_idle), (kpa_cold, kpa_idle) = [
-        (a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before)
-    ]
+    (pred_cold, pred_idle), (kpa_cold, kpa_idle) = [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before)]
     slow = {name: sum(1 for _, lat in r if lat > SLOW_S) for name, r in results.items()}
     errors = {name: [s for s, _ in r if s != 200] for name, r in results.items()}
     figures = (

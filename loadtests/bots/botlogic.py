@@ -37,6 +37,7 @@ def _timed(n: int) -> float:
     burn(n)
     return time.perf_counter() - t0
 
+
 # conversation key -> {"history": [...]}; lives in the serving process (one dict per worker process).
 STATES: dict[str, dict] = {}
 

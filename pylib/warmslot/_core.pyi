@@ -4,7 +4,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __version__: str
 
-Runner = Callable[[str, Optional[str], Any, Any, Dict[str, str], float, Optional[float]], Tuple[bool, Any, Any]]
+Runner = Callable[
+    [str, Optional[str], Any, Any, Callable[[], Dict[str, str]], float, Optional[float]], Tuple[bool, Any, Any]
+]
 
 class Core:
     """The engine: HTTP ingress, per-pipeline intake (ring + per-key lanes), slot pools."""
@@ -70,9 +72,11 @@ class Job:
 def hmac_sha256_hex(secret: bytes, parts: List[bytes]) -> str: ...
 def loads(data: bytes) -> Any:
     """Parses JSON with the server's own parser (the ingress's grammar and limits)."""
+
 def decode_batch(
     payload: bytes,
 ) -> List[Tuple[int, str, Optional[str], Any, Optional[bytes], Callable[[], Dict[str, str]], float, Optional[float]]]:
     """A batch frame's events: (index, execution_id, key, event, state JSON bytes or None,
     headers (call it for the dict), received_at, remaining)."""
+
 def encode_result(index: int, kind: int, a: bytes = b"", b: Optional[bytes] = None) -> bytes: ...

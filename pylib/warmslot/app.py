@@ -268,7 +268,9 @@ class App:
             missing_key=missing_key,
         )
         if not (isinstance(dedupe, (bool, str)) or callable(dedupe)) or dedupe == "":
-            raise TypeError(f"dedupe must be True, False, a body field name or a callable(event) -> str, got {dedupe!r}")
+            raise TypeError(
+                f"dedupe must be True, False, a body field name or a callable(event) -> str, got {dedupe!r}"
+            )
         dedupe_window = check_seconds("dedupe_window", dedupe_window)
         retries = check_count("retries", retries, minimum=0)
         retry_backoff = check_seconds("retry_backoff", retry_backoff)
@@ -349,7 +351,10 @@ class App:
                 flush=True,
             )
             if self.admin_token:
-                print("warmslot: /metrics, /stats, /dashboard and /executions/* need Authorization: Bearer <admin token>", flush=True)
+                print(
+                    "warmslot: /metrics, /stats, /dashboard and /executions/* need Authorization: Bearer <admin token>",
+                    flush=True,
+                )
             while not stop.wait(0.5):
                 pass
         except KeyboardInterrupt:

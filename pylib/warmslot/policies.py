@@ -304,10 +304,11 @@ class PredictivePolicy:
     half second is not yet known as a burst, the target is not raised from averages its queue
     inflates: the burst is served by the slots there are, those learned from earlier bursts,
     and the backlog rule, which then waits until the queue would outlast ``burst_patience``
-    seconds (1.5; or ``backlog_factor`` warm-ups if longer): slots started for a short burst are warm when most of it has arrived, and the
-    events they take are cold starts. A burst that ended is sized by its events' work spread
-    over the time they arrived in plus ``backlog_factor`` warm-ups, and at least its peak one-second arrival
-    rate x ``S`` (one arriving over more than 4 warm-ups as steady load); one lasting over
+    seconds (1.5; or ``backlog_factor`` warm-ups if longer): slots started for a short burst are
+    warm when most of it has arrived, and the events they take are cold starts. A burst that
+    ended is sized by its events' work spread over the time they arrived in plus
+    ``backlog_factor`` warm-ups, and at least its peak one-second arrival rate x ``S`` (one
+    arriving over more than 4 warm-ups as steady load); one lasting over
     ``max_burst_s`` (30 s) is a shift of the load, not a burst, and becomes the background.
     The idle gaps between bursts go into a histogram. Once ``min_history`` (4) gaps are known
     and their 5th percentile is at least ``min_gap_ratio`` (0.5) of their median, the pattern

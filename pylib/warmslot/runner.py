@@ -79,9 +79,7 @@ class EventRunner:
         self.debug = debug
         self._warned_unkeyed = False
 
-    def context(
-        self, execution_id: str, key: Optional[str], state: Any, headers: Any, received_at: float
-    ) -> Context:
+    def context(self, execution_id: str, key: Optional[str], state: Any, headers: Any, received_at: float) -> Context:
         spec = self.spec
         if key is None and spec.keyed and not self._warned_unkeyed:
             self._warned_unkeyed = True
@@ -92,7 +90,9 @@ class EventRunner:
                 spec.key if isinstance(spec.key, str) else "a callable",
             )
         state = state if isinstance(state, dict) else {}
-        return Context(execution_id, received_at, headers, state, key if spec.keyed else None, self.resources, spec.name)
+        return Context(
+            execution_id, received_at, headers, state, key if spec.keyed else None, self.resources, spec.name
+        )
 
     def prepare(
         self, execution_id: str, key: Optional[str], state: Any, headers: Any, received_at: float
@@ -185,7 +185,11 @@ class EventRunner:
             try:
                 reply = _dumps(result, _default, _OPTS)
             except Exception as exc:
-                return (False, "pipeline_error", f"the return value of pipeline {spec.name!r} is not JSON: {safe_text(exc)}")
+                return (
+                    False,
+                    "pipeline_error",
+                    f"the return value of pipeline {spec.name!r} is not JSON: {safe_text(exc)}",
+                )
             if ctx.key is None:
                 return (True, reply, None)
             new_state = ctx.state

@@ -331,7 +331,9 @@ class PipelineRuntime:
             except BaseException as exc:
                 try:
                     if not job.done:
-                        job.fail("pipeline_error", f"internal error while finishing the execution: {type(exc).__name__}")
+                        job.fail(
+                            "pipeline_error", f"internal error while finishing the execution: {type(exc).__name__}"
+                        )
                 except BaseException:
                     pass
             finally:

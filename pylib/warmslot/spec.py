@@ -266,16 +266,15 @@ class PipelineSpec:
         if self.reply not in ("sync", "async"):
             raise ValueError(f"pipeline {self.name!r}: reply must be 'sync' or 'async', got {self.reply!r}")
         if self.isolation not in (None, "thread", "process"):
-            raise ValueError(
-                f"pipeline {self.name!r}: isolation must be 'thread' or 'process', got {self.isolation!r}"
-            )
+            raise ValueError(f"pipeline {self.name!r}: isolation must be 'thread' or 'process', got {self.isolation!r}")
         for arg in ("concurrency", "max_executions", "max_memory_mb"):
             v = getattr(self, arg)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"pipeline {self.name!r}: {arg} must be a positive integer, got {v!r}")
         if self.concurrency > 1 and not self.is_async:
             raise ValueError(
-                f"pipeline {self.name!r}: concurrency > 1 needs an async pipeline (a sync slot runs one event at a time)"
+                f"pipeline {self.name!r}: concurrency > 1 needs an async pipeline "
+                "(a sync slot runs one event at a time)"
             )
         if self.scaling_options is not None and not isinstance(self.scaling_options, dict):
             raise TypeError(f"pipeline {self.name!r}: scaling_options must be a dict, got {self.scaling_options!r}")

@@ -76,7 +76,8 @@ impl PyJob {
         Ok(self.job()?.exec.key.as_deref().map(str::to_string))
     }
 
-    /// The event: the body, parsed by the parser the ingress checked it with.
+    /// The event: the body, parsed by the parser the ingress checked it with (again at every
+    /// access: read it once).
     #[getter]
     fn event<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         crate::value::loads(py, &self.job()?.body)

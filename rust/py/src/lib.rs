@@ -174,8 +174,8 @@ impl Core {
         self.engine.pipelines().get(index).ok_or_else(|| PyValueError::new_err(format!("no pipeline {index}")))
     }
 
-    /// A pipeline whose code runs in this interpreter: only those get parsed documents (process
-    /// pipelines' events carry `Null`; their workers parse the bytes).
+    /// A pipeline whose code runs in this interpreter (thread slots); a process pipeline's events
+    /// are run by its worker processes only.
     fn thread_pipeline(&self, index: usize) -> PyResult<&Arc<warmslot_core::runtime::pipeline::Pipeline>> {
         let p = self.pipeline(index)?;
         if p.config.isolation != Isolation::Thread {

@@ -59,10 +59,10 @@ pub fn check(body: &[u8], key_field: Option<&str>, document: bool) -> Result<(Va
 }
 
 /// Validates `body` and returns only its key, as [`parse`] does, without building the document
-/// (for pipelines whose worker processes parse the body themselves).
+/// (the slot parses the body itself, straight into Python objects).
 // NOTE: the same parser makes the same visits as `parse`, so both accept exactly the same inputs
-// and find the same key; `scan_agrees_with_parse` checks a corpus. Building the `Value` that a
-// process pipeline never uses cost the I/O thread about 2 µs per light event (perf).
+// and find the same key; `scan_agrees_with_parse` checks a corpus. Building a `Value` that no slot
+// uses cost the I/O thread about 2 µs per light event (perf).
 pub fn scan(body: &[u8], key_field: Option<&str>) -> Result<Option<String>, EventError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let found = KeyScan(key_field)

@@ -417,6 +417,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
     // (hyper then drops this future) cannot leave an event journaled but never admitted. Without
     // a journal there is nothing to wait for: `journal_and_admit` ends in its first poll, so it runs
     // here (a spawned task per request: an allocation, a schedule and a wake; see the NOTE above).
+    // A panic in admission (a bug) then ends this connection instead of answering 500.
     let admit = journal_and_admit(
         engine.clone(),
         pipeline.clone(),
@@ -452,7 +453,7 @@ async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engi
 
 /// Journals `job` first when `journaled` (the event is in the store, SQLite's file or Redis,
 /// before its 202), then admits it to its pipeline's intake; on refusal, undoes the delivery
-/// claim. Runs as its own task.
+/// claim. Runs as its own task when it journals (see the NOTE in `hook`).
 async fn journal_and_admit(
     engine: Arc<Engine>,
     pipeline: Arc<Pipeline>,

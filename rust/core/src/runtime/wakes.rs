@@ -12,9 +12,11 @@
 //!   before it waits (both `SeqCst`). Either it sees the push, or the producer sees `true` and
 //!   rings the bell (`Notify::notify_one` keeps a permit for a task not yet waiting).
 //! - Without a drain task (no runtime yet, or it stopped), or on a runtime thread, executions are
-//!   notified at once by the finishing thread. A drain task that stops notifies what it still
-//!   holds; the only waiters of executions are tasks of the I/O runtime, so a push that races
-//!   with the runtime's end has no waiter left to wake.
+//!   notified at once by the finishing thread. A drain task that stops (its runtime ends) stops
+//!   counting in `running`, then notifies what the queue holds; a producer that pushed after its
+//!   first look at `running` looks again after the push and empties the queue itself when it sees
+//!   0 (both `SeqCst`: either the drain's pops see the push or the producer sees 0). So nothing
+//!   stays queued.
 
 // NOTE: a task woken from outside a current-thread tokio runtime costs a lock of the runtime's
 // inject queue and a write to its eventfd, every time (tokio 1.54 `current_thread::schedule`).
@@ -53,6 +55,14 @@ impl Wakes {
             return;
         }
         self.queue.push(exec.clone());
+        if self.running.load(Ordering::SeqCst) == 0 {
+            // The drain task ended after our first look: its last pops may have missed this push
+            // (and a queued execution would keep its pipeline alive through `wakes`).
+            while let Some(exec) = self.queue.pop() {
+                exec.notify_waiters();
+            }
+            return;
+        }
         if self.asleep.swap(false, Ordering::SeqCst) {
             self.bell.notify_one();
         }
@@ -109,52 +119,100 @@ mod tests {
         (p.clone(), execs.collect())
     }
 
-    /// Executions finished by other threads, in bursts and one by one, wake every waiter: none is
-    /// lost between the drain task's last look at the queue and its sleep.
+    /// Executions finished by other threads in bursts wake every waiter. Each round ends in
+    /// silence, so a wake-up lost between the drain task's last look at the queue and its sleep
+    /// is not rescued by a later push: the round's waiters time out.
     #[test]
     fn every_waiter_wakes_when_other_threads_finish() {
         let (p, execs) = executions(20_000);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let finishers: Vec<_> = (0..2)
+            .map(|t| {
+                let (tx, rx) = std::sync::mpsc::channel::<Vec<Arc<Execution>>>();
+                let thread = std::thread::spawn(move || {
+                    for (round, burst) in rx.into_iter().enumerate() {
+                        for (i, e) in burst.iter().enumerate() {
+                            assert!(e.abandon(ErrorCode::PipelineError, format!("{t}/{i}")));
+                            // Uneven gaps, so pushes land anywhere in the drain task's cycle.
+                            let spin = Instant::now() + Duration::from_micros(((round * 7 + i * 13) % 23) as u64);
+                            while Instant::now() < spin {
+                                std::hint::spin_loop();
+                            }
+                        }
+                    }
+                });
+                (tx, thread)
+            })
+            .collect();
         rt.block_on(async {
             tokio::spawn(p.wakes.clone().drain());
             tokio::task::yield_now().await; // the drain task runs (and counts itself) first
             assert_eq!(p.wakes.running.load(std::sync::atomic::Ordering::SeqCst), 1);
-            let waiters: Vec<_> = execs
-                .iter()
-                .map(|e| {
-                    let e = e.clone();
-                    tokio::spawn(async move { e.wait().await.0.clone() })
-                })
-                .collect();
-            let finishers: Vec<_> = execs
-                .chunks(5_000)
-                .enumerate()
-                .map(|(t, chunk)| {
-                    let chunk = chunk.to_vec();
-                    std::thread::spawn(move || {
-                        for (i, e) in chunk.iter().enumerate() {
-                            assert!(e.abandon(ErrorCode::PipelineError, format!("{t}/{i}")));
-                            if i % 97 == 0 {
-                                std::thread::sleep(Duration::from_micros(200)); // let the drain sleep
-                            }
-                        }
+            for (round, chunk) in execs.chunks(40).enumerate() {
+                let waiters: Vec<_> = chunk
+                    .iter()
+                    .map(|e| {
+                        let e = e.clone();
+                        tokio::spawn(async move { e.wait().await.0.clone() })
                     })
-                })
-                .collect();
-            for w in waiters {
-                let outcome = tokio::time::timeout(Duration::from_secs(20), w).await;
-                assert!(
-                    matches!(outcome, Ok(Ok(crate::runtime::execution::Outcome::Failed { .. }))),
-                    "a waiter was not woken"
-                );
-            }
-            for f in finishers {
-                f.join().unwrap();
+                    .collect();
+                let (a, b) = chunk.split_at(chunk.len() / 2);
+                finishers[0].0.send(a.to_vec()).unwrap();
+                finishers[1].0.send(b.to_vec()).unwrap();
+                for w in waiters {
+                    let outcome = tokio::time::timeout(Duration::from_secs(10), w).await;
+                    assert!(
+                        matches!(outcome, Ok(Ok(crate::runtime::execution::Outcome::Failed { .. }))),
+                        "round {round}: a waiter was not woken"
+                    );
+                }
             }
         });
+        for (tx, thread) in finishers {
+            drop(tx);
+            thread.join().unwrap();
+        }
         drop(rt); // drops the drain task: it no longer counts, later finishes notify at once
         assert_eq!(p.wakes.running.load(std::sync::atomic::Ordering::SeqCst), 0);
         assert!(p.wakes.queue.is_empty());
+    }
+
+    /// One execution at a time, finished by another thread while its waiter waits: a missed
+    /// wake-up shows at once (no later push would rescue it). Executions finished on the runtime
+    /// thread itself are woken directly, never queued.
+    #[test]
+    fn one_at_a_time_every_waiter_wakes() {
+        let (p, execs) = executions(3_000);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (to_finisher, finish) = std::sync::mpsc::channel::<Arc<Execution>>();
+        let finisher = std::thread::spawn(move || {
+            for e in finish {
+                assert!(e.abandon(ErrorCode::PipelineError, "x".into()));
+            }
+        });
+        rt.block_on(async {
+            tokio::spawn(p.wakes.clone().drain());
+            tokio::task::yield_now().await;
+            for (i, e) in execs.iter().enumerate() {
+                let waiter = {
+                    let e = e.clone();
+                    tokio::spawn(async move { e.wait().await.0.clone() })
+                };
+                if i % 2 == 0 {
+                    to_finisher.send(e.clone()).unwrap();
+                } else {
+                    assert!(e.abandon(ErrorCode::PipelineError, "here".into()));
+                    assert!(p.wakes.queue.is_empty(), "finished on the runtime thread: woken directly");
+                }
+                let outcome = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+                assert!(
+                    matches!(outcome, Ok(Ok(crate::runtime::execution::Outcome::Failed { .. }))),
+                    "execution {i}: its waiter was not woken"
+                );
+            }
+        });
+        drop(to_finisher);
+        finisher.join().unwrap();
     }
 
     /// Without a drain task (no I/O runtime), the finishing thread wakes the waiters itself.
