@@ -81,8 +81,16 @@ enum Found {
     Bad(&'static str),
 }
 
-/// Visits a whole document, keeping only its top-level field `.0`.
+/// Visits a whole document, keeping only its top-level field `.0`. `KeyScan(None)` parses a value
+/// as `parse` does and drops it (the scan's nested values and skipped fields).
+// NOTE: not serde's `IgnoredAny`: serde_json skips what it ignores without the checks of a real
+// parse (string escapes and UTF-8, numbers out of range, nesting depth), and the ingress must
+// refuse exactly what the slot cannot decode.
+#[derive(Clone, Copy)]
 struct KeyScan<'a>(Option<&'a str>);
+
+/// Parses a value and drops it.
+const SKIP: KeyScan<'static> = KeyScan(None);
 
 impl<'de> DeserializeSeed<'de> for KeyScan<'_> {
     type Value = Found;
@@ -116,7 +124,7 @@ impl<'de> Visitor<'de> for KeyScan<'_> {
         Ok(Found::Key(None))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
+        while seq.next_element_seed(SKIP)?.is_some() {}
         Ok(Found::Key(None))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
@@ -125,59 +133,10 @@ impl<'de> Visitor<'de> for KeyScan<'_> {
             if is_key {
                 found = map.next_value_seed(KeyValue)?; // the last of duplicate fields wins
             } else {
-                map.next_value_seed(Skip)?;
+                map.next_value_seed(SKIP)?;
             }
         }
         Ok(found)
-    }
-}
-
-/// Parses a value as `parse` does and drops it.
-// NOTE: not serde's `IgnoredAny`: serde_json skips what it ignores without the checks of a real
-// parse (string escapes and UTF-8, numbers out of range, nesting depth), and the ingress must
-// refuse exactly what the slot cannot decode.
-struct Skip;
-
-impl<'de> DeserializeSeed<'de> for Skip {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Skip {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key_seed(Skip)?.is_some() {
-            map.next_value_seed(Skip)?;
-        }
-        Ok(())
     }
 }
 
@@ -240,12 +199,12 @@ impl<'de> Visitor<'de> for KeyValue {
         Ok(Found::Key(None))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
+        while seq.next_element_seed(SKIP)?.is_some() {}
         Ok(Found::Bad("an array"))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
-        while map.next_key_seed(Skip)?.is_some() {
-            map.next_value_seed(Skip)?;
+        while map.next_key_seed(SKIP)?.is_some() {
+            map.next_value_seed(SKIP)?;
         }
         Ok(Found::Bad("an object"))
     }
