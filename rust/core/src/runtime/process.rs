@@ -113,13 +113,11 @@ struct FrameReader {
     end: usize,
     /// The socket's read timeout as last set (`None` before the first).
     timeout: Option<Option<Duration>>,
-    /// How long to poll for a frame before a blocking read (`ProcessBackend::run` sets it).
-    spin: Duration,
 }
 
 impl Default for FrameReader {
     fn default() -> Self {
-        FrameReader { buf: vec![0; 64 * 1024], start: 0, end: 0, timeout: None, spin: Duration::ZERO }
+        FrameReader { buf: vec![0; 64 * 1024], start: 0, end: 0, timeout: None }
     }
 }
 
@@ -201,12 +199,14 @@ impl FrameReader {
     }
 
     /// Reads one frame. `wait` bounds the wait when no frame has begun; once one has, the rest is
-    /// read with `rest` as the bound (so a timeout never splits a frame).
+    /// read with `rest` as the bound (so a timeout never splits a frame). Before a blocking read
+    /// for a frame not yet begun, polls for up to `spin` (within `wait`).
     fn next(
         &mut self,
         sock: &mut UnixStream,
         wait: Option<Duration>,
         rest: Option<Duration>,
+        spin: Duration,
     ) -> std::io::Result<Vec<u8>> {
         loop {
             if let Some(frame) = self.take()? {
@@ -225,9 +225,9 @@ impl FrameReader {
                 let grown = (self.buf.len() * 2).min(MAX_FRAME + 4).max(self.end + 16 * 1024);
                 self.buf.resize(grown, 0);
             }
-            if self.spin > Duration::ZERO
+            if spin > Duration::ZERO
                 && !begun
-                && self.poll(sock, Instant::now() + wait.map_or(self.spin, |w| w.min(self.spin)))?
+                && self.poll(sock, Instant::now() + wait.map_or(spin, |w| w.min(spin)))?
             {
                 continue;
             }
@@ -520,8 +520,8 @@ impl Backend for ProcessBackend {
             // Poll only while results come fast and one came just now (not through a slow event).
             let spin_us = self.spin.as_secs_f64() * 1e6;
             let fast = self.result_gap_us < spin_us && last_result.elapsed() < self.spin;
-            self.reader.spin = if fast { self.spin } else { Duration::ZERO };
-            let frame = match self.reader.next(&mut self.sock, wait, rest) {
+            let poll = if fast { self.spin } else { Duration::ZERO };
+            let frame = match self.reader.next(&mut self.sock, wait, rest, poll) {
                 Ok(f) => f,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     // A timeout may end a little early (see `set_timeout`): commit only when due.
