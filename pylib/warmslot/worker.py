@@ -103,12 +103,6 @@ def main(argv: List[str]) -> int:
         return 1
     sock.sendall(_core.encode_result(HELLO, READY))
 
-    def encode(i: int, result: tuple) -> bytes:
-        ok, a, b = result
-        if ok:
-            return _core.encode_result(i, 0, a, b)
-        return _core.encode_result(i, 1, a.encode(), b.encode("utf-8", "backslashreplace"))
-
     if loop is not None:
         return loop.run_until_complete(_serve_async(sock, runner))
     # NOTE: the per-event loop uses local names and unpacks each event once (no slicing, no
@@ -132,7 +126,7 @@ def main(argv: List[str]) -> int:
                 remaining -= monotonic() - received
                 if remaining <= 0:
                     # Answered 504 while it waited behind its batch-mates: do not run it.
-                    send(encode(index, (False, "pipeline_timeout", "the deadline passed before the run started")))
+                    send(encode_result(index, 1, b"pipeline_timeout", b"the deadline passed before the run started"))
                     continue
             ok, a, b = run_sync(execution_id, key, event, state, headers, received_at, remaining)
             if ok:

@@ -552,7 +552,7 @@ fn decode_batch<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Vec<Bound<'py,
         let event = value::loads(py, ev.body)?;
         let state = ev.state.map(|s| PyBytes::new(py, s));
         let pairs = ev.headers.iter().map(|(k, v)| (Box::<str>::from(*k), Box::<[u8]>::from(*v))).collect();
-        let headers = Bound::new(py, thread_slot::LazyHeaders::new(thread_slot::RawHeaders::Pairs(pairs)))?;
+        let headers = Bound::new(py, thread_slot::LazyHeaders(thread_slot::RawHeaders::Pairs(pairs)))?;
         out.push((ev.index, ev.id, ev.key, event, state, headers, ev.received_unix, ev.remaining).into_pyobject(py)?);
     }
     Ok(out)

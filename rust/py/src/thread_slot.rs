@@ -23,10 +23,18 @@ pub struct ThreadBackend {
 /// results it holds for a store that commits after the batch are not held up for long.
 const BATCH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// The request headers as a dict (values decoded lossily; a repeated name keeps its last value).
 pub fn headers_dict<'py>(py: Python<'py>, headers: &warmslot_core::http::HeaderMap) -> PyResult<Bound<'py, PyDict>> {
+    pairs_dict(py, headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+}
+
+fn pairs_dict<'py, 'a>(
+    py: Python<'py>,
+    pairs: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    for (k, v) in headers.iter() {
-        d.set_item(k.as_str(), String::from_utf8_lossy(v.as_bytes()))?;
+    for (k, v) in pairs {
+        d.set_item(k, String::from_utf8_lossy(v))?;
     }
     Ok(d)
 }
@@ -38,7 +46,7 @@ fn error(code: ErrorCode, message: String) -> RunResult {
 /// The request headers of one event, turned into a dict only if the pipeline reads
 /// `ctx.headers` (most do not; building it for every event cost more than the bot's own work).
 #[pyclass(module = "warmslot._core", frozen)]
-pub struct LazyHeaders(RawHeaders);
+pub struct LazyHeaders(pub RawHeaders);
 
 /// Headers as the slot has them: the request's (thread slots) or a batch frame's (workers).
 pub enum RawHeaders {
@@ -46,24 +54,12 @@ pub enum RawHeaders {
     Pairs(Vec<(Box<str>, Box<[u8]>)>),
 }
 
-impl LazyHeaders {
-    pub fn new(raw: RawHeaders) -> Self {
-        LazyHeaders(raw)
-    }
-}
-
 #[pymethods]
 impl LazyHeaders {
     fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         match &self.0 {
             RawHeaders::Map(map) => headers_dict(py, map),
-            RawHeaders::Pairs(pairs) => {
-                let d = PyDict::new(py);
-                for (k, v) in pairs {
-                    d.set_item(&**k, String::from_utf8_lossy(v))?;
-                }
-                Ok(d)
-            }
+            RawHeaders::Pairs(pairs) => pairs_dict(py, pairs.iter().map(|(k, v)| (&**k, &**v))),
         }
     }
 }
