@@ -81,25 +81,20 @@ def concurrently(n: int, fn: Callable[[int], Any]) -> List[Any]:
     return results
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> None:
-    """Polls `cond` until it is true; fails the test after `timeout` seconds, naming `what`."""
+def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Polls `cond` until it returns something true, and returns that; fails the test after
+    `timeout` seconds, naming `what`."""
     deadline = time.monotonic() + timeout
-    while not cond():
+    while not (value := cond()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.005)
+    return value
 
 
 def poll(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Polls `fn` until it returns something true, and returns that; fails the test after
-    `timeout` seconds, naming `what`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    """`wait_for` with a default timeout (30 s), for servers that answer over HTTP."""
+    return wait_for(fn, timeout, what)
 
 
 @pytest.fixture

@@ -4,19 +4,10 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 import warmslot
-
-
-def poll(fn, deadline_s: float = 10.0):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
+from conftest import poll
 
 
 def test_memory_store_evicts_the_least_recently_used_key(serve):
@@ -50,7 +41,7 @@ def test_execution_records_stay_within_max_record_bytes(serve):
         status, _, body = c.get(f"/executions/{exec_id}")
         return status, body
 
-    last = poll(lambda: record(ids[-1])[1].get("status") == "succeeded" and record(ids[-1]))
+    last = poll(lambda: record(ids[-1])[1].get("status") == "succeeded" and record(ids[-1]), 10.0, "the last record")
     assert last[1]["result"]["i"] == 11
     statuses = [record(i)[0] for i in ids]
     assert statuses[0] == 404, "the oldest records were evicted to stay within the byte budget"
