@@ -559,6 +559,13 @@ def _specs() -> dict:
             env=(("WARMSLOT_ISOLATION", "process"),),
         ),
         SystemSpec(
+            "warmslot-process-other",
+            "warmslot",
+            "warmslot, process slots under the default scheduling policy (sched_batch=False)",
+            start_warmslot,
+            env=(("WARMSLOT_ISOLATION", "process"), ("WARMSLOT_SCHED_BATCH", "0")),
+        ),
+        SystemSpec(
             "warmslot-spin0",
             "warmslot",
             "warmslot, thread slots, spin_us=0 (idle threads park at once)",

@@ -166,3 +166,12 @@ def echo(event, ctx):
 def once(event, ctx):
     ctx.state["runs"] = ctx.state.get("runs", 0) + 1
     return {"runs": ctx.state["runs"]}
+
+
+# Process slots under the default scheduling policy (App(sched_batch=False)).
+nobatch_app = warmslot.App(sched_batch=False)
+
+
+@nobatch_app.pipeline("plain", isolation="process")
+def plain(event, ctx):
+    return {"pid": os.getpid()}

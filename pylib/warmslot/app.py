@@ -12,7 +12,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
 
-from . import _core, _json
+from . import _core, _json, sched
 from .predictor import Autoscaler
 from .slots import PipelineRuntime
 from .spec import KeySpec, PipelineSpec, Signature, check_count, check_name, check_options, check_seconds
@@ -88,6 +88,13 @@ class App:
     store (SQLite, Redis) keeps finished execution records (and so answers repeated deliveries), besides
     the ``max_records`` bound. ``sqlite_synchronous``: ``"normal"`` (default: a commit survives a
     crash of the process, a power cut may lose the last ones) or ``"full"`` (fsync every commit).
+
+    ``sched_batch``: on Linux, run the server's threads and worker processes under the
+    ``SCHED_BATCH`` scheduling policy (same CPU share; a thread that wakes up waits for a busy CPU's
+    current slice instead of preempting it). ``None`` (the default) does so when a pipeline uses
+    process slots, where it saves the CPU that waking the server's threads cost the workers when
+    every core is busy; ``True`` always, ``False`` never. Nothing changes when the thread that starts
+    the server runs another policy than the default one (see ``warmslot.sched`` and the README).
     """
 
     def __init__(
@@ -111,6 +118,7 @@ class App:
         isolation: str = "thread",
         records_ttl: float = 7 * 86400.0,
         sqlite_synchronous: str = "normal",
+        sched_batch: Optional[bool] = None,
     ) -> None:
         if not isinstance(state, str):
             raise TypeError(f"state must be a str such as 'memory' or 'sqlite:///state.db', got {type(state).__name__}")
@@ -129,6 +137,9 @@ class App:
         self.max_connections = check_count("max_connections", max_connections)
         self.drain_timeout = check_seconds("drain_timeout", drain_timeout) if drain_timeout != 0 else 0.0
         self.spin_us = check_count("spin_us", spin_us, minimum=0)
+        if sched_batch is not None and not isinstance(sched_batch, bool):
+            raise TypeError(f"sched_batch must be True, False or None, got {sched_batch!r}")
+        self.sched_batch = sched_batch
         if admin_token is None:
             admin_token = os.environ.get("WARMSLOT_ADMIN_TOKEN") or None
         elif not isinstance(admin_token, str) or not admin_token.strip():
@@ -460,19 +471,23 @@ class Server:
         dedupe_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
             _key_fn(s.dedupe) if callable(s.dedupe) and not isinstance(s.dedupe, bool) else None for s in specs
         ]
-        self._core = _core.Core(config, configs, key_fns, dedupe_fns)
-        self.host, self.port = self._core.start()
-        self._stopped = False
-        self._lock = threading.Lock()
-        blocking = app.sqlite_path is not None or app.redis_url is not None  # stores that do I/O
-        self.runtimes = [
-            PipelineRuntime(self._core, i, s, app.debug, app.spin_us, blocking, iso)
-            for i, (s, iso) in enumerate(zip(specs, isolation))
-        ]
-        for rt in self.runtimes:
-            rt.start()
-        self.autoscaler = Autoscaler(self._core, self.runtimes)
-        self.autoscaler.start()
+        # Every thread started here (and every worker process its slot threads spawn) inherits
+        # the policy of this block (see `warmslot.sched`).
+        batch = app.sched_batch if app.sched_batch is not None else bool(process)
+        with sched.batch_policy(batch) as self.sched_batch:
+            self._core = _core.Core(config, configs, key_fns, dedupe_fns)
+            self.host, self.port = self._core.start()
+            self._stopped = False
+            self._lock = threading.Lock()
+            blocking = app.sqlite_path is not None or app.redis_url is not None  # stores that do I/O
+            self.runtimes = [
+                PipelineRuntime(self._core, i, s, app.debug, app.spin_us, blocking, iso)
+                for i, (s, iso) in enumerate(zip(specs, isolation))
+            ]
+            for rt in self.runtimes:
+                rt.start()
+            self.autoscaler = Autoscaler(self._core, self.runtimes)
+            self.autoscaler.start()
         _running.add(self)
 
     @property
