@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import threading
 
 import process_bots
@@ -10,33 +12,41 @@ import pytest
 import warmslot
 from warmslot import sched
 
-pytestmark = pytest.mark.skipif(not sched.supported(), reason="SCHED_BATCH is a Linux policy")
+linux = pytest.mark.skipif(sys.platform != "linux", reason="SCHED_BATCH is a Linux policy")
 
 
-@pytest.fixture(autouse=True)
-def allowed() -> None:
-    with sched.batch_policy() as switched:
-        if not switched:
-            pytest.skip("this system refuses SCHED_BATCH to this thread (or it runs another policy)")
+@pytest.fixture
+def batch_allowed() -> None:
+    """Skips where the kernel refuses SCHED_BATCH to this thread (asked directly, not through
+    the code under test); leaves the thread under the default policy."""
+    assert sched.policy() == os.SCHED_OTHER, "the tests start under the default policy"
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as exc:
+        pytest.skip(f"this system refuses SCHED_BATCH: {exc}")
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
-def io_threads() -> list:
+def io_threads() -> set:
     """Native ids of this process's HTTP threads (named by the core)."""
-    out = []
+    out = set()
     for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/comm") as f:
-            if f.read().strip() == "warmslot-io":
-                out.append(int(tid))
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() == "warmslot-io":
+                    out.add(int(tid))
+        except OSError:
+            continue
     return out
 
 
-def slot_threads(pipeline: str) -> list:
-    return [t.native_id for t in threading.enumerate() if t.name.startswith(f"warmslot-{pipeline}-")]
+def slot_threads(pipeline: str) -> set:
+    return {t.native_id for t in threading.enumerate() if t.name.startswith(f"warmslot-{pipeline}-")}
 
 
-def worker_pids() -> list:
+def worker_pids() -> set:
     me = str(os.getpid())
-    out = []
+    out = set()
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/stat") as f:
@@ -46,36 +56,54 @@ def worker_pids() -> list:
         except (OSError, IndexError):
             continue
         if ppid == me and b"warmslot.worker" in cmd:
-            out.append(int(entry))
+            out.add(int(entry))
     return out
 
 
-def policies(ids: list) -> set:
+def policies(ids: set) -> set:
     assert ids, "nothing to look at"
     return {sched.policy(i) for i in ids}
 
 
-def test_process_slots_run_the_server_and_its_workers_under_sched_batch(serve):
-    assert sched.policy() == os.SCHED_OTHER
+def new(before: set, now: set) -> set:
+    """The threads or processes of the server under test (another test's may still be around)."""
+    return now - before
+
+
+@linux
+def test_process_slots_run_the_server_and_its_workers_under_sched_batch(serve, batch_allowed):
+    io_before, workers_before = io_threads(), worker_pids()
     server, c = serve(process_bots.echo_app)
     assert c.post("echo", {"user": "a"})[0] == 200
-    assert server.sched_batch is True
-    assert policies(io_threads()) == {os.SCHED_BATCH}
+    assert server.sched_switched is True
+    assert policies(new(io_before, io_threads())) == {os.SCHED_BATCH}
     assert policies(slot_threads("echo")) == {os.SCHED_BATCH}
-    assert policies(worker_pids()) == {os.SCHED_BATCH}, "workers inherit it from their slot thread"
+    workers = new(workers_before, worker_pids())
+    assert policies(workers) == {os.SCHED_BATCH}, "workers inherit it from their slot thread"
     assert sched.policy() == os.SCHED_OTHER, "the thread that started the server gets its policy back"
 
+    # Slots added later from this (default-policy) thread get it too, and so do their workers.
+    before = slot_threads("echo")
+    assert server.grow("echo", 2) == 1
+    assert c.post("echo", {"user": "b"})[0] == 200
+    assert policies(slot_threads("echo") - before) == {os.SCHED_BATCH}
+    assert policies(new(workers_before | workers, worker_pids())) == {os.SCHED_BATCH}
+    assert sched.policy() == os.SCHED_OTHER
 
-def test_sched_batch_false_keeps_the_default_policy(serve):
+
+@linux
+def test_sched_batch_false_keeps_the_default_policy(serve, batch_allowed):
+    io_before, workers_before = io_threads(), worker_pids()
     server, c = serve(process_bots.nobatch_app)
     assert c.post("plain", {})[0] == 200
-    assert server.sched_batch is False
-    assert policies(io_threads()) == {os.SCHED_OTHER}
+    assert server.sched_switched is False
+    assert policies(new(io_before, io_threads())) == {os.SCHED_OTHER}
     assert policies(slot_threads("plain")) == {os.SCHED_OTHER}
-    assert policies(worker_pids()) == {os.SCHED_OTHER}
+    assert policies(new(workers_before, worker_pids())) == {os.SCHED_OTHER}
 
 
-def test_thread_slots_keep_the_default_policy_unless_asked(serve):
+@linux
+def test_thread_slots_keep_the_default_policy_unless_asked(serve, batch_allowed):
     for asked, expected in ((None, os.SCHED_OTHER), (True, os.SCHED_BATCH)):
         app = warmslot.App(sched_batch=asked)
 
@@ -83,26 +111,48 @@ def test_thread_slots_keep_the_default_policy_unless_asked(serve):
         def t(event, ctx):
             return {"policy": sched.policy()}
 
+        io_before = io_threads()
         server, c = serve(app)
         status, _, body = c.post("t", {})
         assert status == 200
         assert body["policy"] == expected, "the pipeline runs on a slot thread"
-        assert policies(io_threads()) == {expected}
+        assert policies(new(io_before, io_threads())) == {expected}
         server.stop(drain=1.0)
 
 
-def test_a_policy_the_caller_chose_is_left_alone(serve):
+@linux
+def test_a_policy_the_caller_chose_is_left_alone(serve, batch_allowed):
+    workers_before = worker_pids()
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     try:
         server, c = serve(process_bots.echo_app)
         assert c.post("echo", {"user": "a"})[0] == 200
-        assert server.sched_batch is False, "nothing was switched"
+        assert server.sched_switched is False, "nothing was switched"
         assert sched.policy() == os.SCHED_BATCH, "not reset to the default afterwards"
-        assert policies(worker_pids()) == {os.SCHED_BATCH}, "inherited from the caller, as without warmslot"
+        workers = new(workers_before, worker_pids())
+        assert policies(workers) == {os.SCHED_BATCH}, "inherited from the caller, as without warmslot"
     finally:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
-def test_sched_batch_is_checked():
+@linux
+def test_a_failed_start_gives_the_policy_back(batch_allowed):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(Exception, match="bind|in use"):
+            process_bots.echo_app.start("127.0.0.1", taken.getsockname()[1])
+    assert sched.policy() == os.SCHED_OTHER
+
+
+def test_sched_batch_is_checked(monkeypatch):
     with pytest.raises(TypeError, match="sched_batch"):
         warmslot.App(sched_batch="yes")  # type: ignore[arg-type]
+    monkeypatch.setenv("WARMSLOT_SCHED_BATCH", "0")
+    assert warmslot.App().sched_batch is False
+    monkeypatch.setenv("WARMSLOT_SCHED_BATCH", "yes")
+    assert warmslot.App().sched_batch is True
+    assert warmslot.App(sched_batch=False).sched_batch is False, "the argument wins"
+    monkeypatch.setenv("WARMSLOT_SCHED_BATCH", "maybe")
+    with pytest.raises(ValueError, match="WARMSLOT_SCHED_BATCH"):
+        warmslot.App()

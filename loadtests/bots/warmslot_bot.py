@@ -6,7 +6,8 @@ Environment (set by bench.py): ``WARMSLOT_ISOLATION`` is passed as ``App(isolati
 (``thread`` or ``process`` slots; unset leaves the argument out, i.e. warmslot's default, thread
 slots), ``WARMSLOT_SPIN_US`` sets ``App(spin_us=...)`` (how long an idle slot spins for the next
 event before parking; unset keeps warmslot's default), ``WARMSLOT_SLOTS`` the number of slots of
-the support pipeline (default 1), ``WARMSLOT_SCHED_BATCH=0`` passes ``App(sched_batch=False)``.
+the support pipeline (default 1). ``WARMSLOT_SCHED_BATCH=0`` is read by warmslot itself
+(``App(sched_batch=None)``: keep the default scheduling policy).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ if os.environ.get("WARMSLOT_ISOLATION"):
     _app_options["isolation"] = os.environ["WARMSLOT_ISOLATION"]
 if os.environ.get("WARMSLOT_SPIN_US"):
     _app_options["spin_us"] = int(os.environ["WARMSLOT_SPIN_US"])
-if os.environ.get("WARMSLOT_SCHED_BATCH"):
-    _app_options["sched_batch"] = os.environ["WARMSLOT_SCHED_BATCH"] != "0"
 
 app = warmslot.App(**_app_options)
 

@@ -91,10 +91,12 @@ class App:
 
     ``sched_batch``: on Linux, run the server's threads and worker processes under the
     ``SCHED_BATCH`` scheduling policy (same CPU share; a thread that wakes up waits for a busy CPU's
-    current slice instead of preempting it). ``None`` (the default) does so when a pipeline uses
-    process slots, where it saves the CPU that waking the server's threads cost the workers when
-    every core is busy; ``True`` always, ``False`` never. Nothing changes when the thread that starts
-    the server runs another policy than the default one (see ``warmslot.sched`` and the README).
+    current slice instead of preempting it). ``None`` (the default) reads the
+    ``WARMSLOT_SCHED_BATCH`` environment variable (``1`` or ``0``), and without it does so when a
+    pipeline uses process slots, where it saves the CPU that waking the server's threads cost the
+    workers when every core is busy; ``True`` always, ``False`` never. Nothing changes when the
+    thread that starts the server runs another policy than the default one (see ``warmslot.sched``
+    and the README).
     """
 
     def __init__(
@@ -137,7 +139,9 @@ class App:
         self.max_connections = check_count("max_connections", max_connections)
         self.drain_timeout = check_seconds("drain_timeout", drain_timeout) if drain_timeout != 0 else 0.0
         self.spin_us = check_count("spin_us", spin_us, minimum=0)
-        if sched_batch is not None and not isinstance(sched_batch, bool):
+        if sched_batch is None:
+            sched_batch = sched.from_env()
+        elif not isinstance(sched_batch, bool):
             raise TypeError(f"sched_batch must be True, False or None, got {sched_batch!r}")
         self.sched_batch = sched_batch
         if admin_token is None:
@@ -474,7 +478,10 @@ class Server:
         # Every thread started here (and every worker process its slot threads spawn) inherits
         # the policy of this block (see `warmslot.sched`).
         batch = app.sched_batch if app.sched_batch is not None else bool(process)
-        with sched.batch_policy(batch) as self.sched_batch:
+        #: True when this server switched its threads and workers to SCHED_BATCH (False when it
+        #: was not asked to, or the starting thread ran another policy, which they then inherit).
+        self.sched_switched = False
+        with sched.batch_policy(batch) as self.sched_switched:
             self._core = _core.Core(config, configs, key_fns, dedupe_fns)
             self.host, self.port = self._core.start()
             self._stopped = False
@@ -539,7 +546,9 @@ class Server:
         """Warms more slots for `pipeline` (up to its max_slots); returns how many were started."""
         for rt in self.runtimes:
             if rt.spec.name == pipeline:
-                return rt.grow(slots)
+                # The new slot threads (and their workers) inherit this thread's policy.
+                with sched.batch_policy(self.sched_switched):
+                    return rt.grow(slots)
         raise KeyError(pipeline)
 
     def stop(self, drain: Optional[float] = None) -> None:
