@@ -185,9 +185,11 @@ mod tests {
         let (p, execs) = executions(3_000);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (to_finisher, finish) = std::sync::mpsc::channel::<Arc<Execution>>();
+        let (finished, acks) = std::sync::mpsc::channel::<()>();
         let finisher = std::thread::spawn(move || {
             for e in finish {
                 assert!(e.abandon(ErrorCode::PipelineError, "x".into()));
+                finished.send(()).unwrap();
             }
         });
         rt.block_on(async {
@@ -209,6 +211,17 @@ mod tests {
                     matches!(outcome, Ok(Ok(crate::runtime::execution::Outcome::Failed { .. }))),
                     "execution {i}: its waiter was not woken"
                 );
+                if i % 2 == 0 {
+                    // A waiter first polled after the finish completes without the wake-up, so the
+                    // finisher may queue it after that: let its push land and the drain take it
+                    // before the next step looks at the queue.
+                    acks.recv().unwrap();
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while !p.wakes.queue.is_empty() {
+                        assert!(std::time::Instant::now() < deadline, "the drain task left execution {i} queued");
+                        tokio::task::yield_now().await;
+                    }
+                }
             }
         });
         drop(to_finisher);
