@@ -32,7 +32,7 @@
 // worker idled at the end of each batch) and reading results on the I/O runtime (4.35k against
 // 4.56k-4.67k req/s: the next batch waited for one more thread hop). What helped was the
 // scheduling policy: with the server's threads under SCHED_BATCH (`warmslot.sched`), a woken slot
-// or I/O thread no longer preempts a worker mid-event: +5-7% req/s at ~5% less CPU per request.
+// or I/O thread no longer preempts a worker mid-event: +2-7% req/s at 4-6% less CPU per request.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::OwnedFd;
