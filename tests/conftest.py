@@ -59,6 +59,31 @@ class Client:
         self.close()
 
 
+def children() -> list:
+    """(pid, state, cmdline) of this process's direct children."""
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == me:
+            out.append((int(entry), fields[0], cmd))
+    return out
+
+
+def workers() -> list:
+    """(pid, state, cmdline) of this process's worker processes (`python -m warmslot.worker`)."""
+    return [c for c in children() if "warmslot.worker" in c[2]]
+
+
 def concurrently(n: int, fn: Callable[[int], Any]) -> List[Any]:
     """Runs fn(0..n-1) in n threads at once; returns the results in order, re-raising the first
     error a thread hit (so an assertion inside a client thread fails the test)."""

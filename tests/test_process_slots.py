@@ -9,31 +9,7 @@ import time
 import process_bots
 import pytest
 import warmslot
-from conftest import Client, concurrently, wait_for
-
-
-def children() -> list:
-    """(pid, state, cmdline) of this process's direct children."""
-    me = os.getpid()
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == me:
-            out.append((int(entry), fields[0], cmd))
-    return out
-
-
-def workers() -> list:
-    return [c for c in children() if "warmslot.worker" in c[2]]
+from conftest import Client, children, concurrently, wait_for, workers
 
 
 def test_workers_are_warm_before_healthz_and_run_in_other_processes(serve):

@@ -10,6 +10,7 @@ import threading
 import process_bots
 import pytest
 import warmslot
+from conftest import workers
 from warmslot import sched
 
 linux = pytest.mark.skipif(sys.platform != "linux", reason="SCHED_BATCH is a Linux policy")
@@ -45,19 +46,7 @@ def slot_threads(pipeline: str) -> set:
 
 
 def worker_pids() -> set:
-    me = str(os.getpid())
-    out = set()
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = f.read().rsplit(")", 1)[1].split()[1]
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except (OSError, IndexError):
-            continue
-        if ppid == me and b"warmslot.worker" in cmd:
-            out.add(int(entry))
-    return out
+    return {w[0] for w in workers()}
 
 
 def policies(ids: set) -> set:

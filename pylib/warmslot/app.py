@@ -478,9 +478,9 @@ class Server:
         # Every thread started here (and every worker process its slot threads spawn) inherits
         # the policy of this block (see `warmslot.sched`).
         batch = app.sched_batch if app.sched_batch is not None else bool(process)
-        #: True when this server switched its threads and workers to SCHED_BATCH (False when it
-        #: was not asked to, or the starting thread ran another policy, which they then inherit).
-        self.sched_switched = False
+        # `sched_switched`: True when this server switched its threads and workers to SCHED_BATCH
+        # (False when it was not asked to, or the starting thread ran another policy, which they
+        # then inherit).
         with sched.batch_policy(batch) as self.sched_switched:
             self._core = _core.Core(config, configs, key_fns, dedupe_fns)
             self.host, self.port = self._core.start()

@@ -79,16 +79,21 @@ class EventRunner:
         self.debug = debug
         self._warned_unkeyed = False
 
+    def _warn_unkeyed(self) -> None:
+        """Says once that a keyed pipeline got an event without its key."""
+        spec = self.spec
+        self._warned_unkeyed = True
+        log.warning(
+            "pipeline %r is keyed by %r but received an event without it: such events run "
+            "unordered and their ctx.state is not kept (ctx.key is None)",
+            spec.name,
+            spec.key if isinstance(spec.key, str) else "a callable",
+        )
+
     def context(self, execution_id: str, key: Optional[str], state: Any, headers: Any, received_at: float) -> Context:
         spec = self.spec
         if key is None and spec.keyed and not self._warned_unkeyed:
-            self._warned_unkeyed = True
-            log.warning(
-                "pipeline %r is keyed by %r but received an event without it: such events run "
-                "unordered and their ctx.state is not kept (ctx.key is None)",
-                spec.name,
-                spec.key if isinstance(spec.key, str) else "a callable",
-            )
+            self._warn_unkeyed()
         state = state if isinstance(state, dict) else {}
         return Context(
             execution_id, received_at, headers, state, key if spec.keyed else None, self.resources, spec.name
@@ -165,7 +170,7 @@ class EventRunner:
                 decoded = state
             keyed = spec.keyed
             if key is None and keyed and not self._warned_unkeyed:
-                self.context(execution_id, key, decoded, headers, received_at)  # warns once
+                self._warn_unkeyed()
             ctx = Context(
                 execution_id,
                 received_at,
