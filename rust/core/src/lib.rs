@@ -1,29 +1,42 @@
 //! warmslot-core: the engine behind warmslot, free of any Python binding.
 //!
-//! Subsystems, each depending only on those after it:
-//! - [`http`]: the ingress (tokio + hyper), its answers, webhook signatures, the body check;
-//! - [`runtime`]: pipelines, their intake (ring → per-key lanes), slots and the execution lifecycle;
-//! - [`state`]: per-key state stores (memory, SQLite, Redis);
-//! - [`observe`]: counters, latency histograms, Prometheus text, execution records.
+//! Subsystems, each depending only on those after it (no import cycle crosses them):
+//! - `http`: the outer layer — the server (tokio + hyper), routes, limits, webhook signatures, the
+//!   body check; turns a request into a runtime `Event` and an `Admission` into an answer;
+//! - `runtime`: the `Engine` and its admission (dedupe, journal, intake), pipelines, slots, the
+//!   slot loop, worker processes, the execution lifecycle;
+//! - `state`: per-key state stores (memory, SQLite, Redis) and their journals;
+//! - `observe`: counters, latency histograms, Prometheus text, per-second series (a leaf);
+//! - `config`, `error`, `outcome`: leaves shared by all.
 //!
-//! [`engine`] wires them together; [`config`] and [`error`] are shared by all.
+//! The composition root (the bindings) builds the `Engine`, opens it, and starts the
+//! `HttpServer` with it; modules are private, and what the bindings use is re-exported here.
 
-pub mod config;
-pub mod engine;
-pub mod error;
-pub mod http;
-pub mod observe;
-pub mod runtime;
-pub mod state;
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod http;
+mod observe;
+mod outcome;
+mod runtime;
+mod state;
 
 pub use bytes::Bytes;
 pub use config::{
     AppConfig, DedupeSpec, Isolation, KeySpec, MissingKey, PipelineConfig, SignatureScheme, SignatureSpec,
     WorkerCommand,
 };
-pub use engine::{Engine, EngineError, KeyFn, PipelineStats};
 pub use error::ErrorCode;
-pub use runtime::execution::{BeginError, Job, Outcome, Status, Timings};
-pub use state::redis::RedisDb;
+pub use http::{execution_json, prefers_respond_async, sign_hex, HttpError, HttpServer};
+pub use hyper::HeaderMap;
+pub use outcome::{Outcome, Status, Timings};
+pub use runtime::wire;
+pub use runtime::{
+    run_slot, Admission, Backend, BeginError, Begun, CommitNow, Engine, EngineError, Event, Execution, Job, KeyFn,
+    LoopEnd, LoopSettings, More, Pipeline, PipelineStats, Repeat, RunResult, SlotDied, StoreFactory, Ticket,
+    WarmupReason, CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS,
+};
+pub use state::redis::{lease_for, RedisDb};
 pub use state::sqlite::{SqliteDb, SqliteOptions};
 pub use state::{check_size, MemoryStore, StateStore, StateTooLarge, StoreError};

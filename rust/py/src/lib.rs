@@ -1,20 +1,19 @@
 //! `warmslot._core`: thin PyO3 bindings over `warmslot-core`. Errors of the core become Python
 //! exceptions here, and only here.
 
-use std::sync::Arc;
+#![forbid(unsafe_code)]
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use warmslot_core::runtime::slot_loop::{run_slot, LoopEnd, LoopSettings};
-use warmslot_core::runtime::slots::WarmupReason;
-use warmslot_core::runtime::wire;
+use warmslot_core::{run_slot, wire, HttpError, HttpServer, LoopEnd, LoopSettings, Pipeline, WarmupReason};
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use warmslot_core::state::redis::lease_for;
 use warmslot_core::{
-    AppConfig, DedupeSpec, Engine, EngineError, Isolation, KeyFn, KeySpec, MemoryStore, MissingKey, PipelineConfig,
-    RedisDb, SignatureScheme, SignatureSpec, SqliteDb, SqliteOptions, StateStore, WorkerCommand,
+    lease_for, AppConfig, DedupeSpec, Engine, EngineError, Isolation, KeyFn, KeySpec, MemoryStore, MissingKey,
+    PipelineConfig, RedisDb, SignatureScheme, SignatureSpec, SqliteDb, SqliteOptions, StateStore, WorkerCommand,
 };
 
 // NOTE: glibc malloc took about 16% of the I/O thread's CPU serving the support bot (perf,
@@ -43,15 +42,22 @@ fn warmup_reason(reason: &str) -> PyResult<WarmupReason> {
 
 fn engine_err(e: EngineError) -> PyErr {
     match e {
-        EngineError::Bind { ref source, .. } => {
+        EngineError::Config(_) => PyValueError::new_err(e.to_string()),
+        EngineError::Store { .. } => PyOSError::new_err(e.to_string()),
+        EngineError::AlreadyOpen => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+fn http_err(e: HttpError) -> PyErr {
+    match e {
+        HttpError::Bind { ref source, .. } => {
             let msg = e.to_string();
             match source.raw_os_error() {
                 Some(errno) => PyOSError::new_err((errno, msg)),
                 None => PyOSError::new_err(msg),
             }
         }
-        EngineError::Config(_) => PyValueError::new_err(e.to_string()),
-        _ => PyRuntimeError::new_err(e.to_string()),
+        HttpError::Runtime(_) => PyRuntimeError::new_err(e.to_string()),
     }
 }
 
@@ -167,16 +173,18 @@ impl KeyFn for PyKeyFn {
 #[pyclass(module = "warmslot._core", frozen)]
 struct Core {
     engine: Arc<Engine>,
+    /// The HTTP server once `start` ran; taken by `shutdown`.
+    server: Mutex<Option<HttpServer>>,
 }
 
 impl Core {
-    fn pipeline(&self, index: usize) -> PyResult<&Arc<warmslot_core::runtime::pipeline::Pipeline>> {
+    fn pipeline(&self, index: usize) -> PyResult<&Arc<Pipeline>> {
         self.engine.pipelines().get(index).ok_or_else(|| PyValueError::new_err(format!("no pipeline {index}")))
     }
 
     /// A pipeline whose code runs in this interpreter (thread slots); a process pipeline's events
     /// are run by its worker processes only.
-    fn thread_pipeline(&self, index: usize) -> PyResult<&Arc<warmslot_core::runtime::pipeline::Pipeline>> {
+    fn thread_pipeline(&self, index: usize) -> PyResult<&Arc<Pipeline>> {
         let p = self.pipeline(index)?;
         if p.config.isolation != Isolation::Thread {
             return Err(PyValueError::new_err(format!("pipeline {:?} does not use thread slots", p.name())));
@@ -184,7 +192,7 @@ impl Core {
         Ok(p)
     }
 
-    fn check_slot(&self, pipeline: usize, slot: usize) -> PyResult<&Arc<warmslot_core::runtime::pipeline::Pipeline>> {
+    fn check_slot(&self, pipeline: usize, slot: usize) -> PyResult<&Arc<Pipeline>> {
         let p = self.pipeline(pipeline)?;
         if slot >= p.slots.len() {
             return Err(PyValueError::new_err(format!("pipeline {:?} has no slot {slot}", p.name())));
@@ -275,13 +283,24 @@ impl Core {
             }
         }
         .map_err(engine_err)?;
-        Ok(Core { engine })
+        Ok(Core { engine, server: Mutex::new(None) })
     }
 
-    /// Binds and starts serving; returns the (host, port) actually bound.
+    /// Opens the engine (recovering a durable store's journal), then binds and starts the HTTP
+    /// server with it; returns the (host, port) actually bound.
     fn start(&self, py: Python<'_>) -> PyResult<(String, u16)> {
         let engine = self.engine.clone();
-        let addr = py.detach(move || engine.start()).map_err(engine_err)?;
+        let server = py.detach(move || {
+            engine.open().map_err(engine_err)?;
+            HttpServer::start(engine.clone()).map_err(|e| {
+                // Nothing serves it: what the open recovered stays journaled for the next start.
+                engine.drain(Duration::ZERO);
+                engine.close();
+                http_err(e)
+            })
+        })?;
+        let addr = server.local_addr();
+        *self.server.lock().unwrap() = Some(server);
         Ok((addr.ip().to_string(), addr.port()))
     }
 
@@ -421,7 +440,7 @@ impl Core {
             }
             Ok(d)
         };
-        use warmslot_core::runtime::slots::{CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS};
+        use warmslot_core::{CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS};
         d.set_item("warmups", named(&WARMUP_REASONS, &s.warmups())?)?;
         d.set_item("crashes", named(&CRASH_REASONS, &s.crashes())?)?;
         d.set_item("recycles", named(&RECYCLE_REASONS, &s.recycles())?)?;
@@ -436,8 +455,14 @@ impl Core {
     /// the rest, and stops the intakes so that idle slots return.
     fn shutdown(&self, py: Python<'_>, drain: f64) -> PyResult<()> {
         let drain = seconds(Some(drain))?.unwrap_or_default();
+        let Some(server) = self.server.lock().unwrap().take() else { return Ok(()) };
         let engine = self.engine.clone();
-        py.detach(move || engine.shutdown(drain));
+        // Drain first, so that waiting clients are answered on open connections, then close them.
+        py.detach(move || {
+            engine.drain(drain);
+            server.stop();
+            engine.close();
+        });
         Ok(())
     }
 
@@ -447,7 +472,7 @@ impl Core {
 
     /// The record of an execution as JSON text, or None if unknown or evicted.
     fn execution(&self, id: &str) -> Option<String> {
-        self.engine.execution(id).map(|e| warmslot_core::http::responses::execution_json(&e))
+        self.engine.execution(id).map(|e| warmslot_core::execution_json(&e))
     }
 
     /// Cheap per-pipeline counters for the predictor: (waiting, inflight, slots_warm,
@@ -570,7 +595,7 @@ fn encode_result<'py>(py: Python<'py>, index: u32, kind: u8, a: &[u8], b: Option
 #[pyfunction]
 fn hmac_sha256_hex(secret: &[u8], parts: Vec<Vec<u8>>) -> String {
     let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    warmslot_core::http::signature::sign_hex(secret, &parts)
+    warmslot_core::sign_hex(secret, &parts)
 }
 
 #[pymodule(gil_used = false)]

@@ -4,8 +4,7 @@
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
-use warmslot_core::runtime::slot_loop::{Backend, Begun, CommitNow, More, RunResult, SlotDied};
-use warmslot_core::{Bytes, ErrorCode};
+use warmslot_core::{Backend, Begun, Bytes, CommitNow, ErrorCode, More, RunResult, SlotDied};
 
 use crate::value::loads;
 
@@ -24,7 +23,7 @@ pub struct ThreadBackend {
 const BATCH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The request headers as a dict (values decoded lossily; a repeated name keeps its last value).
-pub fn headers_dict<'py>(py: Python<'py>, headers: &warmslot_core::http::HeaderMap) -> PyResult<Bound<'py, PyDict>> {
+pub fn headers_dict<'py>(py: Python<'py>, headers: &warmslot_core::HeaderMap) -> PyResult<Bound<'py, PyDict>> {
     pairs_dict(py, headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
 }
 
@@ -50,7 +49,7 @@ pub struct LazyHeaders(pub RawHeaders);
 
 /// Headers as the slot has them: the request's (thread slots) or a batch frame's (workers).
 pub enum RawHeaders {
-    Map(warmslot_core::http::HeaderMap),
+    Map(warmslot_core::HeaderMap),
     Pairs(Vec<(Box<str>, Box<[u8]>)>),
 }
 

@@ -1,11 +1,18 @@
-//! The HTTP edge: the ingress (routes, limits, admission), its answers, the admin token, webhook
-//! signatures, the body check and the observation routes (`/metrics`, `/stats`, `/dashboard`).
-//! Uses the runtime; nothing below imports it.
+//! The HTTP edge, the outermost layer: the server (tokio + hyper), routes, limits, the admin
+//! token, webhook signatures, the body check, and the translation of a webhook into an `Event`
+//! and of its `Admission` back into an answer. It uses the runtime; nothing outside `http/` (but
+//! the composition root, the bindings) uses it.
 
-pub mod admin;
-pub mod body;
-pub mod ingress;
-pub mod responses;
-pub mod signature;
-pub(crate) mod stats;
-pub use hyper::HeaderMap;
+mod admin;
+pub(crate) mod body;
+mod hook;
+mod responses;
+mod routes;
+mod server;
+pub(crate) mod signature;
+mod stats;
+
+pub use hook::prefers_respond_async;
+pub use responses::execution_json;
+pub use server::{HttpError, HttpServer};
+pub use signature::sign_hex;

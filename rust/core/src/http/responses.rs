@@ -6,9 +6,10 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
-use crate::engine::Engine;
 use crate::error::ErrorCode;
-use crate::runtime::execution::{Execution, Outcome};
+use crate::outcome::Outcome;
+use crate::runtime::execution::Execution;
+use crate::runtime::Engine;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 

@@ -60,64 +60,86 @@ pub fn verify_at(
     body: &[u8],
     now: SystemTime,
 ) -> Result<(), SignatureError> {
-    let bad = |what: &str| Err(SignatureError(format!("{what} does not match the request body")));
+    let secret = &spec.secret;
     match &spec.scheme {
-        SignatureScheme::Hex { header: name, prefix } => {
-            let value = header(headers, name)?;
-            let Some(hex_sig) = value.strip_prefix(prefix.as_str()) else {
-                return Err(SignatureError(format!("header {name} must start with {prefix:?}")));
-            };
-            if matches(mac(&spec.secret, &[body]), hex_sig) {
-                Ok(())
-            } else {
-                bad(&format!("signature in {name}"))
-            }
-        }
-        SignatureScheme::Slack { tolerance } => {
-            let ts = header(headers, "x-slack-request-timestamp")?;
-            check_timestamp(ts, *tolerance, now)?;
-            let sig = header(headers, "x-slack-signature")?;
-            let Some(hex_sig) = sig.strip_prefix("v0=") else {
-                return Err(SignatureError("header x-slack-signature must start with \"v0=\"".into()));
-            };
-            if matches(mac(&spec.secret, &[b"v0:", ts.as_bytes(), b":", body]), hex_sig) {
-                Ok(())
-            } else {
-                bad("x-slack-signature")
-            }
-        }
-        SignatureScheme::Stripe { tolerance } => {
-            let value = header(headers, "stripe-signature")?;
-            let mut ts = None;
-            let mut sigs = Vec::new();
-            for item in value.split(',') {
-                match item.trim().split_once('=') {
-                    Some(("t", t)) => ts = Some(t),
-                    Some(("v1", s)) => sigs.push(s),
-                    _ => {}
-                }
-            }
-            let ts = ts.ok_or_else(|| SignatureError("stripe-signature has no t= timestamp".into()))?;
-            check_timestamp(ts, *tolerance, now)?;
-            if sigs.iter().any(|s| matches(mac(&spec.secret, &[ts.as_bytes(), b".", body]), s)) {
-                Ok(())
-            } else {
-                bad("no v1 signature in stripe-signature")
-            }
-        }
-        SignatureScheme::Standard { tolerance } => {
-            let id = header(headers, "webhook-id")?;
-            let ts = header(headers, "webhook-timestamp")?;
-            check_timestamp(ts, *tolerance, now)?;
-            let value = header(headers, "webhook-signature")?;
-            let expected = mac(&spec.secret, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
-            if standard_signatures(value).any(|sig| expected.clone().verify_slice(&sig).is_ok()) {
-                Ok(())
-            } else {
-                bad("no v1 signature in webhook-signature")
-            }
+        SignatureScheme::Hex { header: name, prefix } => verify_hex(secret, headers, body, name, prefix),
+        SignatureScheme::Slack { tolerance } => verify_slack(secret, headers, body, *tolerance, now),
+        SignatureScheme::Stripe { tolerance } => verify_stripe(secret, headers, body, *tolerance, now),
+        SignatureScheme::Standard { tolerance } => verify_standard(secret, headers, body, *tolerance, now),
+    }
+}
+
+/// `Ok` when `verified`, else the error that says `what` does not match.
+fn verdict(verified: bool, what: &str) -> Result<(), SignatureError> {
+    if verified {
+        Ok(())
+    } else {
+        Err(SignatureError(format!("{what} does not match the request body")))
+    }
+}
+
+/// `header: <prefix><hex(hmac(body))>` (GitHub and generic HMAC).
+fn verify_hex(secret: &[u8], headers: &HeaderMap, body: &[u8], name: &str, prefix: &str) -> Result<(), SignatureError> {
+    let value = header(headers, name)?;
+    let Some(hex_sig) = value.strip_prefix(prefix) else {
+        return Err(SignatureError(format!("header {name} must start with {prefix:?}")));
+    };
+    verdict(matches(mac(secret, &[body]), hex_sig), &format!("signature in {name}"))
+}
+
+fn verify_slack(
+    secret: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+    tolerance: Duration,
+    now: SystemTime,
+) -> Result<(), SignatureError> {
+    let ts = header(headers, "x-slack-request-timestamp")?;
+    check_timestamp(ts, tolerance, now)?;
+    let sig = header(headers, "x-slack-signature")?;
+    let Some(hex_sig) = sig.strip_prefix("v0=") else {
+        return Err(SignatureError("header x-slack-signature must start with \"v0=\"".into()));
+    };
+    verdict(matches(mac(secret, &[b"v0:", ts.as_bytes(), b":", body]), hex_sig), "x-slack-signature")
+}
+
+fn verify_stripe(
+    secret: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+    tolerance: Duration,
+    now: SystemTime,
+) -> Result<(), SignatureError> {
+    let value = header(headers, "stripe-signature")?;
+    let mut ts = None;
+    let mut sigs = Vec::new();
+    for item in value.split(',') {
+        match item.trim().split_once('=') {
+            Some(("t", t)) => ts = Some(t),
+            Some(("v1", s)) => sigs.push(s),
+            _ => {}
         }
     }
+    let ts = ts.ok_or_else(|| SignatureError("stripe-signature has no t= timestamp".into()))?;
+    check_timestamp(ts, tolerance, now)?;
+    let verified = sigs.iter().any(|s| matches(mac(secret, &[ts.as_bytes(), b".", body]), s));
+    verdict(verified, "no v1 signature in stripe-signature")
+}
+
+fn verify_standard(
+    secret: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+    tolerance: Duration,
+    now: SystemTime,
+) -> Result<(), SignatureError> {
+    let id = header(headers, "webhook-id")?;
+    let ts = header(headers, "webhook-timestamp")?;
+    check_timestamp(ts, tolerance, now)?;
+    let value = header(headers, "webhook-signature")?;
+    let expected = mac(secret, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+    let verified = standard_signatures(value).any(|sig| expected.clone().verify_slice(&sig).is_ok());
+    verdict(verified, "no v1 signature in webhook-signature")
 }
 
 /// The `v1` signatures of a Standard Webhooks `webhook-signature` header: a space-separated list
@@ -131,6 +153,7 @@ pub fn standard_signatures(value: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
 }
 
 /// The base64 HMAC-SHA256 of `parts` (Standard Webhooks' encoding), for tests that sign requests.
+#[cfg(test)]
 pub fn sign_base64(secret: &[u8], parts: &[&[u8]]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(mac(secret, parts).finalize().into_bytes())

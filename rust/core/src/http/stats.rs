@@ -9,11 +9,11 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
-use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::http::responses::{error, json, json_str, HttpResponse};
 use crate::observe::series::{Gauges, PoolGauges};
-use crate::runtime::pipeline::Pipeline;
+use crate::runtime::Engine;
+use crate::runtime::Pipeline;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 

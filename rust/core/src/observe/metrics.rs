@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 
 use crate::error::ErrorCode;
 use crate::observe::series::{Latency, Series};
-use crate::runtime::execution::{Status, Timings};
+use crate::outcome::{Status, Timings};
 
 /// Every `status` label of `warmslot_requests_total`.
 pub const REQUEST_STATUSES: [&str; 10] = [

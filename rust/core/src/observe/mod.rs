@@ -1,7 +1,7 @@
-//! Observation: counters, latency histograms and their Prometheus text; per-second series;
-//! execution records.
+//! Observation: counters, latency histograms and their Prometheus text; per-second series.
+//! A leaf: it takes plain values (`outcome`'s `Status` and `Timings`, counts, names) and imports
+//! nothing of the runtime, the stores or HTTP.
 
-pub mod metrics;
-pub mod pool;
-pub mod records;
-pub mod series;
+pub(crate) mod metrics;
+pub(crate) mod pool;
+pub(crate) mod series;

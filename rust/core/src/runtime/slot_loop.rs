@@ -344,16 +344,4 @@ mod tests {
             assert!(t.elapsed().as_secs() < 10, "10 s of spinning did not count 20 ms of CPU (x={x})");
         }
     }
-
-    #[test]
-    fn thread_cpu_clock_is_cheap() {
-        let n = 100_000;
-        let t = Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(thread_cpu_us());
-        }
-        let per_call_ns = t.elapsed().as_nanos() / n;
-        eprintln!("thread_cpu_us: {per_call_ns} ns a call");
-        assert!(per_call_ns < 20_000);
-    }
 }

@@ -288,3 +288,40 @@ impl SlotPool {
         self.warmup_us.load(Ordering::Relaxed) as f64 / 1e6
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::pool::{render, PoolCounters};
+
+    #[test]
+    fn predictor_target_state_and_cpu_time_are_rendered() {
+        let pool = SlotPool::new(2);
+        pool.set_predictor_phases(&["stable".to_string(), "panic".to_string()]);
+        pool.set_predictor_phase("panic");
+        pool.add_cpu_us(1_500_000);
+        let text = render(&[PoolCounters {
+            name: "p",
+            warmups: vec![],
+            crashes: vec![],
+            recycles: vec![],
+            cold_starts: 0,
+            idle_slot_seconds: 0.0,
+            worker_rss_bytes: 0,
+            waiting: 0,
+            cpu_seconds: pool.cpu_us() as f64 / 1e6,
+            target_slots: 3,
+            predictor_phases: pool.predictor_phases(),
+        }]);
+        assert!(text.contains("warmslot_predictor_target_slots{pipeline=\"p\"} 3\n"), "{text}");
+        assert!(text.contains("warmslot_predictor_state{pipeline=\"p\",state=\"stable\"} 0\n"), "{text}");
+        assert!(text.contains("warmslot_predictor_state{pipeline=\"p\",state=\"panic\"} 1\n"), "{text}");
+        assert!(text.contains("warmslot_slot_cpu_seconds_total{pipeline=\"p\"} 1.500000\n"), "{text}");
+        // A phase the policy did not declare is added, and becomes the current one.
+        pool.set_predictor_phase("warming");
+        assert_eq!(
+            pool.predictor_phases(),
+            vec![("stable".into(), false), ("panic".into(), false), ("warming".into(), true)]
+        );
+    }
+}

@@ -1,26 +1,25 @@
-//! The engine: pipelines and the ingress runtime, started and stopped as one. Slots are started
+//! The engine: the pipelines, the records of their executions and the deduplication map, with
+//! admission (`runtime::admit`) as the one way in. It knows nothing of HTTP: the composition root
+//! (the bindings) opens it, then starts the HTTP server with an `Arc<Engine>`. Slots are started
 //! by the host (thread slots) or by [`Engine::run_process_slot`] (process slots).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-
 use crate::config::{AppConfig, DedupeSpec, Isolation, KeySpec, PipelineConfig};
+use crate::error::ErrorCode;
 use crate::observe::metrics::{self, PipelineGauges, Quantiles};
 use crate::observe::pool::PoolCounters;
-use crate::observe::records::Records;
-use crate::runtime::dedupe::{Deliveries, Seen};
-use crate::runtime::execution::{Execution, Job};
+use crate::runtime::dedupe::Deliveries;
+use crate::runtime::execution::Execution;
 use crate::runtime::ids::{self, IdGenerator};
 use crate::runtime::pipeline::Pipeline;
+use crate::runtime::records::Records;
 use crate::runtime::slots::{WarmupReason, CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS};
-use crate::state::StateStore;
+use crate::state::{StateStore, StoreError};
 
 /// Opens the state store of a pipeline (a store may size per-pipeline limits from its config).
 pub type StoreFactory = dyn Fn(&PipelineConfig) -> Result<Arc<dyn StateStore>, String>;
@@ -35,35 +34,30 @@ pub trait KeyFn: Send + Sync {
     }
 }
 
+/// The errors of the runtime subsystem.
 #[derive(Debug)]
 pub enum EngineError {
+    /// The configuration cannot run (names the pipeline and the field).
     Config(String),
-    Bind { addr: String, source: std::io::Error },
-    AlreadyStarted,
-    Runtime(std::io::Error),
+    /// A state store failed while the engine opened (reading the journal, the deliveries).
+    Store { pipeline: String, source: StoreError },
+    /// `open` was called twice.
+    AlreadyOpen,
 }
 
 impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EngineError::Config(m) => write!(f, "invalid configuration: {m}"),
-            EngineError::Bind { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => {
-                write!(f, "cannot listen on {addr}: the address is already in use (is another server running? pick another --port)")
+            EngineError::Store { pipeline, source } => {
+                write!(f, "cannot read the journal of pipeline {pipeline:?}: {source}")
             }
-            EngineError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            EngineError::AlreadyStarted => write!(f, "the server is already running"),
-            EngineError::Runtime(e) => write!(f, "cannot start the I/O runtime: {e}"),
+            EngineError::AlreadyOpen => write!(f, "the server is already running"),
         }
     }
 }
 
 impl std::error::Error for EngineError {}
-
-struct Running {
-    addr: SocketAddr,
-    stop_io: Arc<Notify>,
-    io: JoinHandle<()>,
-}
 
 /// A point-in-time view of one pipeline, for the host language (predictor, demo, stats).
 #[derive(Clone, Debug)]
@@ -81,14 +75,21 @@ pub struct PipelineStats {
 
 pub struct Engine {
     pub config: AppConfig,
-    pipelines: Vec<Arc<Pipeline>>,
+    pub(super) pipelines: Vec<Arc<Pipeline>>,
     by_name: HashMap<String, usize>,
-    records: Records,
-    pub(crate) deliveries: Deliveries,
+    pub(super) records: Records,
+    pub(super) deliveries: Deliveries,
     ids: IdGenerator,
     key_fn: Option<Arc<dyn KeyFn>>,
     accepting: AtomicBool,
-    running: Mutex<Option<Running>>,
+    /// Set by `open`; `None` until then.
+    opened: Mutex<Option<Opened>>,
+}
+
+/// What `open` found for the engine's tasks to pick up once the I/O runtime runs.
+struct Opened {
+    /// Recovered async executions whose outcome nobody awaits yet (see `spawn_tasks`).
+    unwatched: Vec<Arc<Execution>>,
 }
 
 impl Engine {
@@ -142,7 +143,7 @@ impl Engine {
             ids: IdGenerator::default(),
             key_fn,
             accepting: AtomicBool::new(false),
-            running: Mutex::new(None),
+            opened: Mutex::new(None),
         }))
     }
 
@@ -154,8 +155,20 @@ impl Engine {
         self.by_name.get(name).map(|&i| &self.pipelines[i])
     }
 
-    pub(crate) fn key_fn(&self) -> Option<&Arc<dyn KeyFn>> {
-        self.key_fn.as_ref()
+    /// The ordering key of `body` from the pipeline's key callable (`KeySpec::Callable`).
+    pub fn callable_key(&self, pipeline: &Pipeline, body: &[u8]) -> Result<Option<String>, String> {
+        match &self.key_fn {
+            Some(f) => f.key(pipeline.index, body),
+            None => Ok(None),
+        }
+    }
+
+    /// The delivery id of `body` from the pipeline's dedupe callable (`DedupeSpec::Callable`).
+    pub fn callable_delivery_id(&self, pipeline: &Pipeline, body: &[u8]) -> Result<Option<String>, String> {
+        match &self.key_fn {
+            Some(f) => f.delivery_id(pipeline.index, body),
+            None => Ok(None),
+        }
     }
 
     pub fn is_accepting(&self) -> bool {
@@ -167,7 +180,12 @@ impl Engine {
         self.pipelines.iter().all(|p| p.is_ready())
     }
 
-    pub(crate) fn new_execution(
+    /// The next execution's arrival sequence number and public id.
+    pub(super) fn next_id(&self) -> (u64, Box<str>) {
+        self.ids.next()
+    }
+
+    pub(super) fn new_execution(
         &self,
         pipeline: &Arc<Pipeline>,
         key: Option<Box<str>>,
@@ -177,12 +195,8 @@ impl Engine {
         Execution::new(seq, id_str, pipeline.clone(), key, received)
     }
 
-    pub(crate) fn remember(&self, exec: Arc<Execution>) {
-        self.records.insert(exec);
-    }
-
     /// Charges a finished execution's reply to the records' byte budget.
-    pub(crate) fn settle(&self, exec: &Execution) {
+    pub(super) fn settle(&self, exec: &Execution) {
         self.records.settle(exec);
     }
 
@@ -234,110 +248,41 @@ impl Engine {
         out
     }
 
-    /// Before serving: loads the recent deliveries of a durable store (so repeats after a restart
-    /// are answered), and re-admits the journaled events whose executions had not ended, in their
-    /// arrival order, ahead of any new event. Returns the recovered executions.
-    fn recover(&self) -> Result<Vec<Arc<Execution>>, EngineError> {
-        let now_unix =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        let mut recovered = Vec::new();
-        for p in &self.pipelines {
-            if !p.store.is_durable() {
-                continue;
-            }
-            let window = p.config.dedupe_window;
-            if p.config.dedupe != DedupeSpec::Off {
-                for d in p.store.deliveries(now_unix - window.as_secs_f64(), self.config.max_records) {
-                    let age = Duration::from_secs_f64((now_unix - d.received_unix).max(0.0));
-                    self.deliveries.remember(p.index, &d.delivery, Seen::Stored(d.execution_id.into()), window, age);
-                }
-            }
-            let entries = p
-                .store
-                .unfinished()
-                .map_err(|e| EngineError::Config(format!("cannot read the journal of pipeline {:?}: {e}", p.name())))?;
-            for entry in entries {
-                let (seq, _) = self.ids.next(); // arrival order in this process; the public id is kept
-                let exec = Execution::new(seq, entry.id.clone(), p.clone(), entry.key.clone(), Instant::now())
-                    .with_delivery(entry.delivery.clone(), true)
-                    .recovered(entry.received_unix);
-                let exec = Arc::new(exec);
-                p.arrived();
-                p.accepted_one();
-                let job = Job::new(exec.clone(), entry.body.clone(), decode_headers(&entry.headers));
-                // Past queue_size too: it was accepted before the restart (the intake's waiting
-                // count then exceeds queue_size until these run, so new events get 429 meanwhile).
-                p.intake.admit_recovered(job);
-                if let Some(d) = &entry.delivery {
-                    self.deliveries.replace(p.index, d, window, &exec);
-                }
-                self.records.insert(exec.clone());
-                recovered.push(exec);
-            }
+    /// Before serving: recovers what a durable store holds (see `runtime::recovery`) and starts
+    /// accepting webhooks. Call once, before the HTTP server starts, then call `spawn_tasks` on
+    /// the I/O runtime.
+    pub fn open(&self) -> Result<(), EngineError> {
+        let mut opened = self.opened.lock().unwrap();
+        if opened.is_some() {
+            return Err(EngineError::AlreadyOpen);
         }
-        Ok(recovered)
-    }
-
-    /// Binds the listener and starts the ingress runtime.
-    pub fn start(self: &Arc<Self>) -> Result<SocketAddr, EngineError> {
-        let mut running = self.running.lock().unwrap();
-        if running.is_some() {
-            return Err(EngineError::AlreadyStarted);
-        }
-        let display = format!("{}:{}", self.config.host, self.config.port);
-        let bind_err = |source| EngineError::Bind { addr: display.clone(), source };
-        let addrs: Vec<SocketAddr> =
-            (self.config.host.as_str(), self.config.port).to_socket_addrs().map_err(bind_err)?.collect();
-        let listener = std::net::TcpListener::bind(&addrs[..]).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        let addr = listener.local_addr().map_err(bind_err)?;
-
-        let runtime = if self.config.io_threads <= 1 {
-            tokio::runtime::Builder::new_current_thread().enable_all().build()
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(self.config.io_threads)
-                .thread_name("warmslot-io")
-                .enable_all()
-                .build()
-        }
-        .map_err(EngineError::Runtime)?;
-        let recovered = self.recover()?;
-        let stop_io = Arc::new(Notify::new());
-        let (engine, stop) = (self.clone(), stop_io.clone());
-        let io = std::thread::Builder::new()
-            .name("warmslot-io".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    for p in &engine.pipelines {
-                        tokio::spawn(p.wakes.clone().drain());
-                    }
-                    for exec in recovered {
-                        crate::http::ingress::watch_async(exec, engine.clone());
-                    }
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => crate::http::ingress::serve(l, engine, stop, Duration::from_secs(2)).await,
-                        Err(e) => eprintln!("warmslot: cannot register the listener: {e}"),
-                    }
-                });
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })
-            .map_err(EngineError::Runtime)?;
+        let unwatched = self.recover()?;
+        *opened = Some(Opened { unwatched });
         self.accepting.store(true, Ordering::Release);
-        *running = Some(Running { addr, stop_io, io });
-        Ok(addr)
+        Ok(())
     }
 
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.running.lock().unwrap().as_ref().map(|r| r.addr)
+    /// The engine's own tasks on the I/O runtime (call from inside it, after `open`): each
+    /// pipeline's wake-up drain, and a watcher for each recovered async execution.
+    pub fn spawn_tasks(self: &Arc<Self>) {
+        for p in &self.pipelines {
+            tokio::spawn(p.wakes.clone().drain());
+        }
+        let unwatched = self.opened.lock().unwrap().as_mut().map(|o| std::mem::take(&mut o.unwatched));
+        for exec in unwatched.unwrap_or_default() {
+            self.watch(exec);
+        }
     }
 
-    /// Stops taking webhooks (503), waits up to `drain` for accepted executions to finish, then
-    /// fails what has not started (503 `shutting_down`), stops the intakes (idle slots return)
-    /// and closes the ingress. Blocks; call it without holding any lock that the slots need.
-    pub fn shutdown(&self, drain: Duration) {
-        let Some(running) = self.running.lock().unwrap().take() else { return };
-        self.accepting.store(false, Ordering::SeqCst);
+    /// The first half of a shutdown: stops taking webhooks (503), waits up to `drain` for
+    /// accepted executions to finish, then fails what has not started (503 `shutting_down`),
+    /// stops the intakes (idle slots return) and fails what still runs, so that every waiting
+    /// client is answered while its connection is open. Then the HTTP server stops, then `close`.
+    /// Blocks; call it without holding any lock that the slots need.
+    pub fn drain(&self, drain: Duration) {
+        if self.opened.lock().unwrap().is_none() || !self.accepting.swap(false, Ordering::SeqCst) {
+            return;
+        }
         let wait_idle = |limit: Duration| {
             let deadline = Instant::now() + limit;
             while Instant::now() < deadline && self.pipelines.iter().any(|p| p.inflight() > 0) {
@@ -358,13 +303,13 @@ impl Engine {
         // A run still going now (a slow sync pipeline) cannot be interrupted: answer its client
         // 503 while the connection is open; its late result is discarded, nothing committed.
         for exec in self.records.unfinished() {
-            exec.abandon(
-                crate::error::ErrorCode::ShuttingDown,
-                "the server stopped before this execution finished".into(),
-            );
+            exec.abandon(ErrorCode::ShuttingDown, "the server stopped before this execution finished".into());
         }
-        running.stop_io.notify_one();
-        let _ = running.io.join();
+    }
+
+    /// The second half of a shutdown, once the HTTP server has stopped: writes what the stores
+    /// still hold and closes them.
+    pub fn close(&self) {
         for p in &self.pipelines {
             p.store.flush();
         }
@@ -455,112 +400,5 @@ impl Engine {
         }
         crate::runtime::process::run_process_slot(p, slot, cmd, self.config.idle_spin, reason, report);
         Ok(())
-    }
-}
-
-/// Headers as journaled: `name: value` lines.
-pub(crate) fn encode_headers(headers: &hyper::HeaderMap) -> bytes::Bytes {
-    let mut out = Vec::new();
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'\n');
-    }
-    out.into()
-}
-
-fn decode_headers(lines: &[u8]) -> hyper::HeaderMap {
-    let mut headers = hyper::HeaderMap::new();
-    for line in lines.split(|&b| b == b'\n') {
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii_start());
-        if let (Ok(n), Ok(v)) =
-            (hyper::header::HeaderName::from_bytes(name), hyper::header::HeaderValue::from_bytes(value))
-        {
-            headers.append(n, v);
-        }
-    }
-    headers
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::PipelineConfig;
-    use crate::runtime::slot_loop::{run_slot, Backend, Begun, LoopEnd, LoopSettings, More, RunResult, SlotDied};
-    use crate::state::MemoryStore;
-    use bytes::Bytes;
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-
-    /// One HTTP/1.1 request on a fresh connection; returns (status, body).
-    fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let status = out[9..12].parse().unwrap();
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
-    }
-
-    #[test]
-    fn serves_a_pipeline_end_to_end_on_loopback() {
-        let mut p = PipelineConfig::new("count");
-        p.key = KeySpec::Field("user".into());
-        let config = AppConfig { port: 0, pipelines: vec![p], ..AppConfig::default() };
-        let store = |_: &PipelineConfig| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
-        let engine = Engine::new(config, &store, None).unwrap();
-        let addr = engine.start().unwrap();
-        assert_eq!(request(addr, "GET", "/healthz", "").0, 503, "no warm slot yet");
-
-        // A slot in Rust: counts events per key in the committed state.
-        struct Counter;
-        impl Backend for Counter {
-            fn commits_inline(&self) -> bool {
-                true
-            }
-            fn run(
-                &mut self,
-                batch: &mut Vec<Begun>,
-                _more: &mut More<'_>,
-                done: &mut dyn FnMut(&mut Begun, RunResult),
-                _commit_now: &mut crate::runtime::slot_loop::CommitNow<'_>,
-            ) -> Result<(), SlotDied> {
-                for b in batch.iter_mut() {
-                    let n: u64 = b.state.as_ref().map_or(0, |s| std::str::from_utf8(s).unwrap().parse().unwrap()) + 1;
-                    let reply = Bytes::from(format!("{{\"n\":{n}}}"));
-                    done(b, RunResult::Reply { reply, state: Some(Bytes::from(n.to_string())) });
-                }
-                Ok(())
-            }
-        }
-        let p = engine.pipelines()[0].clone();
-        p.slots.mark_warm(0, WarmupReason::Ahead, 1);
-        let worker = std::thread::spawn(move || {
-            let settings = LoopSettings { spin: Duration::ZERO, warm_from: Instant::now(), warm_at: Instant::now() };
-            run_slot(&p, 0, &mut Counter, &settings)
-        });
-        assert_eq!(request(addr, "GET", "/healthz", "").0, 200);
-        assert_eq!(request(addr, "POST", "/hooks/count", r#"{"user":"a"}"#), (200, r#"{"n":1}"#.into()));
-        assert_eq!(request(addr, "POST", "/hooks/count", r#"{"user":"a"}"#), (200, r#"{"n":2}"#.into()));
-        assert_eq!(request(addr, "POST", "/hooks/count", r#"{"user":"b"}"#), (200, r#"{"n":1}"#.into()));
-        let (status, body) = request(addr, "POST", "/hooks/count", "{nope");
-        assert_eq!(status, 400);
-        assert!(body.contains("\"invalid_json\""), "{body}");
-        assert_eq!(request(addr, "POST", "/hooks/other", "{}").0, 404);
-        assert_eq!(request(addr, "GET", "/hooks/count", "").0, 405);
-        let (_, metrics) = request(addr, "GET", "/metrics", "");
-        assert!(metrics.contains("warmslot_requests_total{pipeline=\"count\",status=\"succeeded\"} 3"), "{metrics}");
-
-        engine.shutdown(Duration::from_secs(1));
-        assert!(matches!(worker.join().unwrap(), LoopEnd::Stopped));
-        assert!(TcpStream::connect(addr).is_err(), "the listener is closed after shutdown");
     }
 }

@@ -9,7 +9,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::runtime::execution::{Execution, Outcome};
+use crate::outcome::Outcome;
+use crate::runtime::execution::Execution;
 
 /// What one record costs besides its key and reply: the `Execution` itself, its id twice (map
 /// key and order queue) and the map's bookkeeping, rounded up.
@@ -137,15 +138,13 @@ impl Records {
         inner.by_id.values().filter(|e| !e.exec.status().is_final()).map(|e| e.exec.clone()).collect()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap().by_id.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Bytes currently charged to the records.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.inner.lock().unwrap().bytes
     }
