@@ -56,3 +56,16 @@ def test_relative_path_and_in_memory(tmp_path, monkeypatch):
 def test_unopenable_database_is_a_clear_error(tmp_path):
     with pytest.raises(OSError, match="cannot open state database"):
         make_app("sqlite:///" + str(tmp_path / "missing-dir" / "x.db")).start("127.0.0.1", 0)
+
+
+def test_an_unreadable_journal_is_a_store_error_naming_the_pipeline(tmp_path):
+    path = tmp_path / "state.db"
+    url = "sqlite:///" + str(path)
+    run(make_app(url), [{"user": "a"}])
+    with sqlite3.connect(path) as db:  # a journaled event whose arrival time is not a number
+        db.execute(
+            "INSERT INTO warmslot_executions (id, pipeline, key, body, received_at, status)"
+            " VALUES ('0123456789abcdef0123456789abcdef', 'count', 'a', x'7b7d', 'not a time', 'queued')"
+        )
+    with pytest.raises(OSError, match='cannot read the journal of pipeline "count"'):  # was a ValueError
+        make_app(url).start("127.0.0.1", 0)
