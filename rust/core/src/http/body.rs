@@ -15,7 +15,16 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventError {
     InvalidJson(String),
-    BadKey { field: String, found: &'static str },
+    /// The key field holds a value that cannot be a key (keys are strings or numbers).
+    BadKey {
+        field: String,
+        found: &'static str,
+    },
+    /// A keyed pipeline's body is not a JSON object, so it has no key field.
+    NotAnObject {
+        field: String,
+        found: &'static str,
+    },
 }
 
 impl fmt::Display for EventError {
@@ -25,27 +34,45 @@ impl fmt::Display for EventError {
             EventError::BadKey { field, found } => {
                 write!(f, "key field {field:?} must be a string or a number, found {found}")
             }
+            EventError::NotAnObject { field, found } => {
+                write!(
+                    f,
+                    "the body must be a JSON object (the pipeline is keyed by its field {field:?}), found {found}"
+                )
+            }
         }
     }
 }
 
 /// Parses `body` as one JSON value and returns it with the value of top-level field `key_field`
-/// (strings as-is, numbers and booleans as their JSON text; missing or null gives `None`; in an
-/// object with duplicate fields the last one wins, as in Python's `json`).
+/// (strings as-is, numbers as their JSON text; missing or null gives `None`; in an object with
+/// duplicate fields the last one wins, as in Python's `json`). With a `key_field` the body must
+/// be an object.
 pub fn parse(body: &[u8], key_field: Option<&str>) -> Result<(Value, Option<String>), EventError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| EventError::InvalidJson(e.to_string()))?;
-    let key = match (key_field, &value) {
-        (Some(field), Value::Object(map)) => match map.get(field) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(Value::Bool(b)) => Some(b.to_string()),
-            Some(Value::Object(_)) => return Err(EventError::BadKey { field: field.into(), found: "an object" }),
-            Some(Value::Array(_)) => return Err(EventError::BadKey { field: field.into(), found: "an array" }),
-        },
-        _ => None,
+    let Some(field) = key_field else { return Ok((value, None)) };
+    let Value::Object(map) = &value else {
+        return Err(EventError::NotAnObject { field: field.into(), found: kind(&value) });
+    };
+    let key = match map.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(other) => return Err(EventError::BadKey { field: field.into(), found: kind(other) }),
     };
     Ok((value, key))
+}
+
+/// What a JSON value is, as an error message names it.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// What the ingress keeps of a body: the document and its key ([`parse`]) when `document` is true
@@ -69,16 +96,20 @@ pub fn scan(body: &[u8], key_field: Option<&str>) -> Result<Option<String>, Even
         .deserialize(&mut de)
         .and_then(|found| de.end().map(|()| found))
         .map_err(|e| EventError::InvalidJson(e.to_string()))?;
+    let field = || key_field.unwrap_or_default().into();
     match found {
         Found::Key(key) => Ok(key),
-        Found::Bad(found) => Err(EventError::BadKey { field: key_field.unwrap_or_default().into(), found }),
+        Found::Bad(found) => Err(EventError::BadKey { field: field(), found }),
+        Found::NotAnObject(found) => Err(EventError::NotAnObject { field: field(), found }),
     }
 }
 
-/// What a document's key field held: a key (or none), or a value that cannot be one.
+/// What a document's key field held: a key (or none), or a value that cannot be one; or, for a
+/// keyed pipeline, a document that is not an object.
 enum Found {
     Key(Option<String>),
     Bad(&'static str),
+    NotAnObject(&'static str),
 }
 
 /// Visits a whole document, keeping only its top-level field `.0`. `KeyScan(None)` parses a value
@@ -91,6 +122,16 @@ struct KeyScan<'a>(Option<&'a str>);
 
 /// Parses a value and drops it.
 const SKIP: KeyScan<'static> = KeyScan(None);
+
+impl KeyScan<'_> {
+    /// A document that is not an object: no key, or (with a key field) an error.
+    fn not_an_object(self, found: &'static str) -> Found {
+        match self.0 {
+            Some(_) => Found::NotAnObject(found),
+            None => Found::Key(None),
+        }
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for KeyScan<'_> {
     type Value = Found;
@@ -106,26 +147,26 @@ impl<'de> Visitor<'de> for KeyScan<'_> {
         f.write_str("a JSON value")
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Found, E> {
-        Ok(Found::Key(None))
+        Ok(self.not_an_object("a boolean"))
     }
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Found, E> {
-        Ok(Found::Key(None))
+        Ok(self.not_an_object("a number"))
     }
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<Found, E> {
-        Ok(Found::Key(None))
+        Ok(self.not_an_object("a number"))
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Found, E> {
-        Ok(Found::Key(None))
+        Ok(self.not_an_object("a number"))
     }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Found, E> {
-        Ok(Found::Key(None))
+        Ok(self.not_an_object("a string"))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Found, E> {
-        Ok(Found::Key(None))
+        Ok(self.not_an_object("null"))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
         while seq.next_element_seed(SKIP)?.is_some() {}
-        Ok(Found::Key(None))
+        Ok(self.not_an_object("an array"))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
         let mut found = Found::Key(None);
@@ -177,8 +218,8 @@ impl<'de> Visitor<'de> for KeyValue {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Found, E> {
-        Ok(Found::Key(Some(b.to_string())))
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Found, E> {
+        Ok(Found::Bad("a boolean"))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Found, E> {
         Ok(Found::Key(Some(serde_json::Number::from(v).to_string())))
@@ -226,8 +267,30 @@ mod tests {
     fn missing_or_null_key_is_none() {
         assert_eq!(scan(br#"{"text":"hi"}"#, Some("user")), Ok(None));
         assert_eq!(scan(br#"{"user":null}"#, Some("user")), Ok(None));
-        assert_eq!(scan(br#"[1,2,3]"#, Some("user")), Ok(None));
         assert_eq!(scan(br#""just a string""#, None), Ok(None));
+        assert_eq!(scan(br#"[1,2,3]"#, None), Ok(None), "an unkeyed pipeline takes any JSON value");
+    }
+
+    #[test]
+    fn a_keyed_body_must_be_an_object() {
+        for (body, found) in
+            [(&b"[1,2,3]"[..], "an array"), (b"\"s\"", "a string"), (b"7", "a number"), (b"null", "null")]
+        {
+            let err = scan(body, Some("user")).unwrap_err();
+            assert_eq!(err, EventError::NotAnObject { field: "user".into(), found });
+            assert_eq!(parse(body, Some("user")).unwrap_err(), err, "parse agrees");
+        }
+        let err = scan(b"[]", Some("user")).unwrap_err().to_string();
+        assert_eq!(err, "the body must be a JSON object (the pipeline is keyed by its field \"user\"), found an array");
+    }
+
+    #[test]
+    fn a_boolean_is_not_a_key() {
+        for body in [&br#"{"user":true}"#[..], br#"{"user":false}"#] {
+            let err = scan(body, Some("user")).unwrap_err();
+            assert_eq!(err, EventError::BadKey { field: "user".into(), found: "a boolean" });
+            assert_eq!(parse(body, Some("user")).unwrap_err(), err, "parse agrees");
+        }
     }
 
     #[test]
@@ -308,6 +371,7 @@ mod props {
     fn found(e: EventError) -> &'static str {
         match e {
             EventError::BadKey { found, .. } => found,
+            EventError::NotAnObject { found, .. } => found,
             EventError::InvalidJson(_) => "invalid json",
         }
     }
@@ -364,7 +428,7 @@ mod props {
             }
         }
 
-        /// The key found is the top-level field's value as text; other shapes have no key.
+        /// The key found is the top-level string or number as text; null is no key; other values are errors.
         #[test]
         fn finds_the_top_level_key(mut fields in prop::collection::btree_map("[a-z]{1,6}", json_value(), 0..6), key in json_value()) {
             fields.insert("user".into(), key.clone());
@@ -373,7 +437,7 @@ mod props {
             match key {
                 Value::Null => prop_assert_eq!(got, Ok(None)),
                 Value::String(s) => prop_assert_eq!(got, Ok(Some(s))),
-                Value::Bool(b) => prop_assert_eq!(got, Ok(Some(b.to_string()))),
+                Value::Bool(_) => prop_assert_eq!(got.map_err(found), Err("a boolean")),
                 Value::Number(n) => prop_assert_eq!(got, Ok(Some(n.to_string()))),
                 Value::Array(_) => prop_assert_eq!(got.map_err(found), Err("an array")),
                 Value::Object(_) => prop_assert_eq!(got.map_err(found), Err("an object")),

@@ -173,8 +173,12 @@ fn key_and_delivery(
     let document = matches!(cfg.dedupe, DedupeSpec::Field(_));
     let (event, key) = match body::check(body, key_field, document) {
         Ok(parsed) => parsed,
+        // Not an object, so no key field: it runs without a key, as a missing field would.
+        Err(EventError::NotAnObject { .. }) if cfg.missing_key == MissingKey::Unkeyed => {
+            (serde_json::Value::Null, None)
+        }
         Err(e @ EventError::InvalidJson(_)) => return Err(refuse(ErrorCode::InvalidJson, e.to_string())),
-        Err(e @ EventError::BadKey { .. }) => return Err(bad(e.to_string())),
+        Err(e @ (EventError::BadKey { .. } | EventError::NotAnObject { .. })) => return Err(bad(e.to_string())),
     };
     let key = match &cfg.key {
         KeySpec::Callable => engine
