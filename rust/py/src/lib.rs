@@ -27,6 +27,7 @@ use warmslot_core::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod job;
+mod logbridge;
 mod thread_slot;
 mod value;
 use job::PyJob;
@@ -280,8 +281,17 @@ impl Core {
 
     /// Binds and starts serving; returns the (host, port) actually bound.
     fn start(&self, py: Python<'_>) -> PyResult<(String, u16)> {
+        logbridge::refresh(); // logging configured since the last start applies to this server
         let engine = self.engine.clone();
         let addr = py.detach(move || engine.start()).map_err(engine_err)?;
+        log::info!("listening on {addr}");
+        for p in self.engine.pipelines() {
+            let c = &p.config;
+            let iso = if c.isolation == Isolation::Thread { "thread" } else { "process" };
+            let (name, min, max) = (p.name(), c.min_slots, c.max_slots);
+            log::debug!(target: "warmslot.core.pipelines", pipeline = name;
+                "pipeline '{name}': {min}-{max} {iso} slots, a queue of {}", c.ring_capacity);
+        }
         Ok((addr.ip().to_string(), addr.port()))
     }
 
@@ -437,7 +447,11 @@ impl Core {
     fn shutdown(&self, py: Python<'_>, drain: f64) -> PyResult<()> {
         let drain = seconds(Some(drain))?.unwrap_or_default();
         let engine = self.engine.clone();
+        let addr = engine.local_addr();
         py.detach(move || engine.shutdown(drain));
+        if let Some(addr) = addr {
+            log::info!("stopped listening on {addr}");
+        }
         Ok(())
     }
 
@@ -575,6 +589,7 @@ fn hmac_sha256_hex(secret: &[u8], parts: Vec<Vec<u8>>) -> String {
 
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logbridge::init(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Core>()?;
     m.add_class::<PyJob>()?;
