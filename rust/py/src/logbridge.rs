@@ -110,8 +110,16 @@ impl<'kvs> VisitSource<'kvs> for Collect {
 }
 
 impl Owned {
+    /// `LEVEL LOGGER: MESSAGE`, with Python's level names.
     fn to_stderr(&self) {
-        let _ = writeln!(std::io::stderr(), "{} {}: {}", self.level, self.target.replace("::", "."), self.message);
+        let level = match self.level {
+            Level::Error => "ERROR",
+            Level::Warn => "WARNING",
+            Level::Info => "INFO",
+            Level::Debug => "DEBUG",
+            Level::Trace => "TRACE",
+        };
+        let _ = writeln!(std::io::stderr(), "{level} {}: {}", self.target.replace("::", "."), self.message);
     }
 }
 
