@@ -149,20 +149,8 @@ def test_demo_serves_drives_load_and_reports(tmp_path):
 
 def test_demo_logs_json_lines_and_run_refuses_an_unknown_log_format(tmp_path):
     port = free_port()
-    proc = run_cli(
-        "demo",
-        "--seconds",
-        "0.5",
-        "--exit",
-        "--port",
-        str(port),
-        "--clients",
-        "2",
-        "--log-level",
-        "info",
-        "--log-format",
-        "json",
-    )
+    args = ["--seconds", "0.5", "--exit", "--port", str(port), "--clients", "2", "--log-level", "info"]
+    proc = run_cli("demo", *args, "--log-format", "json")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
