@@ -145,3 +145,19 @@ def test_demo_serves_drives_load_and_reports(tmp_path):
         line = next(ln for ln in out.splitlines() if ln.startswith(name))
         requests = int(line.split()[1])
         assert requests > 0, line
+
+
+def test_demo_logs_json_lines_and_run_refuses_an_unknown_log_format(tmp_path):
+    port = free_port()
+    args = ["--seconds", "0.5", "--exit", "--port", str(port), "--clients", "2", "--log-level", "info"]
+    proc = run_cli("demo", *args, "--log-format", "json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    messages = [(r["level"], r["logger"], r["message"]) for r in lines]
+    assert ("INFO", "warmslot.core", f"listening on 127.0.0.1:{port}") in messages, messages
+    assert ("INFO", "warmslot.core", f"stopped listening on 127.0.0.1:{port}") in messages, messages
+
+    proc = run_cli("run", "warmslot.examples.bots:app", "--log-format", "yaml")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "invalid choice: 'yaml'" in err, err

@@ -80,3 +80,5 @@ def decode_batch(
     headers (call it for the dict), received_at, remaining)."""
 
 def encode_result(index: int, kind: int, a: bytes = b"", b: Optional[bytes] = None) -> bytes: ...
+def refresh_logging() -> None:
+    """Re-reads the levels of the Python loggers that Rust records go to (cached per logger)."""

@@ -10,6 +10,7 @@ import re
 import sys
 from typing import List, Optional
 
+from . import logs
 from .loader import LoadError, load_app
 
 #: A DNS host name (RFC 1123 labels); IP addresses are checked with `ipaddress`.
@@ -35,14 +36,6 @@ def _check_port(port: str) -> Optional[str]:
     return None
 
 
-class _NoTraceback(logging.Formatter):
-    """Log lines without tracebacks (they appear with --log-level debug)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return super().format(record)
-
-
 class _QuietWarmUp(logging.Filter):
     """Drops warm-up failure lines while the server starts: `StartupError` reports them, one line
     per pipeline."""
@@ -56,7 +49,11 @@ class _QuietWarmUp(logging.Filter):
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="warmslot", description="Serve Python bot pipelines behind webhooks.")
     sub = parser.add_subparsers(dest="command", required=True)
-    levels = ["debug", "info", "warning", "error"]
+    levels = list(logs.LEVELS)
+    log_format_help = (
+        "text (the default) or json: one object a line with time, level, logger, message and, where "
+        "they apply, pipeline, execution_id and key"
+    )
 
     run = sub.add_parser("run", help="serve an app: warmslot run examples/echo.py:app")
     run.add_argument("target", help="PATH.py[:APP] or MODULE[:APP] (APP defaults to 'app')")
@@ -65,6 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument(
         "--log-level", default="warning", choices=levels, help="debug also prints tracebacks (default warning)"
     )
+    run.add_argument("--log-format", default="text", choices=logs.FORMATS, help=log_format_help)
     run.add_argument(
         "--isolation",
         choices=["thread", "process"],
@@ -81,6 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--clients", type=int, default=8)
     demo.add_argument("--exit", action="store_true", help="stop after the report instead of serving until Ctrl-C")
     demo.add_argument("--log-level", default="warning", choices=levels)
+    demo.add_argument("--log-format", default="text", choices=logs.FORMATS, help=log_format_help)
 
     sim = sub.add_parser(
         "simulate",
@@ -120,14 +119,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     port = int(args.port)
     host = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
-    debug = args.log_level == "debug"
-    handler = logging.StreamHandler()
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt) if debug else _NoTraceback(fmt))
+    # Before the app is loaded: the Rust core's messages follow this configuration too.
+    handler = logs.configure(args.log_level, args.log_format)
     quiet = _QuietWarmUp()
-    if not debug:
+    if args.log_level != "debug":
         handler.addFilter(quiet)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     try:
         if args.command == "run":
             from .app import StartupError

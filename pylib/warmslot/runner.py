@@ -88,6 +88,7 @@ class EventRunner:
             "unordered and their ctx.state is not kept (ctx.key is None)",
             spec.name,
             spec.key if isinstance(spec.key, str) else "a callable",
+            extra={"pipeline": spec.name},
         )
 
     def context(self, execution_id: str, key: Optional[str], state: Any, headers: Any, received_at: float) -> Context:
@@ -119,9 +120,18 @@ class EventRunner:
             return _json.loads(state)
         return state
 
-    def failed(self, execution_id: str, exc: BaseException) -> Result:
+    def failed(self, execution_id: str, exc: BaseException, key: Optional[str] = None) -> Result:
         try:
-            log.warning("pipeline %r raised on execution %s", self.spec.name, execution_id, exc_info=exc)
+            # The exception's type and message at any level; its traceback at debug (the CLI's
+            # formatters show `exc_info` then).
+            log.warning(
+                "pipeline %r raised on execution %s: %s",
+                self.spec.name,
+                execution_id,
+                error_message(exc, False),
+                exc_info=exc,
+                extra={"pipeline": self.spec.name, "execution_id": execution_id, "key": key},
+            )
         except BaseException:
             pass
         return (False, "pipeline_error", error_message(exc, self.debug))
@@ -186,7 +196,7 @@ class EventRunner:
                     result.close()
                     raise TypeError("pipeline returned a coroutine; declare it with `async def`")
             except BaseException as exc:
-                return self.failed(execution_id, exc)
+                return self.failed(execution_id, exc, ctx.key)
             try:
                 reply = _dumps(result, _default, _OPTS)
             except Exception as exc:
@@ -234,11 +244,11 @@ class EventRunner:
             except asyncio.TimeoutError as exc:
                 if remaining is not None:
                     return (False, "pipeline_timeout", f"pipeline {self.spec.name!r} did not finish in time")
-                return self.failed(execution_id, exc)
+                return self.failed(execution_id, exc, ctx.key)
             except BaseException as exc:
-                return self.failed(execution_id, exc)
+                return self.failed(execution_id, exc, ctx.key)
             if isinstance(result, _Raised):
-                return self.failed(execution_id, result.exc)
+                return self.failed(execution_id, result.exc, ctx.key)
             return self.encode(result, ctx)
         except BaseException as exc:
             return (False, "pipeline_error", f"internal error while running the pipeline: {type(exc).__name__}")

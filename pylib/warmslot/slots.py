@@ -182,10 +182,14 @@ class PipelineRuntime:
     def _warmup_failed(self, msg: str, exc: Optional[BaseException] = None) -> None:
         if len(self.errors) < 20:
             self.errors.append(msg)
-        log.error(msg, exc_info=exc)
+        log.error(msg, exc_info=exc, extra={"pipeline": self.spec.name})
         with self._lock:
             self._failures += 1
             self._failed_at = time.monotonic()
+
+    def _about(self, slot: int) -> dict:
+        """`extra=` of a log call about one slot (fields of `warmslot.logs.JsonFormatter`)."""
+        return {"pipeline": self.spec.name, "slot": slot}
 
     def _slot_gone(self, slot: int, warm: bool) -> None:
         if warm:
@@ -218,7 +222,7 @@ class PipelineRuntime:
         try:
             self.core.run_thread_slot(self.index, slot, runner.run_sync, reason, time.monotonic() - began)
         except BaseException as exc:  # the binding refused (a bug): say so, free the slot
-            log.error("slot %d of pipeline %r stopped", slot, self.spec.name, exc_info=exc)
+            log.error("slot %d of pipeline %r stopped", slot, self.spec.name, exc_info=exc, extra=self._about(slot))
         finally:
             self._slot_gone(slot, warm=True)
 
@@ -233,18 +237,26 @@ class PipelineRuntime:
                 if not warmed:
                     warmed = True
                     self._warmed()
-                log.debug("slot %d of pipeline %r is warm (%s)", slot, name, message)
+                log.debug("slot %d of pipeline %r is warm (%s)", slot, name, message, extra=self._about(slot))
             elif kind == "warmup_failed":
                 self._warmup_failed(message)
             elif kind == "crashed":
-                log.error("slot %d of pipeline %r crashed: %s; starting a fresh worker", slot, name, message)
+                log.error(
+                    "slot %d of pipeline %r crashed: %s; starting a fresh worker",
+                    slot,
+                    name,
+                    message,
+                    extra=self._about(slot),
+                )
             elif kind == "recycled":
-                log.info("slot %d of pipeline %r recycled its worker (%s)", slot, name, message)
+                log.info(
+                    "slot %d of pipeline %r recycled its worker (%s)", slot, name, message, extra=self._about(slot)
+                )
 
         try:
             self.core.run_process_slot(self.index, slot, reason, report)
         except BaseException as exc:
-            log.error("slot %d of pipeline %r stopped", slot, self.spec.name, exc_info=exc)
+            log.error("slot %d of pipeline %r stopped", slot, self.spec.name, exc_info=exc, extra=self._about(slot))
         finally:
             self._slot_gone(slot, warm=warmed)
 

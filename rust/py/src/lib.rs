@@ -26,6 +26,7 @@ use warmslot_core::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod job;
+mod logbridge;
 mod thread_slot;
 mod value;
 use job::PyJob;
@@ -289,6 +290,7 @@ impl Core {
     /// Opens the engine (recovering a durable store's journal), then binds and starts the HTTP
     /// server with it; returns the (host, port) actually bound.
     fn start(&self, py: Python<'_>) -> PyResult<(String, u16)> {
+        logbridge::refresh(); // logging configured since the last start applies to this server
         let engine = self.engine.clone();
         let server = py.detach(move || {
             engine.open().map_err(engine_err)?;
@@ -301,6 +303,14 @@ impl Core {
         })?;
         let addr = server.local_addr();
         *self.server.lock().unwrap() = Some(server);
+        log::info!("listening on {addr}");
+        for p in self.engine.pipelines() {
+            let c = &p.config;
+            let iso = if c.isolation == Isolation::Thread { "thread" } else { "process" };
+            let (name, min, max) = (p.name(), c.min_slots, c.max_slots);
+            log::debug!(target: "warmslot.core.pipelines", pipeline = name;
+                "pipeline '{name}': {min}-{max} {iso} slots, a queue of {}", c.ring_capacity);
+        }
         Ok((addr.ip().to_string(), addr.port()))
     }
 
@@ -457,12 +467,14 @@ impl Core {
         let drain = seconds(Some(drain))?.unwrap_or_default();
         let Some(server) = self.server.lock().unwrap().take() else { return Ok(()) };
         let engine = self.engine.clone();
+        let addr = server.local_addr();
         // Drain first, so that waiting clients are answered on open connections, then close them.
         py.detach(move || {
             engine.drain(drain);
             server.stop();
             engine.close();
         });
+        log::info!("stopped listening on {addr}");
         Ok(())
     }
 
@@ -600,6 +612,7 @@ fn hmac_sha256_hex(secret: &[u8], parts: Vec<Vec<u8>>) -> String {
 
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logbridge::init(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Core>()?;
     m.add_class::<PyJob>()?;
