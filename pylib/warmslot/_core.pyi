@@ -3,7 +3,7 @@
 `Any` is left only where a value is a JSON document (events, states), and in the dicts of
 `Core.pool()` and `Core.stats()` (their keys are listed there)."""
 
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 __version__: str
 
@@ -90,6 +90,32 @@ class AppSettings:
         redis_url: Optional[str],
     ) -> None: ...
 
+class WarmupReason:
+    """Why a slot warmed up; `value` is the metric label ("ahead", "demand", "replace")."""
+
+    AHEAD: ClassVar["WarmupReason"]
+    DEMAND: ClassVar["WarmupReason"]
+    REPLACE: ClassVar["WarmupReason"]
+    @property
+    def value(self) -> str: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __int__(self) -> int: ...
+
+class SlotReport:
+    """What `Core.run_process_slot` reports about its slot; `value`: "warm", "warmup_failed",
+    "crashed" or "recycled"."""
+
+    WARM: ClassVar["SlotReport"]
+    WARMUP_FAILED: ClassVar["SlotReport"]
+    CRASHED: ClassVar["SlotReport"]
+    RECYCLED: ClassVar["SlotReport"]
+    @property
+    def value(self) -> str: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __int__(self) -> int: ...
+
 class Core:
     """The engine: HTTP ingress, per-pipeline intake (ring + per-key lanes), slot pools."""
 
@@ -103,7 +129,9 @@ class Core:
         self, pipeline: int, slot: int, runner: Runner, reason: str, warmup_s: float
     ) -> Literal["retired", "stopped"]:
         """Runs a warm thread slot (GIL released) until it retires or the server stops."""
-    def run_process_slot(self, pipeline: int, slot: int, reason: str, report: Callable[[str, str], None]) -> None:
+    def run_process_slot(
+        self, pipeline: int, slot: int, reason: WarmupReason, report: Callable[[SlotReport, str], None]
+    ) -> None:
         """Runs a process slot (spawns and replaces its worker) until it retires or the server stops."""
     def take_batch(self, pipeline: int, max: int, timeout: float = 0.1, spin_us: int = 0) -> Optional[List[Job]]:
         """Up to `max` begun events; [] on timeout; None once the pipeline stopped."""

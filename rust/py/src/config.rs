@@ -1,4 +1,5 @@
-//! Typed values that cross from Python to Rust: the app's and the pipelines' settings.
+//! Typed values that cross from Python to Rust: the app's and the pipelines' settings, and the
+//! enumerations of slot reports and warm-up reasons.
 //!
 //! Every settings class has a keyword-only constructor in which every field is required, so a
 //! missing or misspelt field is Python's own `TypeError` naming it, at start; optional values are
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use warmslot_core::runtime::slots::WarmupReason;
 use warmslot_core::{
     AppConfig, DedupeSpec, Isolation, KeySpec, MissingKey, PipelineConfig, SignatureScheme, SignatureSpec,
     WorkerCommand,
@@ -325,5 +327,104 @@ impl AppSettings {
             Store::Redis { .. } => "redis",
         };
         format!("AppSettings(host={:?}, port={}, store={store:?})", self.config.host, self.config.port)
+    }
+}
+
+/// Why a slot warmed up (the `reason` label of `warmslot_slot_warmups_total`).
+#[pyclass(module = "warmslot._core", name = "WarmupReason", eq, eq_int, hash, frozen, from_py_object)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PyWarmupReason {
+    /// Before demand: the pool grew with nothing waiting (the forecast, or min_slots).
+    #[pyo3(name = "AHEAD")]
+    Ahead,
+    /// Events were waiting when the warm-up started.
+    #[pyo3(name = "DEMAND")]
+    Demand,
+    /// The slot replaced one that crashed or was recycled.
+    #[pyo3(name = "REPLACE")]
+    Replace,
+}
+
+impl PyWarmupReason {
+    const ALL: [PyWarmupReason; 3] = [PyWarmupReason::Ahead, PyWarmupReason::Demand, PyWarmupReason::Replace];
+
+    fn label(self) -> &'static str {
+        match self {
+            PyWarmupReason::Ahead => "ahead",
+            PyWarmupReason::Demand => "demand",
+            PyWarmupReason::Replace => "replace",
+        }
+    }
+
+    /// The reason named `label` ("ahead", "demand", "replace").
+    pub(crate) fn parse(label: &str) -> PyResult<Self> {
+        let options = Self::ALL.map(|r| (r.label(), r));
+        choice("reason", label, &options)
+    }
+}
+
+impl From<PyWarmupReason> for WarmupReason {
+    fn from(r: PyWarmupReason) -> Self {
+        match r {
+            PyWarmupReason::Ahead => WarmupReason::Ahead,
+            PyWarmupReason::Demand => WarmupReason::Demand,
+            PyWarmupReason::Replace => WarmupReason::Replace,
+        }
+    }
+}
+
+#[pymethods]
+impl PyWarmupReason {
+    /// The metric label: "ahead", "demand" or "replace".
+    #[getter]
+    fn value(&self) -> &'static str {
+        self.label()
+    }
+}
+
+/// What `Core.run_process_slot` reports about its slot: `report(kind, message)`.
+#[pyclass(module = "warmslot._core", eq, eq_int, hash, frozen, skip_from_py_object)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SlotReport {
+    /// A worker is warm (message: its pid).
+    #[pyo3(name = "WARM")]
+    Warm,
+    /// A worker failed to warm up (message: why).
+    #[pyo3(name = "WARMUP_FAILED")]
+    WarmupFailed,
+    /// A worker crashed; a fresh one is started (message: how).
+    #[pyo3(name = "CRASHED")]
+    Crashed,
+    /// A worker was recycled (message: "max_executions" or "max_memory").
+    #[pyo3(name = "RECYCLED")]
+    Recycled,
+}
+
+impl SlotReport {
+    const ALL: [SlotReport; 4] =
+        [SlotReport::Warm, SlotReport::WarmupFailed, SlotReport::Crashed, SlotReport::Recycled];
+
+    /// The kind the core reports (`warmslot_core::runtime::process`).
+    fn label(self) -> &'static str {
+        match self {
+            SlotReport::Warm => "warm",
+            SlotReport::WarmupFailed => "warmup_failed",
+            SlotReport::Crashed => "crashed",
+            SlotReport::Recycled => "recycled",
+        }
+    }
+
+    pub(crate) fn parse(kind: &str) -> PyResult<Self> {
+        let options = Self::ALL.map(|r| (r.label(), r));
+        choice("slot report kind", kind, &options)
+    }
+}
+
+#[pymethods]
+impl SlotReport {
+    /// The kind as the core names it: "warm", "warmup_failed", "crashed" or "recycled".
+    #[getter]
+    fn value(&self) -> &'static str {
+        self.label()
     }
 }

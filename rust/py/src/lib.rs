@@ -29,17 +29,12 @@ mod config;
 mod job;
 mod thread_slot;
 mod value;
-use config::{AppSettings, PipelineSettings, SignatureSettings, Store};
+use config::{AppSettings, PipelineSettings, PyWarmupReason, SignatureSettings, SlotReport, Store};
 use job::PyJob;
 use thread_slot::ThreadBackend;
 
 fn warmup_reason(reason: &str) -> PyResult<WarmupReason> {
-    match reason {
-        "ahead" => Ok(WarmupReason::Ahead),
-        "demand" => Ok(WarmupReason::Demand),
-        "replace" => Ok(WarmupReason::Replace),
-        other => Err(PyValueError::new_err(format!("unknown warm-up reason {other:?}"))),
-    }
+    PyWarmupReason::parse(reason).map(Into::into)
 }
 
 /// How errors of the core become Python exceptions (all of them go through here): bad
@@ -215,27 +210,28 @@ impl Core {
 
     /// Runs process slot `slot` on the calling thread (GIL released): spawns its worker, replaces
     /// it after crashes and recycles, returns when the slot retires or the server stops.
-    /// `report(kind, message)` is called (with the GIL) on warm, warmup_failed, crashed, recycled.
+    /// `report(kind: SlotReport, message)` is called (with the GIL) on WARM, WARMUP_FAILED,
+    /// CRASHED and RECYCLED.
     fn run_process_slot(
         &self,
         py: Python<'_>,
         pipeline: usize,
         slot: usize,
-        reason: &str,
+        reason: PyWarmupReason,
         report: Py<PyAny>,
     ) -> PyResult<()> {
         self.check_slot(pipeline, slot)?;
-        let reason = warmup_reason(reason)?;
         let engine = self.engine.clone();
         py.detach(move || {
             let report = |kind: &str, message: &str| {
                 Python::attach(|py| {
-                    if let Err(e) = report.bind(py).call1((kind, message)) {
+                    let called = SlotReport::parse(kind).and_then(|kind| report.bind(py).call1((kind, message)));
+                    if let Err(e) = called {
                         e.print(py);
                     }
                 })
             };
-            engine.run_process_slot(pipeline, slot, reason, &report)
+            engine.run_process_slot(pipeline, slot, reason.into(), &report)
         })
         .map_err(engine_err)
     }
@@ -472,6 +468,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AppSettings>()?;
     m.add_class::<PipelineSettings>()?;
     m.add_class::<SignatureSettings>()?;
+    m.add_class::<SlotReport>()?;
+    m.add_class::<PyWarmupReason>()?;
     m.add_class::<PyJob>()?;
     m.add_class::<thread_slot::LazyHeaders>()?;
     m.add_function(wrap_pyfunction!(hmac_sha256_hex, m)?)?;
