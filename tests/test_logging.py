@@ -258,7 +258,13 @@ def test_rust_records_logged_after_the_bridge_closed_go_to_stderr(tmp_path):
             app = warmslot.App()
             app.pipeline("echo")(lambda event, ctx: event)
             server = app.start("127.0.0.1", 0)  # stopped by warmslot's own atexit hook
-            late.append(_core.Core({"host": "127.0.0.1", "port": 0}, [], []))
+            settings = _core.AppSettings(
+                host="127.0.0.1", port=0, max_records=100, io_threads=1, max_connections=10, spin_us=0,
+                admin_token=None, max_header_bytes=65536, header_timeout=30.0, body_timeout=30.0,
+                max_record_bytes=1 << 20, max_keys=100, max_state_bytes=1 << 20, records_ttl=60.0,
+                store="memory", sqlite_path=None, sqlite_synchronous="normal", redis_url=None,
+            )
+            late.append(_core.Core(settings, []))
             print(server.port, late[0].start()[1], flush=True)
             """
         )

@@ -12,7 +12,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
 
-from . import _core, _json, sched
+from . import _core, sched
 from .predictor import Autoscaler
 from .slots import PipelineRuntime
 from .spec import KeySpec, PipelineSpec, Signature, check_count, check_name, check_options, check_seconds
@@ -403,14 +403,6 @@ def _is_async_target(target: Any) -> bool:
     return _is_async(target)
 
 
-def _key_fn(key: Callable[[Any], Any]) -> Callable[[bytes], Optional[str]]:
-    def compute(body: bytes) -> Optional[str]:
-        value = key(_json.loads(body))
-        return None if value is None else str(value)
-
-    return compute
-
-
 def _worker_target(app: "App", names: List[str]) -> str:
     """How a worker process imports `app`: `app.target` when set (``warmslot run`` sets it),
     else the file (or module) that defines the pipelines, and the module-level name of the app."""
@@ -437,43 +429,37 @@ class Server:
             raise ValueError("the app has no pipelines; declare one with @app.pipeline(...)")
         self.app = app
         specs = list(app.pipelines.values())
-        config = {
-            "host": host,
-            "port": port,
-            "max_records": app.max_records,
-            "io_threads": app.io_threads,
-            "max_connections": app.max_connections,
-            "spin_us": app.spin_us,
-            "sqlite_path": app.sqlite_path,
-            "redis_url": app.redis_url,
-            "admin_token": app.admin_token,
-            "max_header_bytes": app.max_header_bytes,
-            "header_timeout": app.header_timeout,
-            "body_timeout": app.body_timeout,
-            "max_record_bytes": app.max_record_bytes,
-            "max_keys": app.max_keys,
-            "max_state_bytes": app.max_state_bytes,
-            "records_ttl": app.records_ttl,
-            "sqlite_synchronous": app.sqlite_synchronous,
-        }
-        key_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
-            _key_fn(s.key) if callable(s.key) else None for s in specs
-        ]
         if os.environ.get("WARMSLOT_WORKER"):
             raise RuntimeError(
                 "this module starts a warmslot server when imported, and a worker process imported it: "
                 "guard app.start()/app.serve() with `if __name__ == '__main__':`"
             )
+        settings = _core.AppSettings(
+            host=host,
+            port=port,
+            max_records=app.max_records,
+            io_threads=app.io_threads,
+            max_connections=app.max_connections,
+            spin_us=app.spin_us,
+            admin_token=app.admin_token,
+            max_header_bytes=app.max_header_bytes,
+            header_timeout=app.header_timeout,
+            body_timeout=app.body_timeout,
+            max_record_bytes=app.max_record_bytes,
+            max_keys=app.max_keys,
+            max_state_bytes=app.max_state_bytes,
+            records_ttl=app.records_ttl,
+            store="redis" if app.redis_url is not None else ("sqlite" if app.sqlite_path is not None else "memory"),
+            sqlite_path=app.sqlite_path,
+            sqlite_synchronous=app.sqlite_synchronous,
+            redis_url=app.redis_url,
+        )
         isolation = [s.isolation or app.isolation for s in specs]
-        configs = [s.as_config() for s in specs]
         process = [s.name for s, iso in zip(specs, isolation) if iso == "process"]
-        if process:
-            target = _worker_target(app, process)
-            for cfg, iso in zip(configs, isolation):
-                if iso == "process":
-                    cfg["worker_cmd"] = [sys.executable, "-m", "warmslot.worker", target, cfg["name"]]
-        dedupe_fns: List[Optional[Callable[[bytes], Optional[str]]]] = [
-            _key_fn(s.dedupe) if callable(s.dedupe) and not isinstance(s.dedupe, bool) else None for s in specs
+        target = _worker_target(app, process) if process else ""
+        pipelines = [
+            s.settings(iso, [sys.executable, "-m", "warmslot.worker", target, s.name] if iso == "process" else None)
+            for s, iso in zip(specs, isolation)
         ]
         # Every thread started here (and every worker process its slot threads spawn) inherits
         # the policy of this block (see `warmslot.sched`).
@@ -482,7 +468,7 @@ class Server:
         # (False when it was not asked to, or the starting thread ran another policy, which they
         # then inherit).
         with sched.batch_policy(batch) as self.sched_switched:
-            self._core = _core.Core(config, configs, key_fns, dedupe_fns)
+            self._core = _core.Core(settings, pipelines)
             self.host, self.port = self._core.start()
             self._stopped = False
             self._lock = threading.Lock()

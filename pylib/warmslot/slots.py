@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+from ._core import SlotReport, WarmupReason
 from .runner import EventRunner, error_message
 from .spec import PipelineSpec
 
@@ -116,7 +117,8 @@ class PipelineRuntime:
         were started. Cancels pending retirements first."""
         self.core.keep_at_most(self.index, None)
         waiting = self.core.pool(self.index)["waiting"] if self._next_slot else 0
-        reason = "demand" if waiting > 0 else "ahead"
+        why = WarmupReason.DEMAND if waiting > 0 else WarmupReason.AHEAD
+        reason = why.value  # run_thread_slot and mark_warm (thread and async slots) take its name
         new = self._take_slots(target)
         for slot in new:
             if self.spec.is_async and self.isolation == "thread":
@@ -131,8 +133,9 @@ class PipelineRuntime:
                     self._slot_gone(slot, warm=False)
                 continue
             body = self._process_slot if self.isolation == "process" else self._sync_slot
+            slot_reason = why if self.isolation == "process" else reason
             t = threading.Thread(
-                target=body, args=(slot, reason), name=f"warmslot-{self.spec.name}-{slot}", daemon=True
+                target=body, args=(slot, slot_reason), name=f"warmslot-{self.spec.name}-{slot}", daemon=True
             )
             self.threads.append(t)
             t.start()
@@ -227,20 +230,20 @@ class PipelineRuntime:
             self._slot_gone(slot, warm=True)
 
     # -- process slots ---------------------------------------------------------------------------
-    def _process_slot(self, slot: int, reason: str) -> None:
+    def _process_slot(self, slot: int, reason: WarmupReason) -> None:
         warmed = False
 
-        def report(kind: str, message: str) -> None:
+        def report(kind: SlotReport, message: str) -> None:
             nonlocal warmed
             name = self.spec.name
-            if kind == "warm":
+            if kind == SlotReport.WARM:
                 if not warmed:
                     warmed = True
                     self._warmed()
                 log.debug("slot %d of pipeline %r is warm (%s)", slot, name, message, extra=self._about(slot))
-            elif kind == "warmup_failed":
+            elif kind == SlotReport.WARMUP_FAILED:
                 self._warmup_failed(message)
-            elif kind == "crashed":
+            elif kind == SlotReport.CRASHED:
                 log.error(
                     "slot %d of pipeline %r crashed: %s; starting a fresh worker",
                     slot,
@@ -248,7 +251,7 @@ class PipelineRuntime:
                     message,
                     extra=self._about(slot),
                 )
-            elif kind == "recycled":
+            elif kind == SlotReport.RECYCLED:
                 log.info(
                     "slot %d of pipeline %r recycled its worker (%s)", slot, name, message, extra=self._about(slot)
                 )

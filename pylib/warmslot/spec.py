@@ -7,8 +7,9 @@ import binascii
 import inspect
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
+from . import _core, _json
 from .policies import check_options as check_scaling_options
 
 KeySpec = Union[None, str, Callable[[Any], Any]]
@@ -27,14 +28,11 @@ class Signature:
     prefix: str = ""
     tolerance: float = 300.0
 
-    def as_config(self) -> dict:
-        return {
-            "secret": self.secret,
-            "scheme": self.scheme,
-            "header": self.header,
-            "prefix": self.prefix,
-            "tolerance": self.tolerance,
-        }
+    def settings(self) -> _core.SignatureSettings:
+        """This check as the engine takes it (every field named once, here)."""
+        return _core.SignatureSettings(
+            secret=self.secret, scheme=self.scheme, header=self.header, prefix=self.prefix, tolerance=self.tolerance
+        )
 
 
 def _secret(secret: Union[str, bytes]) -> bytes:
@@ -301,26 +299,50 @@ class PipelineSpec:
             return call_async
         return lambda event, ctx: target(event)
 
-    def as_config(self) -> dict:
-        return {
-            "name": self.name,
-            "key_field": self.key if isinstance(self.key, str) else None,
-            "key_callable": callable(self.key),
-            "min_slots": self.min_slots,
-            "max_slots": self.max_slots,
-            "timeout": self.timeout,
-            "max_body_bytes": self.max_body_bytes,
-            "queue_size": self.queue_size,
-            "max_batch": self.max_batch,
-            "concurrency": self.concurrency,
-            "max_executions": self.max_executions,
-            "max_memory_mb": self.max_memory_mb,
-            "signature": self.signature.as_config() if self.signature else None,
-            "reply_async": self.reply == "async",
-            "missing_key": self.missing_key,
-            "dedupe": "off" if self.dedupe is False else ("callable" if callable(self.dedupe) else "headers"),
-            "dedupe_field": self.dedupe if isinstance(self.dedupe, str) else None,
-            "dedupe_window": self.dedupe_window,
-            "retries": self.retries,
-            "retry_backoff": self.retry_backoff,
-        }
+    def settings(self, isolation: str, worker_cmd: Optional[List[str]]) -> _core.PipelineSettings:
+        """This pipeline as the engine takes it (every field named once, here). `isolation`: the
+        pipeline's, or the App's default; `worker_cmd`: how its worker processes start
+        ("process" only)."""
+        key, dedupe = self.key, self.dedupe
+        return _core.PipelineSettings(
+            name=self.name,
+            key="field" if isinstance(key, str) else ("callable" if callable(key) else "none"),
+            key_field=key if isinstance(key, str) else None,
+            key_fn=_body_fn(key) if callable(key) else None,
+            missing_key=self.missing_key,
+            min_slots=self.min_slots,
+            max_slots=self.max_slots,
+            timeout=self.timeout,
+            max_body_bytes=self.max_body_bytes,
+            queue_size=self.queue_size,
+            max_batch=self.max_batch,
+            isolation=isolation,
+            worker_cmd=worker_cmd,
+            concurrency=self.concurrency,
+            max_executions=self.max_executions,
+            max_memory_mb=self.max_memory_mb,
+            signature=self.signature.settings() if self.signature else None,
+            reply_async=self.reply == "async",
+            dedupe=_dedupe_mode(dedupe),
+            dedupe_field=dedupe if isinstance(dedupe, str) else None,
+            dedupe_fn=_body_fn(dedupe) if _dedupe_mode(dedupe) == "callable" else None,
+            dedupe_window=self.dedupe_window,
+            retries=self.retries,
+            retry_backoff=self.retry_backoff,
+        )
+
+
+def _dedupe_mode(dedupe: Any) -> str:
+    if isinstance(dedupe, bool):
+        return "headers" if dedupe else "off"
+    return "field" if isinstance(dedupe, str) else "callable"
+
+
+def _body_fn(f: Callable[[Any], Any]) -> Callable[[bytes], Optional[str]]:
+    """`f(event)` as the engine calls it: on the raw body, returning a str or None."""
+
+    def compute(body: bytes) -> Optional[str]:
+        value = f(_json.loads(body))
+        return None if value is None else str(value)
+
+    return compute

@@ -12,8 +12,8 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use warmslot_core::{
-    lease_for, AppConfig, DedupeSpec, Engine, EngineError, Isolation, KeyFn, KeySpec, MemoryStore, MissingKey,
-    PipelineConfig, RedisDb, SignatureScheme, SignatureSpec, SqliteDb, SqliteOptions, StateStore, WorkerCommand,
+    lease_for, Engine, EngineError, Isolation, KeyFn, MemoryStore, PipelineConfig, RedisDb, SqliteDb, SqliteOptions,
+    StateStore,
 };
 
 // NOTE: glibc malloc took about 16% of the I/O thread's CPU serving the support bot (perf,
@@ -25,22 +25,22 @@ use warmslot_core::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod config;
 mod job;
 mod logbridge;
 mod thread_slot;
 mod value;
+use config::{AppSettings, PipelineSettings, PyWarmupReason, SignatureSettings, SlotReport, Store};
 use job::PyJob;
 use thread_slot::ThreadBackend;
 
 fn warmup_reason(reason: &str) -> PyResult<WarmupReason> {
-    match reason {
-        "ahead" => Ok(WarmupReason::Ahead),
-        "demand" => Ok(WarmupReason::Demand),
-        "replace" => Ok(WarmupReason::Replace),
-        other => Err(PyValueError::new_err(format!("unknown warm-up reason {other:?}"))),
-    }
+    PyWarmupReason::parse(reason).map(Into::into)
 }
 
+/// How errors of the core become Python exceptions (all of them go through here, `http_err` and
+/// `store_err`): bad configuration is a `ValueError`, what the OS or a store refused (a port in
+/// use, a state store that cannot be opened or read) an `OSError`, the rest a `RuntimeError`.
 fn engine_err(e: EngineError) -> PyErr {
     match e {
         EngineError::Config(_) => PyValueError::new_err(e.to_string()),
@@ -62,83 +62,13 @@ fn http_err(e: HttpError) -> PyErr {
     }
 }
 
-fn get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>> {
-    match d.get_item(key)? {
-        Some(v) if !v.is_none() => Ok(Some(v.extract().map_err(Into::into)?)),
-        _ => Ok(None),
-    }
+fn store_err(e: warmslot_core::StoreError) -> PyErr {
+    PyOSError::new_err(e.to_string())
 }
 
 fn seconds(v: Option<f64>) -> PyResult<Option<Duration>> {
     v.map(|s| Duration::try_from_secs_f64(s).map_err(|_| PyValueError::new_err(format!("{s} is not a valid duration"))))
         .transpose()
-}
-
-fn pipeline_config(d: &Bound<'_, PyDict>) -> PyResult<PipelineConfig> {
-    let name: String = get(d, "name")?.ok_or_else(|| PyValueError::new_err("pipeline needs a name"))?;
-    let mut p = PipelineConfig::new(name);
-    p.key = match get::<String>(d, "key_field")? {
-        Some(field) => KeySpec::Field(field),
-        None if get::<bool>(d, "key_callable")?.unwrap_or(false) => KeySpec::Callable,
-        None => KeySpec::None,
-    };
-    if let Some(v) = get(d, "min_slots")? {
-        p.min_slots = v;
-    }
-    p.max_slots = get(d, "max_slots")?.unwrap_or(p.min_slots).max(p.min_slots);
-    p.timeout = seconds(get(d, "timeout")?)?;
-    if let Some(v) = get(d, "max_body_bytes")? {
-        p.max_body_bytes = v;
-    }
-    if let Some(v) = get(d, "queue_size")? {
-        p.ring_capacity = v;
-    }
-    if let Some(v) = get(d, "max_batch")? {
-        p.max_batch = v;
-    }
-    if let Some(cmd) = get::<Vec<String>>(d, "worker_cmd")? {
-        let (program, args) = cmd.split_first().ok_or_else(|| PyValueError::new_err("worker_cmd is empty"))?;
-        p.isolation = Isolation::Process(WorkerCommand { program: program.clone(), args: args.to_vec() });
-    }
-    if let Some(v) = get(d, "concurrency")? {
-        p.concurrency = v;
-    }
-    p.max_executions = get(d, "max_executions")?;
-    p.max_memory_mb = get(d, "max_memory_mb")?;
-    p.reply_async = get(d, "reply_async")?.unwrap_or(false);
-    p.dedupe = match (get::<String>(d, "dedupe_field")?, get::<String>(d, "dedupe")?.as_deref()) {
-        (Some(field), _) => DedupeSpec::Field(field),
-        (None, Some("headers") | None) => DedupeSpec::Headers,
-        (None, Some("callable")) => DedupeSpec::Callable,
-        (None, Some("off")) => DedupeSpec::Off,
-        (None, Some(other)) => return Err(PyValueError::new_err(format!("unknown dedupe mode {other:?}"))),
-    };
-    p.dedupe_window = seconds(get(d, "dedupe_window")?)?.unwrap_or(p.dedupe_window);
-    p.retries = get(d, "retries")?.unwrap_or(0);
-    p.retry_backoff = seconds(get(d, "retry_backoff")?)?.unwrap_or(p.retry_backoff);
-    p.missing_key = match get::<String>(d, "missing_key")?.as_deref() {
-        Some("unkeyed") | None => MissingKey::Unkeyed,
-        Some("reject") => MissingKey::Reject,
-        Some(other) => {
-            return Err(PyValueError::new_err(format!("missing_key must be 'unkeyed' or 'reject', got {other:?}")))
-        }
-    };
-    if let Some(sig) = get::<Bound<'_, PyDict>>(d, "signature")? {
-        let secret: Vec<u8> = get(&sig, "secret")?.ok_or_else(|| PyValueError::new_err("signature needs a secret"))?;
-        let tolerance = seconds(get(&sig, "tolerance")?)?.unwrap_or(Duration::from_secs(300));
-        let scheme = match get::<String>(&sig, "scheme")?.as_deref() {
-            Some("hex") | None => SignatureScheme::Hex {
-                header: get::<String>(&sig, "header")?.unwrap_or_else(|| "x-signature".into()).to_ascii_lowercase(),
-                prefix: get(&sig, "prefix")?.unwrap_or_default(),
-            },
-            Some("slack") => SignatureScheme::Slack { tolerance },
-            Some("stripe") => SignatureScheme::Stripe { tolerance },
-            Some("standard") => SignatureScheme::Standard { tolerance },
-            Some(other) => return Err(PyValueError::new_err(format!("unknown signature scheme {other:?}"))),
-        };
-        p.signature = Some(SignatureSpec { secret, scheme });
-    }
-    Ok(p)
 }
 
 /// Calls the Python key callables from the ingress thread.
@@ -204,80 +134,38 @@ impl Core {
 
 #[pymethods]
 impl Core {
-    /// `app`: host, port, max_records, io_threads, max_connections. `pipelines`: list of dicts.
-    /// `key_fns`: per pipeline, None or a callable(body: bytes) -> str | None; `dedupe_fns`
-    /// likewise, for delivery ids.
+    /// `app`: the app's settings; `pipelines`: each pipeline's, in order (a pipeline's index is
+    /// its place here).
     #[new]
-    #[pyo3(signature = (app, pipelines, key_fns, dedupe_fns=None))]
-    fn new(
-        app: &Bound<'_, PyDict>,
-        pipelines: &Bound<'_, PyList>,
-        key_fns: Vec<Option<Py<PyAny>>>,
-        dedupe_fns: Option<Vec<Option<Py<PyAny>>>>,
-    ) -> PyResult<Self> {
-        let mut config = AppConfig::default();
-        if let Some(h) = get(app, "host")? {
-            config.host = h;
-        }
-        if let Some(p) = get(app, "port")? {
-            config.port = p;
-        }
-        if let Some(v) = get(app, "max_records")? {
-            config.max_records = v;
-        }
-        if let Some(v) = get(app, "io_threads")? {
-            config.io_threads = v;
-        }
-        if let Some(v) = get(app, "max_connections")? {
-            config.max_connections = v;
-        }
-        if let Some(v) = get::<u64>(app, "spin_us")? {
-            config.idle_spin = Duration::from_micros(v);
-        }
-        // Hardening limits (issue 9); absent keys keep the core's defaults.
-        config.admin_token = get(app, "admin_token")?;
-        config.max_header_bytes = get(app, "max_header_bytes")?.unwrap_or(config.max_header_bytes);
-        config.header_timeout = seconds(get(app, "header_timeout")?)?.unwrap_or(config.header_timeout);
-        config.body_timeout = seconds(get(app, "body_timeout")?)?.unwrap_or(config.body_timeout);
-        config.max_record_bytes = get(app, "max_record_bytes")?.unwrap_or(config.max_record_bytes);
-        config.max_keys = get(app, "max_keys")?.unwrap_or(config.max_keys);
-        config.max_state_bytes = get(app, "max_state_bytes")?.unwrap_or(config.max_state_bytes);
-        let max_keys = config.max_keys;
-        for p in pipelines.iter() {
-            config.pipelines.push(pipeline_config(p.cast::<PyDict>()?)?);
-        }
-        config.records_ttl = seconds(get(app, "records_ttl")?)?.unwrap_or(config.records_ttl);
-        let dedupe_fns = dedupe_fns.unwrap_or_default();
+    fn new(py: Python<'_>, app: PyRef<'_, AppSettings>, pipelines: Vec<PyRef<'_, PipelineSettings>>) -> PyResult<Self> {
+        let mut config = app.config.clone();
+        config.pipelines = pipelines.iter().map(|p| p.config.clone()).collect();
+        let key_fns: Vec<_> = pipelines.iter().map(|p| p.key_fn.as_ref().map(|f| f.clone_ref(py))).collect();
+        let dedupe_fns: Vec<_> = pipelines.iter().map(|p| p.dedupe_fn.as_ref().map(|f| f.clone_ref(py))).collect();
         let key_fn: Option<Arc<dyn KeyFn>> = if key_fns.iter().chain(dedupe_fns.iter()).any(Option::is_some) {
             Some(Arc::new(PyKeyFn { callables: key_fns, delivery_callables: dedupe_fns }))
         } else {
             None
         };
-        let synchronous_full = match get::<String>(app, "sqlite_synchronous")?.as_deref() {
-            Some("normal") | None => false,
-            Some("full") => true,
-            Some(other) => {
-                return Err(PyValueError::new_err(format!(
-                    "sqlite_synchronous must be 'normal' or 'full', got {other:?}"
-                )))
-            }
-        };
-        let sqlite_options =
-            SqliteOptions { synchronous_full, records_ttl: config.records_ttl, max_records: config.max_records };
-        let store_err = |e: warmslot_core::StoreError| PyOSError::new_err(e.to_string());
-        let engine = match (get::<String>(app, "redis_url")?, get::<String>(app, "sqlite_path")?) {
-            (Some(url), _) => {
-                let db = RedisDb::open(&url).map_err(store_err)?;
+        let engine = match &app.store {
+            Store::Redis { url } => {
+                let db = RedisDb::open(url).map_err(store_err)?;
                 db.set_records_ttl(config.records_ttl);
                 let store_for = move |p: &PipelineConfig| Ok(db.store(&p.name, lease_for(p)));
                 Engine::new(config, &store_for, key_fn)
             }
-            (None, Some(path)) => {
-                let db = SqliteDb::open_with(&path, sqlite_options).map_err(store_err)?;
+            Store::Sqlite { path, synchronous_full } => {
+                let options = SqliteOptions {
+                    synchronous_full: *synchronous_full,
+                    records_ttl: config.records_ttl,
+                    max_records: config.max_records,
+                };
+                let db = SqliteDb::open_with(path, options).map_err(store_err)?;
                 let store_for = move |p: &PipelineConfig| Ok(db.store(&p.name));
                 Engine::new(config, &store_for, key_fn)
             }
-            (None, None) => {
+            Store::Memory => {
+                let max_keys = config.max_keys;
                 let store_for =
                     move |_: &PipelineConfig| Ok(Arc::new(MemoryStore::new(max_keys)) as Arc<dyn StateStore>);
                 Engine::new(config, &store_for, key_fn)
@@ -352,27 +240,28 @@ impl Core {
 
     /// Runs process slot `slot` on the calling thread (GIL released): spawns its worker, replaces
     /// it after crashes and recycles, returns when the slot retires or the server stops.
-    /// `report(kind, message)` is called (with the GIL) on warm, warmup_failed, crashed, recycled.
+    /// `report(kind: SlotReport, message)` is called (with the GIL) on WARM, WARMUP_FAILED,
+    /// CRASHED and RECYCLED.
     fn run_process_slot(
         &self,
         py: Python<'_>,
         pipeline: usize,
         slot: usize,
-        reason: &str,
+        reason: PyWarmupReason,
         report: Py<PyAny>,
     ) -> PyResult<()> {
         self.check_slot(pipeline, slot)?;
-        let reason = warmup_reason(reason)?;
         let engine = self.engine.clone();
         py.detach(move || {
             let report = |kind: &str, message: &str| {
                 Python::attach(|py| {
-                    if let Err(e) = report.bind(py).call1((kind, message)) {
+                    let called = SlotReport::parse(kind).and_then(|kind| report.bind(py).call1((kind, message)));
+                    if let Err(e) = called {
                         e.print(py);
                     }
                 })
             };
-            engine.run_process_slot(pipeline, slot, reason, &report)
+            engine.run_process_slot(pipeline, slot, reason.into(), &report)
         })
         .map_err(engine_err)
     }
@@ -615,6 +504,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logbridge::init(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Core>()?;
+    m.add_class::<AppSettings>()?;
+    m.add_class::<PipelineSettings>()?;
+    m.add_class::<SignatureSettings>()?;
+    m.add_class::<SlotReport>()?;
+    m.add_class::<PyWarmupReason>()?;
     m.add_class::<PyJob>()?;
     m.add_class::<thread_slot::LazyHeaders>()?;
     m.add_function(wrap_pyfunction!(hmac_sha256_hex, m)?)?;
