@@ -232,6 +232,14 @@ def test_json_lines_carry_pipeline_execution_id_and_key(tmp_path):
     assert any(r["logger"] == "warmslot.core" and r["message"].startswith("listening on") for r in lines), lines
 
 
+def test_worker_processes_log_json_lines_too(tmp_path):
+    err, (eid,) = serve_and_post(tmp_path, "--log-format", "json", "--isolation", "process", tickets=("#8",))
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # the workers' lines too
+    (failed,) = [r for r in lines if r.get("execution_id") == eid]
+    assert (failed["pipeline"], failed["key"], failed["level"]) == ("triage", "u1", "WARNING"), failed
+    assert isinstance(failed["worker"], int) and failed["worker"] > 0, "logged by a worker process"
+
+
 @pytest.mark.parametrize("level", ["warning", "debug"])
 def test_a_failing_pipeline_logs_its_exception_at_the_default_level(tmp_path, level):
     err, (eid,) = serve_and_post(tmp_path, "--log-level", level, tickets=("#9",))

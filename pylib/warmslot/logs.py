@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import IO, Any, Dict, Optional
@@ -132,5 +133,37 @@ def configure(level: str = "warning", fmt: str = "text", stream: Optional[IO[str
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter(debug) if fmt == "json" else TextFormatter(debug))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+    # Worker processes (process slots) started from here on log the same way (`configure_worker`).
+    os.environ[LEVEL_ENV], os.environ[FORMAT_ENV] = level, fmt
     refresh()
     return handler
+
+
+#: How `configure` tells the worker processes of process slots its level and format.
+LEVEL_ENV, FORMAT_ENV = "WARMSLOT_LOG_LEVEL", "WARMSLOT_LOG_FORMAT"
+
+
+class _WorkerField(logging.Filter):
+    """Adds ``worker`` (the process id) to each record of a worker process."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = os.getpid()
+        return True
+
+
+def configure_worker(pipeline: str) -> None:
+    """A worker process's logging: the level and format its server was configured with (warning
+    and text when it was not), JSON lines with a ``worker`` field, or text lines that name the
+    worker and its pipeline."""
+    level = os.environ.get(LEVEL_ENV, "warning")
+    fmt = os.environ.get(FORMAT_ENV, "text")
+    level = level if level in LEVELS else "warning"
+    if fmt == "json":
+        configure(level, "json").addFilter(_WorkerField())
+        return
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=f"warmslot worker {os.getpid()} [{pipeline}]: %(message)s",
+        force=True,
+    )
+    refresh()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
-import logging
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, List, Optional
 if TYPE_CHECKING:
     from .runner import EventRunner
 
-from . import _core
+from . import _core, logs
 
 READY, WARMUP_FAILED, HELLO = 2, 3, 0xFFFFFFFF
 
@@ -78,7 +77,7 @@ def main(argv: List[str]) -> int:
     parent = os.environ.get("WARMSLOT_PARENT_PID")
     if parent and os.getppid() != int(parent):
         return 0  # the server died before we could ask to die with it
-    logging.basicConfig(level=logging.WARNING, format=f"warmslot worker {os.getpid()} [{name}]: %(message)s")
+    logs.configure_worker(name)
     try:
         from .loader import load_app
         from .runner import EventRunner
