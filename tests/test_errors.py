@@ -11,6 +11,10 @@ import warmslot
 from conftest import Client, concurrently
 from warmslot import _core
 
+# What the async pipeline "aslow" saw: CancelledError at its await, or the code after the await.
+ASLOW_CANCELLED = threading.Event()
+ASLOW_RESUMED = threading.Event()
+
 
 def make_app(**kw):
     app = warmslot.App(**kw)
@@ -35,7 +39,12 @@ def make_app(**kw):
     async def aslow(event, ctx):
         import asyncio
 
-        await asyncio.sleep(5)
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            ASLOW_CANCELLED.set()
+            raise
+        ASLOW_RESUMED.set()  # only if the sleep was not cancelled
         return {}
 
     @app.pipeline("small", max_body_bytes=100)
@@ -191,8 +200,13 @@ def test_timeout_504_commits_nothing(serve):
 
 
 def test_async_timeout_cancels_the_coroutine(serve):
+    ASLOW_CANCELLED.clear()
+    ASLOW_RESUMED.clear()
     server, c = serve(make_app())
     error_of(c.post("aslow", {}), 504, "pipeline_timeout")
+    # Its 5 s sleep is cancelled at the 0.2 s deadline: CancelledError well before the sleep ends.
+    assert ASLOW_CANCELLED.wait(timeout=3.0), "the coroutine got no CancelledError at its deadline"
+    assert not ASLOW_RESUMED.is_set(), "the code after the await ran"
     still_serving(c)
 
 

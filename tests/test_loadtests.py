@@ -29,8 +29,8 @@ LOADTESTS = os.path.join(ROOT, "loadtests")
 INSTALL_HINT = "install the load tools with: python loadtests/bench.py --install-only"
 
 sys.path.insert(0, LOADTESTS)
-import bench  # noqa: E402
 import events  # noqa: E402
+from peerbench import context, drivers, processes, rounds, stats  # noqa: E402
 
 
 def _free_port() -> int:
@@ -191,9 +191,9 @@ def test_wrk_script_checks_every_reply(tmp_path, name, make_reply, sample_every,
     wrk = _require_tool("wrk")
     server = _reply_server(make_reply)
     try:
-        ctx = bench.Ctx(logdir=str(tmp_path), tools={"wrk": wrk}, pg=bench.ProcessGroup())
+        ctx = context.Ctx(logdir=str(tmp_path), tools={"wrk": wrk}, pg=processes.ProcessGroup())
         bodies = events.write_bodies(str(tmp_path / "bodies.jsonl"), count=50)
-        data = bench.run_wrk(ctx, server.server_address[1], 2, 1, bodies, "check", sample_every, "")
+        data = drivers.run_wrk(ctx, server.server_address[1], 2, 1, bodies, "check", sample_every, "")
     finally:
         server.shutdown()
         server.server_close()
@@ -213,9 +213,9 @@ def test_a_system_that_does_not_start_is_reported_with_its_output(tmp_path):
         cmd = [sys.executable, "-c", "import sys; sys.stderr.write('boom: no isolation argument\\n'); sys.exit(3)"]
         return [ctx.pg.start(spec.name, cmd, ctx.logdir)]
 
-    spec = bench.SystemSpec("broken", "warmslot", "a server that exits at once", start_broken)
-    ctx = bench.Ctx(logdir=str(tmp_path), tools={"wrk": _require_tool("wrk")}, pg=bench.ProcessGroup())
-    plan = bench.Plan(
+    spec = context.SystemSpec("broken", "warmslot", "a server that exits at once", start_broken)
+    ctx = context.Ctx(logdir=str(tmp_path), tools={"wrk": _require_tool("wrk")}, pg=processes.ProcessGroup())
+    plan = context.Plan(
         duration=1,
         warmup=0,
         fractions=[],
@@ -226,8 +226,8 @@ def test_a_system_that_does_not_start_is_reported_with_its_output(tmp_path):
     )
     entry = {"name": "broken", "workers": 1, "cpus": 1, "rounds": []}
     probe = events.make_bodies(1)[0].encode()
-    bench.run_round(spec, ctx, plan, 1, str(tmp_path / "none.jsonl"), probe, True, entry)
-    bench.summarize(entry)
+    rounds.run_round(spec, ctx, plan, 1, str(tmp_path / "none.jsonl"), probe, True, entry)
+    stats.summarize(entry)
     assert entry["status"] == "failed", entry
     assert "exited with code 3" in entry["error"], entry["error"]
     assert "boom: no isolation argument" in entry["error"], entry["error"]
@@ -236,17 +236,17 @@ def test_a_system_that_does_not_start_is_reported_with_its_output(tmp_path):
 
 
 def test_ratios_are_low_medians_of_valid_pairs():
-    def rounds(*rps, invalid=()):
+    def runs(*rps, invalid=()):
         return [{"round": i + 1, "valid": i not in invalid, "rps_64": v} for i, v in enumerate(rps)]
 
-    a = {"name": "warmslot-thread", "rounds": rounds(150, 300, 120, 200)}
-    b = {"name": "uvicorn", "rounds": rounds(100, 100, 100, 100, invalid=(1,))}
-    r = bench.pair_ratios(a, b, "rps_64")
+    a = {"name": "warmslot-thread", "rounds": runs(150, 300, 120, 200)}
+    b = {"name": "uvicorn", "rounds": runs(100, 100, 100, 100, invalid=(1,))}
+    r = stats.pair_ratios(a, b, "rps_64")
     # round 2 is invalid on one side: left out; of 1.5, 1.2 and 2.0 the median is 1.5, a real pair
     assert r == {"median": 1.5, "min": 1.2, "max": 2.0, "pairs": 3, "values": [1.5, 1.2, 2.0]}
     # an even count gives the lower middle value, never the mean of two
-    assert bench.low_median([1.0, 3.0]) == 1.0
-    assert bench.pair_ratios(a, {"name": "x", "rounds": rounds(1, invalid=(0,))}, "rps_64") is None
+    assert stats.low_median([1.0, 3.0]) == 1.0
+    assert stats.pair_ratios(a, {"name": "x", "rounds": runs(1, invalid=(0,))}, "rps_64") is None
 
 
 def test_bench_json_holds_every_promised_field(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
@@ -13,14 +14,51 @@ from warmslot.simulate import BUILTIN, PoolModel, Trace, get_trace, load_csv, ru
 SCORES = {"events", "cold_starts", "cold_start_rate", "idle_slot_seconds", "p50_wait_ms", "p99_wait_ms"}
 
 
-def test_predictive_beats_knative_kpa_on_the_builtin_traces():
-    # The issue's bar: overall cold-start rate at most 20 % of KPA's, with no more idle slot-seconds.
-    report, _ = simulate(list(BUILTIN), ["reactive", "predictive"], seed=0)
-    kpa, ours = report["overall"]["reactive"], report["overall"]["predictive"]
+@functools.lru_cache(maxsize=None)
+def _kpa_and_predictive(seed: int) -> tuple:
+    """The overall scores of KPA and of the predictive policy on the five built-in traces."""
+    report, _ = simulate(list(BUILTIN), ["reactive", "predictive"], seed=seed)
+    return report["overall"]["reactive"], report["overall"]["predictive"]
+
+
+def _percent(part: float, whole: float) -> int:
+    """``part / whole`` in whole percent, as the README writes its ratios."""
+    return round(100 * part / whole)
+
+
+# README.md ("warmslot simulate"): over seeds 0-7 the predictive policy's cold-start rate is 16-22 %
+# of KPA's and its idle slot-seconds 43-51 % of KPA's; the seeds above 20 % are 1, 4 and 7.
+SEEDS_ABOVE_20_PERCENT = (1, 4, 7)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_predictive_against_knative_kpa_on_the_builtin_traces_as_the_readme_reports(seed):
+    # The issue's bar: overall cold-start rate at most 20 % of KPA's, with no more idle
+    # slot-seconds. It holds on every seed but the three the README names as above it.
+    kpa, ours = _kpa_and_predictive(seed)
     assert kpa["cold_starts"] > 100, "the traces must make KPA pay for cold starts, or the bar says nothing"
-    assert ours["cold_start_rate"] <= 0.2 * kpa["cold_start_rate"], (ours, kpa)
+    assert ours["events"] == kpa["events"], "both policies replay the same arrivals"
+    # Same events, so the ratio of the cold-start rates is the ratio of the counts (exact, unrounded).
+    cold = ours["cold_starts"] / kpa["cold_starts"]
+    assert (cold > 0.2) == (seed in SEEDS_ABOVE_20_PERCENT), (seed, cold)
+    assert 16 <= _percent(ours["cold_starts"], kpa["cold_starts"]) <= 22, (seed, cold)
+    assert 43 <= _percent(ours["idle_slot_seconds"], kpa["idle_slot_seconds"]) <= 51, (seed, ours, kpa)
     assert ours["idle_slot_seconds"] <= kpa["idle_slot_seconds"], (ours, kpa)
-    assert ours["p99_wait_ms"] <= kpa["p99_wait_ms"]
+    assert ours["p99_wait_ms"] <= kpa["p99_wait_ms"], (ours, kpa)
+
+
+def test_the_readme_table_is_seed_0():
+    # README.md's table (`warmslot simulate --policy reactive --policy predictive`, seed 0) and the
+    # sentence under it: 16 % of KPA's cold-start rate with 49 % of its idle slot-seconds.
+    kpa, ours = _kpa_and_predictive(0)
+    rows = {
+        name: (s["cold_starts"], s["events"], f"{100 * s['cold_start_rate']:.2f}", round(s["idle_slot_seconds"]))
+        for name, s in (("reactive", kpa), ("predictive", ours))
+    }
+    assert rows == {"reactive": (518, 20748, "2.50", 22251), "predictive": (85, 20748, "0.41", 10856)}
+    assert (round(kpa["p99_wait_ms"]), round(ours["p99_wait_ms"])) == (1846, 226)
+    assert _percent(ours["cold_starts"], kpa["cold_starts"]) == 16
+    assert _percent(ours["idle_slot_seconds"], kpa["idle_slot_seconds"]) == 49
 
 
 def test_simulate_json_schema_and_determinism(capsys):

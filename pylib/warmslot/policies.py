@@ -264,65 +264,49 @@ def _percentile(values: List[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+@dataclass(frozen=True)
+class _Tick:
+    """What ``PredictivePolicy.decide`` observed in one tick, handed from each step to the next."""
+
+    obs: Observation
+    last: Observation  # the previous tick's observation
+    dt: float  # seconds since it
+    per_slot: int  # events one slot is sized for at once
+    conc: int  # events running + waiting
+    t0: float  # when the last half second's window starts (its oldest entry)
+    a0: int  # cumulative arrivals at t0
+    bg0: float  # the background rate at t0: as it stood before the last half second
+    rate_short: float  # arrivals per second over the last half second
+    rate_second: float  # arrivals per second over the last second
+    service: float  # S, the wall time of a run (0 until measured)
+    warmup: float  # a slot's warm-up time, at least one tick
+    short_need: int  # slots the last half second's arrivals need
+    onset: float  # short_need from which the last half second is a burst
+    surprising: bool  # the last half second's arrivals are beyond Poisson noise (6 sigma)
+
+
 class PredictivePolicy:
     """Keeps just enough slots warm, warmed one warm-up ahead of the traffic.
 
-    Sizing, per tick of ``dt`` seconds:
+    Each tick, ``decide`` runs these steps (each method says why it does what it does):
 
-    - ``S``: the wall time of a run (EWMA of run_us / ran); ``phi``: its CPU share (cpu_us /
-      run_us, when measured: ``cpu_us == run_us`` is read as "not measured");
-    - arrivals per second smoothed over ``tau_fast`` (1 s) and ``tau_slow`` (20 s; the plain
-      mean until 20 s have passed), and their trend; the forecast extrapolates the trend over
-      the horizon ``h`` = the measured warm-up time of this pipeline's slots + one tick;
-    - demand (events in service at once, per slot's target concurrency) is the slow one,
-      ``max(rate_slow x S, busy + waiting averaged over tau_slow)``, unless the fast one
-      (``max(forecast x S, busy averaged over tau_fast)``: a queue is the backlog rule's) has
-      been above ``noise_band`` (1.5) times it for ``rise_s`` (0.5 s): a rise; or below
-      1/``noise_band`` of it: a clear fall; so Poisson noise does not move the pool and a jump
-      shorter than ``rise_s`` is a burst;
-    - slots = ``ceil(d + beta x sqrt(d))`` for demand ``d``: square-root staffing keeps the
-      chance of waiting low without a fixed margin at every size;
-    - the backlog rule: a queue adds slots only if it would outlast ``backlog_factor`` (1.5)
-      warm-ups on the warm slots (a shorter one is served sooner by a busy slot than by a slot
-      still warming, and would only turn waits into cold starts); then enough to clear it
-      within a warm-up and keep up with the last half second's arrivals.
+    1. ``_observe``: the arrival rates (fast, slow, background outside bursts) and their trend,
+       the running and waiting events, the service time ``S`` and its CPU share ``phi``, and the
+       arrivals of the last half second and of the last second;
+    2. ``_follow_bursts``: a burst starts, ends (its size and the idle gap before it are learned)
+       or turns out to be a lasting shift of the load;
+    3. ``_demand_slots``: the forecast one warm-up ahead, the demand (the slow one unless a rise
+       or a clear fall) and the slots for it by square-root staffing;
+    4. ``_is_young`` and ``_backlog_slots``: a young burst is served by the slots there are and
+       those learned from earlier bursts; a queue adds slots only if it would outlast warm-ups;
+    5. ``_follow_pattern``: the phase; a trusted pattern of bursts and gaps prewarms before the
+       next burst and releases in a gap; a burst without one keeps its slots for a keep-alive;
+    6. ``_cap_for_cpu``: a CPU-bound pipeline gets no more slots than can overlap;
+    7. ``_hold_for_scale_down``: the target is the largest sizing of a trailing window, so the
+       pool shrinks only after quiet.
 
-    CPU-bound pipelines: the GIL runs one thread's Python at a time, so about ``1 / phi``
-    slots can overlap usefully (``phi`` from the CPU time the slot loop measures: the slot
-    thread's CPU clock around each batch, or the worker process's user + system time); and
-    when the runs already use ``cpu_saturation`` (90 %) of a core, the target is not raised
-    above the warm slots.
-
-    Recurring patterns, after Shahrad et al., "Serverless in the Wild" (ATC '20): the
-    *background* is the slow arrival rate outside bursts (EWMA over ``tau_slow``, not updated
-    while a burst lasts). A burst starts when the last half second's arrivals need
-    ``burst_slots`` more slots than (and twice) the baseline and are beyond Poisson noise around
-    the background as it stood before that half second (6 sigma); it ends when arrivals have
-    been back at that background, and its queue served, for ``burst_end_s`` (1 s). While a
-    burst is *young* (arrivals going on for less than ``young_warmups`` (1) warm-ups, at least
-    1 s; or back at the background with its queue still being served), and while a surprising
-    half second is not yet known as a burst, the target is not raised from averages its queue
-    inflates: the burst is served by the slots there are, those learned from earlier bursts,
-    and the backlog rule, which then waits until the queue would outlast ``burst_patience``
-    seconds (1.5; or ``backlog_factor`` warm-ups if longer): slots started for a short burst are
-    warm when most of it has arrived, and the events they take are cold starts. A burst that
-    ended is sized by its events' work spread over the time they arrived in plus
-    ``backlog_factor`` warm-ups, and at least its peak one-second arrival rate x ``S`` (one
-    arriving over more than 4 warm-ups as steady load); one lasting over
-    ``max_burst_s`` (30 s) is a shift of the load, not a burst, and becomes the background.
-    The idle gaps between bursts go into a histogram. Once ``min_history`` (4) gaps are known
-    and their 5th percentile is at least ``min_gap_ratio`` (0.5) of their median, the pattern
-    is trusted: after a burst the pool is released to what
-    the background needs (phase ``gap``), and warmed to the largest of the last three bursts
-    ``h + prewarm_margin`` seconds before 90 % of the 5th-percentile gap has passed (phase
-    ``prewarm``), until the burst comes or 110 % of the 99th-percentile gap has passed (the
-    paper's 10 % margins). With bursts seen but no trusted pattern, a burst's slots are kept
-    for ``keep_alive`` (60 s) after it (phase ``hold``, the paper's fixed keep-alive
-    fallback); otherwise the policy is reactive (``steady``, ``rising``, ``burst``,
-    ``cooling``, ``idle``).
-
-    Scale-down hysteresis: the target is the largest sizing of the last ``scale_down_after``
-    seconds (10 s; ``burst_end_s`` in an expected gap), so the pool shrinks only after quiet.
+    Phases: ``idle``, ``steady``, ``rising``, ``burst`` and ``cooling`` (reactive), ``prewarm``
+    and ``gap`` (a trusted pattern), ``hold`` (a burst's keep-alive).
     """
 
     name = "predictive"
@@ -449,11 +433,58 @@ class PredictivePolicy:
         last, self._last = self._last, obs
         if last is None or obs.t <= last.t:
             return self.target
+        tick = self._observe(obs, last)
+        self._follow_bursts(tick)
+        need, rising = self._demand_slots(tick)
+        young = self._is_young(tick)
+        if young:
+            need = min(need, max([self.target] + list(self.peaks)))
+        need = self._backlog_slots(tick, need, young)
+        need, phase, hold = self._follow_pattern(tick, need, rising)
+        need = self._cap_for_cpu(tick, need)
+        return self._hold_for_scale_down(tick, need, phase, hold)
+
+    # -- step 1: observe -------------------------------------------------------------------------
+    def _observe(self, obs: Observation, last: Observation) -> _Tick:
+        """The tick's measurements. The forecast looks ahead over the horizon ``h`` = the
+        measured warm-up time of this pipeline's slots + one tick. The last half second's
+        arrivals are the burst detector's short view: a burst when they need ``burst_slots``
+        more slots than (and twice) the baseline and are beyond what Poisson noise around the
+        background gives (6 sigma)."""
         dt = obs.t - last.t
         per_slot = max(1, obs.concurrency if self.concurrency == 1 else self.concurrency)
         self.horizon = max(0.0, obs.warmup_s) + dt
-
         rate = max(0, obs.arrivals - last.arrivals) / dt
+        bg_before = self._average_rates(obs, rate, dt)
+        self._measure_runs(obs, last, dt)
+        t0, a0, bg0, rate_short, rate_second = self._recent_rates(obs, rate, bg_before)
+        service = self.service if self.service is not None else 0.0
+        baseline = self._slots_for(min(self.rate_slow, bg0) * service / per_slot)
+        expected = bg0 * (obs.t - t0)
+        return _Tick(
+            obs=obs,
+            last=last,
+            dt=dt,
+            per_slot=per_slot,
+            conc=obs.busy + obs.waiting,
+            t0=t0,
+            a0=a0,
+            bg0=bg0,
+            rate_short=rate_short,
+            rate_second=rate_second,
+            service=service,
+            warmup=max(obs.warmup_s, dt),
+            short_need=self._slots_for(rate_short * service / per_slot),
+            onset=max(baseline + self.burst_slots, 2 * baseline),
+            surprising=obs.arrivals - a0 >= expected + 6 * math.sqrt(expected) + 2,
+        )
+
+    def _average_rates(self, obs: Observation, rate: float, dt: float) -> float:
+        """Arrivals per second smoothed over ``tau_fast`` (1 s) and ``tau_slow`` (20 s), and their
+        trend; running events over ``tau_fast``, running + waiting ones over ``tau_slow``. The
+        *background* (after Shahrad et al., "Serverless in the Wild", ATC '20) is the slow
+        arrival rate outside bursts: not updated while a burst lasts. Returns the background as
+        it was before this tick."""
         prev_fast = self.rate_fast
         self.rate_fast = _ewma(self.rate_fast, rate, dt, self.tau_fast)
         # The slow average starts from the first tick's data, not from zero: until tau_slow has
@@ -468,7 +499,12 @@ class PredictivePolicy:
         conc = obs.busy + obs.waiting
         self.busy_fast = _ewma(self.busy_fast, obs.busy, dt, self.tau_fast)
         self.conc_slow = _ewma(self.conc_slow, conc, dt, min(self.tau_slow, self._elapsed))
+        return bg_before
 
+    def _measure_runs(self, obs: Observation, last: Observation, dt: float) -> None:
+        """``S``: the wall time of a run (EWMA of run_us / ran); ``phi``: its CPU share (cpu_us /
+        run_us, when measured: ``cpu_us == run_us`` is read as "not measured"); and the CPU
+        seconds of runs per second."""
         ran = obs.ran - last.ran
         run_us = obs.run_us - last.run_us
         if ran > 0 and run_us > 0:
@@ -481,8 +517,9 @@ class PredictivePolicy:
         if obs.cpu_us != obs.run_us:
             self.cpu_load = _ewma(self.cpu_load, max(0, obs.cpu_us - last.cpu_us) / 1e6 / dt, dt, self.tau_fast)
 
-        # Arrivals of the last half second (the burst detector's short view) and of the last
-        # second (a burst's size).
+    def _recent_rates(self, obs: Observation, rate: float, bg_before: float) -> Tuple[float, int, float, float, float]:
+        """Arrivals of the last half second (the burst detector's short view) and of the last
+        second (a burst's size): ``(t0, a0, bg0, rate_short, rate_second)``."""
         self._recent.append((obs.t, obs.arrivals, bg_before))
         while len(self._recent) > 2 and self._recent[1][0] <= obs.t - 1.0:
             self._recent.popleft()
@@ -492,68 +529,94 @@ class PredictivePolicy:
         t0, a0, bg0 = next((r for r in self._recent if r[0] >= obs.t - 0.5 - 1e-9), self._recent[0])
         rate_short = (obs.arrivals - a0) / (obs.t - t0) if obs.t > t0 else rate
         rate_second = (obs.arrivals - a1) / (obs.t - t1) if obs.t > t1 else rate
+        return t0, a0, bg0, rate_short, rate_second
 
-        service = self.service if self.service is not None else 0.0
-        warmup = max(obs.warmup_s, dt)
-
-        # Bursts and the gaps between them.
-        baseline = self._slots_for(min(self.rate_slow, bg0) * service / per_slot)
-        short_need = self._slots_for(rate_short * service / per_slot)
-        # A burst: the last half second needs burst_slots more than (and twice) the baseline,
-        # and its arrivals are beyond what Poisson noise around the slow rate gives (6 sigma).
-        expected = bg0 * (obs.t - t0)
-        surprising = obs.arrivals - a0 >= expected + 6 * math.sqrt(expected) + 2
-        onset = max(baseline + self.burst_slots, 2 * baseline)
-        if not self._in_burst and service > 0 and short_need >= onset and surprising:
-            self._in_burst = True
-            self._burst_start = obs.t
-            self._burst_t0, self._burst_a0 = t0, a0
-            # Arrivals happened within the tick before the first entry that counts more.
-            self._burst_first = next((r[0] - dt for r in self._recent if r[1] > a0), obs.t)
+    # -- step 2: bursts and the gaps between them ------------------------------------------------
+    def _follow_bursts(self, tick: _Tick) -> None:
+        """A burst starts when the last half second needs ``burst_slots`` more slots than (and
+        twice) the baseline and is surprising (see ``_observe``); it ends when arrivals have been
+        back at the background it stood on, and its queue served, for ``burst_end_s`` (1 s). One
+        lasting over ``max_burst_s`` (30 s) is a shift of the load, not a burst, and becomes the
+        background."""
+        if not self._in_burst and tick.service > 0 and tick.short_need >= tick.onset and tick.surprising:
+            self._start_burst(tick)
+        if not self._in_burst:
+            return
+        obs = tick.obs
+        self._burst_rate = max(self._burst_rate, tick.rate_second)
+        if obs.arrivals > tick.last.arrivals and tick.short_need >= tick.onset:
             self._burst_last = obs.t
-            self._burst_rate = rate_second
-            self._burst_base = bg0  # the background the burst stands on
-            self.rate_bg = bg0  # the half second before it was detected was the burst
+        # It ends when arrivals fall back to the background it stood on (not to a slow
+        # average that a long burst has pulled up).
+        if tick.short_need < self._burst_base_need(tick) + 1 and tick.conc <= obs.warm * tick.per_slot * 0.5:
+            if self._below_since is None:
+                self._below_since, self._below_arrivals = obs.t, obs.arrivals
+            elif obs.t - self._below_since >= self.burst_end_s:
+                self._end_burst(tick, self._below_since)
+        else:
             self._below_since = None
-            if self._last_burst_end is not None:
-                self.gaps.append(max(0.0, obs.t - 0.5 - self._last_burst_end))
-        if self._in_burst:
-            self._burst_rate = max(self._burst_rate, rate_second)
-            if obs.arrivals > last.arrivals and short_need >= onset:
-                self._burst_last = obs.t
-            # It ends when arrivals fall back to the background it stood on (not to a slow
-            # average that a long burst has pulled up).
-            base_need = self._slots_for(self._burst_base * service / per_slot)
-            if short_need < base_need + 1 and conc <= obs.warm * per_slot * 0.5:
-                if self._below_since is None:
-                    self._below_since, self._below_arrivals = obs.t, obs.arrivals
-                elif obs.t - self._below_since >= self.burst_end_s:
-                    self._in_burst = False
-                    if self._below_since - self._burst_start <= self.max_burst_s:
-                        self._last_burst_end = self._below_since
-                        self.peaks.append(self._burst_size(service, per_slot, warmup))
-                    else:  # a shift of the load that lasted, not a burst: nothing to learn
-                        self._last_burst_end = None
-            else:
-                self._below_since = None
-                if obs.t - self._burst_start > self.max_burst_s:
-                    # A shift of the load that lasted, not a burst: it is the background now.
-                    self._in_burst = False
-                    self._last_burst_end = None
-                    self.rate_bg = self.rate_fast
-                    self._recent = deque((t, a, self.rate_bg) for t, a, _ in self._recent)
-        # A young burst is served by the slots warmed for it (and the backlog rule below), not by
+            if obs.t - self._burst_start > self.max_burst_s:
+                # A shift of the load that lasted, not a burst: it is the background now.
+                self._in_burst = False
+                self._last_burst_end = None
+                self.rate_bg = self.rate_fast
+                self._recent = deque((t, a, self.rate_bg) for t, a, _ in self._recent)
+
+    def _start_burst(self, tick: _Tick) -> None:
+        """Records a burst's start, and the idle gap since the last one ended for the pattern."""
+        obs = tick.obs
+        self._in_burst = True
+        self._burst_start = obs.t
+        self._burst_t0, self._burst_a0 = tick.t0, tick.a0
+        # Arrivals happened within the tick before the first entry that counts more.
+        self._burst_first = next((r[0] - tick.dt for r in self._recent if r[1] > tick.a0), obs.t)
+        self._burst_last = obs.t
+        self._burst_rate = tick.rate_second
+        self._burst_base = tick.bg0  # the background the burst stands on
+        self.rate_bg = tick.bg0  # the half second before it was detected was the burst
+        self._below_since = None
+        if self._last_burst_end is not None:
+            self.gaps.append(max(0.0, obs.t - 0.5 - self._last_burst_end))
+
+    def _end_burst(self, tick: _Tick, below_since: float) -> None:
+        """A burst is over: its size is learned (``_burst_size``), unless it lasted too long."""
+        self._in_burst = False
+        if below_since - self._burst_start <= self.max_burst_s:
+            self._last_burst_end = below_since
+            self.peaks.append(self._burst_size(tick.service, tick.per_slot, tick.warmup))
+        else:  # a shift of the load that lasted, not a burst: nothing to learn
+            self._last_burst_end = None
+
+    def _burst_base_need(self, tick: _Tick) -> int:
+        """Slots the background under the current burst needs."""
+        return self._slots_for(self._burst_base * tick.service / tick.per_slot)
+
+    # -- step 3: demand --------------------------------------------------------------------------
+    def _demand_slots(self, tick: _Tick) -> Tuple[int, bool]:
+        """Slots for the demand (events in service at once, per slot's target concurrency), and
+        whether the load is rising. The forecast extrapolates the fast rate's trend over the
+        horizon ``h``. The demand is the slow one, ``max(rate_slow x S, busy + waiting averaged
+        over tau_slow)``, unless the fast one (``max(forecast x S, busy averaged over
+        tau_fast)``) has been above ``noise_band`` (1.5) times it for ``rise_s`` (0.5 s): a rise;
+        or below 1/``noise_band`` of it: a clear fall. So Poisson noise does not move the pool,
+        and a jump shorter than ``rise_s`` is a burst. Slots = ``ceil(d + beta x sqrt(d))`` for
+        demand ``d``: square-root staffing keeps the chance of waiting low without a fixed
+        margin at every size."""
+        obs = tick.obs
+        # A young burst is served by the slots warmed for it (and the backlog rule), not by
         # extrapolating its first half second: a short burst is over before slots started for
         # it are warm, and they would only turn waits into cold starts. It stops being young
         # after young_warmups warm-ups (at least 1 s: the 0.5 s window has then emptied of an
         # ended burst's arrivals) while its arrivals go on.
-        short_burst = self._in_burst and (obs.t - self._burst_start < self.young_s(warmup) or short_need < onset)
+        short_burst = self._in_burst and (
+            obs.t - self._burst_start < self.young_s(tick.warmup) or tick.short_need < tick.onset
+        )
 
         self.forecast = max(0.0, self.rate_fast + max(0.0, self.trend) * self.horizon)
-        slow_demand = max(self.rate_slow * service, self.conc_slow)
+        slow_demand = max(self.rate_slow * tick.service, self.conc_slow)
         # The fast view counts running events, not waiting ones: a queue is the backlog rule's
         # (its events are served by slots within a warm-up, not by slots sized to keep it).
-        fast_demand = max(self.forecast * service, self.busy_fast)
+        fast_demand = max(self.forecast * tick.service, self.busy_fast)
         # A rise counts once it has lasted a warm-up (at least rise_s): a jump that ends sooner
         # is a burst, for the burst logic and the backlog rule, not a trend to extrapolate.
         if fast_demand > self.noise_band * slow_demand + 0.5:
@@ -568,39 +631,62 @@ class PredictivePolicy:
             demand = fast_demand  # the load has clearly fallen: the hold window is the hysteresis
         else:
             demand = slow_demand
-        need = self._slots_for(demand / per_slot)
-        # A young burst (or a surprising half second not yet known as one: the service time may
-        # not be measured yet) inflates every average with its queue: it is served by the slots
-        # there are, those learned from earlier bursts, and the backlog rule below.
+        return self._slots_for(demand / tick.per_slot), rising
+
+    # -- step 4: young bursts and queues ---------------------------------------------------------
+    def _is_young(self, tick: _Tick) -> bool:
+        """Whether the target must not be raised from averages a burst's queue inflates.
+
+        A burst is young while its arrivals have gone on for less than ``young_warmups`` (1)
+        warm-ups (at least 1 s), or once they are back at the background and what is left is
+        its queue; a surprising half second not yet known as a burst (the service time may not
+        be measured yet) counts too. It is served by the slots there are, those learned from
+        earlier bursts, and the backlog rule: slots started for a short burst are warm when
+        most of it has arrived, and the events they take are cold starts."""
         if self._in_burst:
-            # Young until young_s has passed with its arrivals going on; once they are back at
-            # the background, what is left is its queue.
-            back = short_need < self._slots_for(self._burst_base * service / per_slot) + 1
-            young = back or obs.t - self._burst_start < self.young_s(warmup)
-        else:
-            young = surprising
-        if young:
-            need = min(need, max([self.target] + list(self.peaks)))
-        # A backlog: a new slot helps only if the queue would outlast backlog_factor warm-ups on
-        # the slots there are (else its events are sooner served by a busy slot than a cold one).
-        if obs.waiting > 0 and service > 0:
-            drain = obs.waiting * service / max(1, obs.warm * per_slot)
-            # A young burst: slots started now would be warm when most of it has arrived, and
-            # the events they take would be cold starts (it is served by the slots warmed for
-            # it). Its queue may last up to burst_patience seconds (or backlog_factor warm-ups if
-            # longer) before slots are added.
+            back = tick.short_need < self._burst_base_need(tick) + 1
+            return back or tick.obs.t - self._burst_start < self.young_s(tick.warmup)
+        return tick.surprising
+
+    def _backlog_slots(self, tick: _Tick, need: int, young: bool) -> int:
+        """The backlog rule: a queue adds slots only if it would outlast ``backlog_factor`` (1.5)
+        warm-ups on the warm slots (a shorter one is served sooner by a busy slot than by a slot
+        still warming, and would only turn waits into cold starts); then enough to clear it
+        within a warm-up and keep up with the last half second's arrivals. In a young burst the
+        queue may last up to ``burst_patience`` seconds (1.5; or ``backlog_factor`` warm-ups if
+        longer) before slots are added: slots started now would be warm when most of it has
+        arrived, and the events they take would be cold starts."""
+        obs = tick.obs
+        if obs.waiting > 0 and tick.service > 0:
+            drain = obs.waiting * tick.service / max(1, obs.warm * tick.per_slot)
             if young:
-                bound = max(self.burst_patience, self.backlog_factor * warmup)
+                bound = max(self.burst_patience, self.backlog_factor * tick.warmup)
             else:
-                bound = self.backlog_factor * warmup
+                bound = self.backlog_factor * tick.warmup
             if drain > bound:
                 # Enough slots to clear the queue within a warm-up and keep up with arrivals.
-                backlog = obs.waiting * service / max(warmup, service) + rate_short * service
-                need = max(need, math.ceil(backlog / per_slot - 1e-9))
+                backlog = obs.waiting * tick.service / max(tick.warmup, tick.service) + tick.rate_short * tick.service
+                need = max(need, math.ceil(backlog / tick.per_slot - 1e-9))
+        return need
 
+    # -- step 5: the learned pattern -------------------------------------------------------------
+    def _follow_pattern(self, tick: _Tick, need: int, rising: bool) -> Tuple[int, str, float]:
+        """``(need, phase, hold window)`` given the bursts learned so far (after Shahrad et al.).
+
+        In a burst, at least the largest of the last three bursts. The idle gaps between bursts
+        go into a histogram; once ``min_history`` (4) are known and their 5th percentile is at
+        least ``min_gap_ratio`` (0.5) of their median, the pattern is trusted (``pattern()``):
+        the pool is released after a burst to what the background needs (phase ``gap``, with a
+        hold of ``burst_end_s`` only), and warmed to the largest of the last three bursts ``h +
+        prewarm_margin`` seconds before 90 % of the 5th-percentile gap has passed (phase
+        ``prewarm``), until the burst comes or 110 % of the 99th-percentile gap has passed (the
+        paper's 10 % margins). With bursts seen but no trusted pattern, a
+        burst's slots are kept for ``keep_alive`` (60 s) after it (phase ``hold``, the paper's
+        fixed keep-alive fallback); otherwise the policy is reactive."""
+        obs = tick.obs
         pattern = self.pattern()
         hold = self.scale_down_after
-        phase = "rising" if rising else ("idle" if self.rate_slow < 0.05 and conc == 0 else "steady")
+        phase = "rising" if rising else ("idle" if self.rate_slow < 0.05 and tick.conc == 0 else "steady")
         if self._in_burst:
             phase = "burst"
             if self.peaks:
@@ -614,7 +700,7 @@ class PredictivePolicy:
                 phase = "prewarm"
             elif since < p5 - lead:
                 # An expected idle gap: release down to what the background needs, now.
-                need = min(need, max(conc, self._slots_for(self.rate_bg * service / per_slot)))
+                need = min(need, max(tick.conc, self._slots_for(self.rate_bg * tick.service / tick.per_slot)))
                 hold = min(hold, self.burst_end_s)
                 phase = "gap"
         elif self.peaks and self._last_burst_end is not None and obs.t - self._last_burst_end < self.keep_alive:
@@ -622,19 +708,33 @@ class PredictivePolicy:
             # keep-alive (Shahrad et al.'s fallback to a fixed keep-alive window).
             need = max(need, max(self.peaks))
             phase = "hold"
+        return need, phase, hold
 
-        # CPU-bound: more slots than 1/phi cannot overlap; a saturated core gains nothing.
+    # -- step 6: CPU-bound pipelines -------------------------------------------------------------
+    def _cap_for_cpu(self, tick: _Tick, need: int) -> int:
+        """The GIL runs one thread's Python at a time, so about ``1 / phi`` slots can overlap
+        usefully (``phi`` from the CPU time the slot loop measures: the slot thread's CPU clock
+        around each batch, or the worker process's user + system time); and when the runs
+        already use ``cpu_saturation`` (90 %) of a core, the target is not raised above the warm
+        slots."""
         if self.cpu_share is not None and self.cpu_share > 0:
             need = min(need, max(1, round(1.0 / self.cpu_share)))
         if self.cpu_load >= self.cpu_saturation:
-            need = min(need, max(obs.warm, self.min_slots))
+            need = min(need, max(tick.obs.warm, self.min_slots))
+        return need
 
+    # -- step 7: scale-down hysteresis -----------------------------------------------------------
+    def _hold_for_scale_down(self, tick: _Tick, need: int, phase: str, hold: float) -> int:
+        """The target is the largest sizing of the last ``hold`` seconds (``scale_down_after``,
+        10 s; ``burst_end_s`` in an expected gap), so the pool shrinks only after quiet (phase
+        ``cooling`` meanwhile)."""
+        t = tick.obs.t
         need = _clamp(need, self.min_slots, self.max_slots)
         # Rolling maximum over the hold window: a deque of decreasing sizes.
         while self._sizes and self._sizes[-1][1] <= need:
             self._sizes.pop()
-        self._sizes.append((obs.t, need))
-        while self._sizes[0][0] < obs.t - hold:
+        self._sizes.append((t, need))
+        while self._sizes[0][0] < t - hold:
             self._sizes.popleft()
         target = self._sizes[0][1]
         if phase in ("steady", "idle") and target > need:
