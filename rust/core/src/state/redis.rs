@@ -546,8 +546,8 @@ impl StateStore for RedisStore {
         Ok(other.filter(|o| o != execution_id))
     }
 
-    fn kind(&self) -> &'static str {
-        "redis"
+    fn does_io(&self) -> bool {
+        true
     }
 }
 

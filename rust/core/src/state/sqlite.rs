@@ -656,8 +656,8 @@ impl StateStore for SqliteStore {
         rows.map(|r| r.filter_map(Result::ok).collect()).unwrap_or_default()
     }
 
-    fn kind(&self) -> &'static str {
-        "sqlite"
+    fn does_io(&self) -> bool {
+        true
     }
 }
 
