@@ -2,6 +2,10 @@
 //!
 //! The lanes guarantee that events of one key never run at once, so a store needs no
 //! read-modify-write transaction: `load` before the run and `commit` after it are enough.
+//!
+//! This module holds the `StateStore` trait and the types every store shares; the stores are
+//! `memory` (the default), `sqlite` and `redis`. The durable two write their journal and
+//! outcomes through one group-commit writer, `group`.
 
 use std::fmt;
 
@@ -170,25 +174,12 @@ pub trait StateStore: Send + Sync {
     fn does_io(&self) -> bool;
 }
 
+mod group;
 mod memory;
 pub mod redis;
 pub mod sqlite;
 
 pub use memory::{MemoryStore, DEFAULT_MAX_KEYS};
-
-/// Waits for the next write, then takes whatever else has arrived, up to `max` in all (a group
-/// commit's group). False once every sender is gone.
-pub(crate) fn next_group<T>(writes: &crossbeam_channel::Receiver<T>, max: usize, group: &mut Vec<T>) -> bool {
-    let Ok(first) = writes.recv() else { return false };
-    group.push(first);
-    while group.len() < max {
-        match writes.try_recv() {
-            Ok(w) => group.push(w),
-            Err(_) => break,
-        }
-    }
-    true
-}
 
 /// Why a state is not committed: it is larger than `max_state_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
