@@ -7,7 +7,7 @@
 //! pipeline overran the lease) cannot overwrite what the next holder committed. `release` drops the
 //! lease without writing, for executions that fail or time out.
 //!
-//! Async (`202`) events are journaled in Redis before their `202` (see [`journal`]): the same
+//! Async (`202`) events are journaled in Redis before their `202` (see `journal`): the same
 //! `COMMIT` script writes a succeeded execution's state and record and removes its journal entry,
 //! all or nothing, and refuses (writing nothing) when another process has taken the entry over.
 //! A process that starts takes over the entries of dead processes and runs them (see `recovery`).

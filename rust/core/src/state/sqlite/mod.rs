@@ -2,8 +2,8 @@
 //! records, in one SQLite file (WAL mode) shared by every pipeline of the app.
 //!
 //! - **Journal.** An async (`202`) event is inserted into `warmslot_executions` with status
-//!   `queued` before its `202` is sent. A writer thread batches the arrivals of a moment into one
-//!   transaction (group commit) and calls each one's `done` when the batch is written.
+//!   `queued` before its `202` is sent. The group-commit writer (`state::group`) batches the
+//!   arrivals of a moment into one transaction and calls each one's `done` once it commits.
 //! - **Exactly-once state effect.** A succeeded execution's new key state and its record (which
 //!   turns its journal row from `queued` to `succeeded`) are written in one transaction: after a
 //!   crash either both are there or neither, so a recovered event never applies twice.
@@ -20,7 +20,7 @@
 //! A background connection checkpoints the WAL every 200 ms. Reads and writes share one
 //! connection behind a mutex: events of one key are already serialised by the lanes, and a
 //! commit is a two-row upsert.
-
+//!
 //! The modules: `schema` (tables and migrations), `rows` (the executions table's rows and the id
 //! → row map), `writer` (the group-commit backend), `maintenance` (checkpoint and prune) and
 //! `store` (the per-pipeline `StateStore`).
