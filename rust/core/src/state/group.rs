@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::state::{Journaled, StoreError};
 
 /// Most writes one group commit takes.
-pub(crate) const MAX_GROUP: usize = 512;
+const MAX_GROUP: usize = 512;
 /// How long `flush` waits for the writer.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
@@ -114,7 +114,7 @@ impl<E: Send + 'static, O: Send + 'static> GroupWriter<E, O> {
 }
 
 /// The writer thread: a group at a time, until every sender is gone.
-pub(crate) fn write_groups<B: GroupBackend>(mut backend: B, writes: Receiver<Write<B::Entry, B::Outcome>>) {
+fn write_groups<B: GroupBackend>(mut backend: B, writes: Receiver<Write<B::Entry, B::Outcome>>) {
     let mut group = Group { writes: Vec::with_capacity(MAX_GROUP), answers: Vec::with_capacity(MAX_GROUP) };
     while next_group(&writes, MAX_GROUP, &mut group.writes) {
         group.answers.resize_with(group.writes.len(), || None);
@@ -133,7 +133,7 @@ pub(crate) fn write_groups<B: GroupBackend>(mut backend: B, writes: Receiver<Wri
 
 /// Waits for the next write, then takes whatever else has arrived, up to `max` in all (a group
 /// commit's group). False once every sender is gone.
-pub(crate) fn next_group<T>(writes: &Receiver<T>, max: usize, group: &mut Vec<T>) -> bool {
+fn next_group<T>(writes: &Receiver<T>, max: usize, group: &mut Vec<T>) -> bool {
     let Ok(first) = writes.recv() else { return false };
     group.push(first);
     while group.len() < max {
