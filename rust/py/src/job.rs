@@ -34,7 +34,7 @@ impl PyJob {
 // NOTE: the in-memory store answers in well under a microsecond, less than a detach and re-attach
 // costs, so it keeps the GIL.
 fn store_does_io(job: &Job) -> bool {
-    job.exec.pipeline.store.kind() != "memory"
+    job.exec.pipeline.store.does_io()
 }
 
 /// Ends `job` with `f` and drops it (which releases a Redis lease it holds) without the GIL when

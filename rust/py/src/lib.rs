@@ -217,7 +217,7 @@ impl Core {
         self.thread_pipeline(pipeline)?;
         let p = self.check_slot(pipeline, slot)?.clone();
         let reason = warmup_reason(reason)?;
-        let inline = p.store.kind() == "memory";
+        let inline = !p.store.does_io();
         let mut backend = ThreadBackend { runner, inline };
         let end = py.detach(move || {
             let warm_at = Instant::now();
