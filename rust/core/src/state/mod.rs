@@ -179,7 +179,7 @@ mod memory;
 pub mod redis;
 pub mod sqlite;
 
-pub use memory::{MemoryStore, DEFAULT_MAX_KEYS};
+pub use memory::MemoryStore;
 
 /// Why a state is not committed: it is larger than `max_state_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
