@@ -102,10 +102,12 @@ def test_wheel_is_abi3_manylinux2014_with_its_type_information(wheel: Path) -> N
     assert set(platform_tags.split(".")) == PLATFORM_TAGS, wheel.name
 
     with zipfile.ZipFile(wheel) as zf:
-        names = set(zf.namelist())
+        listing = zf.namelist()
+        names = set(listing)
         wheel_meta = zf.read("warmslot-0.1.0.dist-info/WHEEL").decode()
         entry_points = zf.read("warmslot-0.1.0.dist-info/entry_points.txt").decode()
         metadata = zf.read("warmslot-0.1.0.dist-info/METADATA").decode()
+    assert len(listing) == len(names), f"duplicate members: {sorted(listing)}"
     for member in (
         "warmslot/py.typed",
         "warmslot/_core.pyi",
