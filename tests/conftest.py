@@ -4,6 +4,7 @@ import collections
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -225,3 +226,28 @@ def wait_all_succeeded(port: int, accepted: Dict[str, List[str]]) -> None:
             return all(c.get(f"/executions/{eid}")[2].get("status") == "succeeded" for eid in ids)
 
         poll(all_done, timeout=60, what="every accepted execution to succeed")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real redis-server on a free loopback port (no persistence), stopped after the test."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server; .ci/run installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(accepts, 10, f"redis-server on port {port}")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)

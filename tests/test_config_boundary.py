@@ -10,16 +10,12 @@ import hmac
 import inspect
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import threading
-import time
 from typing import Any, Dict, List
 
 import pytest
 import warmslot
-from conftest import Client, free_port, wait_for
+from conftest import Client, wait_for
 from warmslot import _core
 from warmslot._core import SlotReport, WarmupReason
 
@@ -215,34 +211,12 @@ def bot(state: str) -> warmslot.App:
     return app
 
 
-@pytest.fixture
-def redis_server():
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.02)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
-
-
 @pytest.mark.parametrize("store", ["memory", "sqlite", "redis"])
 def test_the_app_serves_with_every_store(store, tmp_path, request):
     state = {
         "memory": lambda: "memory",
         "sqlite": lambda: f"sqlite:///{tmp_path / 'state.db'}",
-        "redis": lambda: request.getfixturevalue("redis_server"),
+        "redis": lambda: request.getfixturevalue("redis_url"),
     }[store]()
     with bot(state).start("127.0.0.1", 0) as server, Client(server.host, server.port) as c:
         assert [c.post("count", {"user": "u", "id": f"e{i}"})[2]["n"] for i in range(3)] == [1, 2, 3]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import collections
-import shutil
 import signal
-import subprocess
 import textwrap
 import threading
 import time
@@ -13,31 +11,6 @@ import time
 import pytest
 import warmslot
 from conftest import Client, concurrently, flaky_app, free_port, poll, send_counted, start_killbot, wait_all_succeeded
-
-
-@pytest.fixture
-def redis_url():
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (apt-get install -y redis-server; .ci/run installs it)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.time() + 10
-    import socket
-
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.02)
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 def redis_command(url: str, *args: str):
