@@ -69,6 +69,15 @@ async def _guarded(coro: Any) -> Any:
         return _Raised(exc)
 
 
+def _cancelled_from_outside() -> bool:
+    """True when the running task was asked to stop (its slot abandoned it, or the event loop is
+    shutting down), as opposed to a pipeline that raised CancelledError itself (Python 3.11+:
+    earlier versions cannot tell, and answer both as the pipeline's error)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
 class EventRunner:
     """A warm pipeline instance (``target``, ``resources``) and how to run one event on it."""
 
@@ -235,10 +244,18 @@ class EventRunner:
                 if remaining is not None:
                     return (False, "pipeline_timeout", f"pipeline {self.spec.name!r} did not finish in time")
                 return self.failed(execution_id, exc)
-            except BaseException as exc:
+            except asyncio.CancelledError as exc:
+                if _cancelled_from_outside():
+                    raise  # this task was cancelled: let it end cancelled
+                return self.failed(execution_id, exc)
+            except BaseException as exc:  # the pipeline's own (SystemExit too): this event's error
                 return self.failed(execution_id, exc)
             if isinstance(result, _Raised):
                 return self.failed(execution_id, result.exc)
             return self.encode(result, ctx)
+        except asyncio.CancelledError:
+            if _cancelled_from_outside():
+                raise
+            return (False, "pipeline_error", "internal error while running the pipeline: CancelledError")
         except BaseException as exc:
             return (False, "pipeline_error", f"internal error while running the pipeline: {type(exc).__name__}")
