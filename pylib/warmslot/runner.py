@@ -1,10 +1,12 @@
 """Runs one event through a warm pipeline instance: the code shared by thread slots (called
-from the Rust slot loop, once per event, inside one interpreter attach per batch) and worker
-processes (``warmslot.worker``).
+from the Rust slot loop: a sync pipeline once per event inside one interpreter attach per batch,
+an async one as a task per event on the pipeline's event loop) and worker processes
+(``warmslot.worker``).
 
 Each call returns ``(True, reply_json, state_json_or_None)`` or ``(False, error_code, message)``
 and never raises: nothing a pipeline does (SystemExit, an exception whose ``str()`` fails, a
-return value that is not JSON) may end the slot.
+return value that is not JSON) may end the slot; the exception is that event's error, logged
+with its traceback. (A ``run_async`` task that is itself cancelled ends cancelled.)
 """
 
 from __future__ import annotations
