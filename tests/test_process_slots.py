@@ -10,6 +10,7 @@ import process_bots
 import pytest
 import warmslot
 from conftest import Client, children, concurrently, wait_for, workers
+from warmslot import _core
 
 
 def test_workers_are_warm_before_healthz_and_run_in_other_processes(serve):
@@ -331,9 +332,9 @@ def test_thread_slot_entry_points_refuse_a_process_pipeline(serve):
     # slot must never be pointed at one.
     server, _ = serve(process_bots.echo_app)
     with pytest.raises(ValueError, match="does not use thread slots"):
-        server._core.take_batch(0, 1, 0.0)
+        server._core.run_thread_slot(0, 0, lambda *a: None, _core.WarmupReason.DEMAND, 0.0)
     with pytest.raises(ValueError, match="does not use thread slots"):
-        server._core.run_thread_slot(0, 0, lambda *a: None, "demand", 0.0)
+        server._core.run_thread_slot(0, 0, object(), _core.WarmupReason.DEMAND, 0.0, True)
 
 
 @pytest.mark.parametrize("isolation", ["thread", "process"])

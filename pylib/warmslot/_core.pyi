@@ -3,7 +3,10 @@
 `Any` is left only where a value is a JSON document (events, states), and in the dicts of
 `Core.pool()` and `Core.stats()` (their keys are listed there)."""
 
-from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:
+    from .slots import AsyncSlot
 
 __version__: str
 
@@ -126,18 +129,21 @@ class Core:
     def start(self) -> Tuple[str, int]:
         """Binds and starts serving; returns the (host, port) bound. Raises OSError (port in use)."""
     def run_thread_slot(
-        self, pipeline: int, slot: int, runner: Runner, reason: str, warmup_s: float
+        self,
+        pipeline: int,
+        slot: int,
+        runner: Union[Runner, "AsyncSlot"],
+        reason: WarmupReason,
+        warmup_s: float,
+        is_async: bool = False,
     ) -> Literal["retired", "stopped"]:
-        """Runs a warm thread slot (GIL released) until it retires or the server stops."""
+        """Runs a warm thread slot (GIL released) until it retires or the server stops. `runner`: a
+        sync pipeline's `Runner`; with `is_async`, the slot's `warmslot.slots.AsyncSlot`."""
     def run_process_slot(
         self, pipeline: int, slot: int, reason: WarmupReason, report: Callable[[SlotReport, str], None]
     ) -> None:
         """Runs a process slot (spawns and replaces its worker) until it retires or the server stops."""
-    def take_batch(self, pipeline: int, max: int, timeout: float = 0.1, spin_us: int = 0) -> Optional[List[Job]]:
-        """Up to `max` begun events; [] on timeout; None once the pipeline stopped."""
-    def mark_warm(self, pipeline: int, slot: int, reason: str, warmup_s: float) -> None: ...
     def mark_cold(self, pipeline: int, slot: int) -> None: ...
-    def set_busy(self, pipeline: int, slot: int, busy: bool) -> None: ...
     def keep_at_most(self, pipeline: int, keep: Optional[int] = None) -> None: ...
     def pool(self, pipeline: int) -> Dict[str, Any]:
         """warm, busy, waiting, retire_pending, cold_starts, cpu_us, worker_rss_bytes (int);
@@ -159,30 +165,6 @@ class Core:
         self, pipeline: int, target_slots: int, forecast_rps: float, phase: Optional[str] = None
     ) -> None: ...
     def set_predictor_phases(self, pipeline: int, phases: List[str]) -> None: ...
-
-class Job:
-    """One begun event handed to an async slot: run it, then one of succeed()/fail()/time_out()."""
-
-    @property
-    def execution_id(self) -> str: ...
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def event(self) -> Any: ...
-    @property
-    def key(self) -> Optional[str]: ...
-    @property
-    def received_at(self) -> float: ...
-    @property
-    def done(self) -> bool: ...
-    def begin(self) -> Optional[bytes]:
-        """Marks the execution running and loads its state. Raises TimeoutError or RuntimeError (already answered)."""
-    def state(self) -> Any: ...
-    def remaining(self) -> Optional[float]: ...
-    def headers(self) -> Dict[str, str]: ...
-    def succeed(self, reply: bytes, state: Optional[bytes] = None) -> bool: ...
-    def fail(self, code: str, message: str) -> bool: ...
-    def time_out(self) -> bool: ...
 
 def hmac_sha256_hex(secret: bytes, parts: List[bytes]) -> str: ...
 def loads(data: bytes) -> Any:

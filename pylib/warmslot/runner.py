@@ -1,10 +1,12 @@
 """Runs one event through a warm pipeline instance: the code shared by thread slots (called
-from the Rust slot loop, once per event, inside one interpreter attach per batch) and worker
-processes (``warmslot.worker``).
+from the Rust slot loop: a sync pipeline once per event inside one interpreter attach per batch,
+an async one as a task per event on the pipeline's event loop) and worker processes
+(``warmslot.worker``).
 
 Each call returns ``(True, reply_json, state_json_or_None)`` or ``(False, error_code, message)``
 and never raises: nothing a pipeline does (SystemExit, an exception whose ``str()`` fails, a
-return value that is not JSON) may end the slot.
+return value that is not JSON) may end the slot; the exception is that event's error, logged
+with its traceback. (A ``run_async`` task that is itself cancelled ends cancelled.)
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ async def _guarded(coro: Any) -> Any:
         raise
     except BaseException as exc:
         return _Raised(exc)
+
+
+def _cancelled_from_outside() -> bool:
+    """True when the running task was asked to stop (its slot abandoned it, or the event loop is
+    shutting down), as opposed to a pipeline that raised CancelledError itself (Python 3.11+:
+    earlier versions cannot tell, and answer both as the pipeline's error)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
 
 
 class EventRunner:
@@ -245,10 +256,18 @@ class EventRunner:
                 if remaining is not None:
                     return (False, "pipeline_timeout", f"pipeline {self.spec.name!r} did not finish in time")
                 return self.failed(execution_id, exc, ctx.key)
-            except BaseException as exc:
+            except asyncio.CancelledError as exc:
+                if _cancelled_from_outside():
+                    raise  # this task was cancelled: let it end cancelled
+                return self.failed(execution_id, exc, ctx.key)
+            except BaseException as exc:  # the pipeline's own (SystemExit too): this event's error
                 return self.failed(execution_id, exc, ctx.key)
             if isinstance(result, _Raised):
                 return self.failed(execution_id, result.exc, ctx.key)
             return self.encode(result, ctx)
+        except asyncio.CancelledError:
+            if _cancelled_from_outside():
+                raise
+            return (False, "pipeline_error", "internal error while running the pipeline: CancelledError")
         except BaseException as exc:
             return (False, "pipeline_error", f"internal error while running the pipeline: {type(exc).__name__}")

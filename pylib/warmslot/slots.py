@@ -1,15 +1,17 @@
 """The slots of one pipeline inside a running server.
 
-- **Thread slots** (sync pipelines, ``isolation="thread"``): one Python thread per slot builds the
-  pipeline instance (class ``__init__``, ``setup=``), then hands itself to the Rust slot loop
-  (``Core.run_thread_slot``), which pulls batches from the pipeline's lanes with the GIL released
-  and calls back into :class:`~warmslot.runner.EventRunner` once per event.
+- **Thread slots** (``isolation="thread"``): one Python thread per slot builds the pipeline
+  instance (class ``__init__``, ``setup=``), then hands itself to the Rust slot loop
+  (``Core.run_thread_slot``), which pulls batches from the pipeline's lanes with the GIL released,
+  runs them, and commits. A sync pipeline's batch runs inside one interpreter attach, calling
+  :class:`~warmslot.runner.EventRunner` once per event.
+- **Async pipelines** in threads: the same slot loop, one thread per slot; the coroutines run on
+  one event loop per pipeline (a thread of its own), where every instance is built too (an async
+  ``setup`` is awaited there). A slot runs up to ``concurrency`` events at once, as tasks on that
+  loop (:class:`AsyncSlot`), and takes more as they finish.
 - **Process slots** (``isolation="process"``): one Python thread per slot blocks in
   ``Core.run_process_slot`` (GIL released), where Rust spawns and watches the slot's worker
   process (``warmslot.worker``), replacing it after a crash or a recycle.
-- **Async pipelines** in threads: one event loop per pipeline; a feeder thread takes begun events
-  from the lanes (``Core.take_batch``) while the loop has room (warm instances x ``concurrency``)
-  and runs each as a task on the least busy instance.
 
 The pool grows with :meth:`PipelineRuntime.grow` and shrinks with :meth:`PipelineRuntime.scale_to`:
 a retiring slot finishes what it holds, then stops; lanes keep its keys' order.
@@ -18,28 +20,79 @@ a retiring slot finishes what it holds, then stops; lanes keep its keys' order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ._core import SlotReport, WarmupReason
-from .runner import EventRunner, error_message
+from .runner import EventRunner, _guarded, _Raised, error_message
 from .spec import PipelineSpec
 
 log = logging.getLogger("warmslot")
 
 
-class _Instance:
-    """One warm instance of an async pipeline (a slot) and the tasks it runs now."""
+class AsyncSlot:
+    """The Python side of one async thread slot (``AsyncThreadBackend`` in
+    ``rust/py/src/thread_slot.rs``): runs the events its slot loop hands over as tasks on the
+    pipeline's event loop, and reports each result back as its task ends.
 
-    __slots__ = ("slot", "runner", "running", "retiring")
+    ``submit`` and ``cancel`` are called from the slot's thread, the rest on the loop's thread."""
 
-    def __init__(self, slot: int, runner: EventRunner) -> None:
-        self.slot = slot
-        self.runner = runner
-        self.running = 0
-        self.retiring = False
+    __slots__ = ("loop", "run_async", "report", "tasks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, run_async: Callable[..., Any]) -> None:
+        self.loop = loop
+        self.run_async = run_async
+        #: ``report(token, result)``; ``report(None, message)``: the loop stopped.
+        self.report: Optional[Callable[[Optional[int], Any], None]] = None
+        self.tasks: Dict[int, "asyncio.Task[Any]"] = {}
+
+    def bind(self, report: Callable[[Optional[int], Any], None]) -> None:
+        """Called once by the slot loop, before it hands over any event."""
+        self.report = report
+
+    def submit(self, events: List[Tuple[int, tuple]]) -> None:
+        """Starts ``run_async(*args)`` for each ``(token, args)``. Raises RuntimeError when the
+        event loop has closed."""
+        self.loop.call_soon_threadsafe(self._start, events)
+
+    def cancel(self, tokens: List[int]) -> None:
+        """Cancels the tasks of `tokens` (their results are no longer awaited)."""
+        try:
+            self.loop.call_soon_threadsafe(self._cancel, tokens)
+        except RuntimeError:
+            pass  # the loop has closed: so have its tasks
+
+    def loop_stopped(self, message: str) -> None:
+        if self.report is not None:
+            self.report(None, message)
+
+    def _start(self, events: List[Tuple[int, tuple]]) -> None:
+        create_task, run_async, tasks, finished = self.loop.create_task, self.run_async, self.tasks, self._finished
+        for token, args in events:
+            task = create_task(run_async(*args))
+            tasks[token] = task
+            task.add_done_callback(functools.partial(finished, token))
+
+    def _cancel(self, tokens: List[int]) -> None:
+        for token in tokens:
+            task = self.tasks.pop(token, None)
+            if task is not None:
+                task.cancel()
+
+    def _finished(self, token: int, task: "asyncio.Task[Any]") -> None:
+        self.tasks.pop(token, None)
+        if task.cancelled():
+            return  # the slot cancelled it and waits for nothing
+        exc = task.exception()  # run_async answers every failure of the pipeline with a result
+        if exc is None:
+            result = task.result()
+        else:
+            result = (False, "pipeline_error", f"internal error while running the pipeline: {type(exc).__name__}")
+        assert self.report is not None
+        self.report(token, result)
 
 
 class PipelineRuntime:
@@ -71,13 +124,10 @@ class PipelineRuntime:
         self._free: List[int] = []  # indexes of slots that stopped, for reuse
         self._starting = 0
         self._warm_once: Dict[int, bool] = {}
-        # async pipelines
+        # async pipelines in threads: the event loop their slots share, and its thread
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._instances: Dict[int, _Instance] = {}
-        self._room = threading.Condition()
-        self._inflight = 0
-        self._closed = False
-        self._pending_async: List[Any] = []  # (slot, reason) asked for before the loop ran
+        self._loop_thread: Optional[threading.Thread] = None
+        self._async_slots: Set[AsyncSlot] = set()
 
     # -- pool size -------------------------------------------------------------------------------
     @property
@@ -92,8 +142,9 @@ class PipelineRuntime:
 
     def start(self) -> None:
         if self.spec.is_async and self.isolation == "thread":
-            t = threading.Thread(target=self._async_main, name=f"warmslot-{self.spec.name}-loop", daemon=True)
-            self.threads.append(t)
+            self._loop = asyncio.new_event_loop()
+            t = threading.Thread(target=self._loop_main, name=f"warmslot-{self.spec.name}-loop", daemon=True)
+            self._loop_thread = t
             t.start()
         self.grow(self.spec.min_slots)
 
@@ -118,25 +169,13 @@ class PipelineRuntime:
         self.core.keep_at_most(self.index, None)
         waiting = self.core.pool(self.index)["waiting"] if self._next_slot else 0
         why = WarmupReason.DEMAND if waiting > 0 else WarmupReason.AHEAD
-        reason = why.value  # run_thread_slot and mark_warm (thread and async slots) take its name
         new = self._take_slots(target)
         for slot in new:
-            if self.spec.is_async and self.isolation == "thread":
-                with self._lock:
-                    loop = self._loop
-                    if loop is None:
-                        self._pending_async.append((slot, reason))
-                        continue
-                try:
-                    loop.call_soon_threadsafe(self._start_instance, slot, reason)
-                except RuntimeError:  # the loop has closed (shutdown)
-                    self._slot_gone(slot, warm=False)
-                continue
-            body = self._process_slot if self.isolation == "process" else self._sync_slot
-            slot_reason = why if self.isolation == "process" else reason
-            t = threading.Thread(
-                target=body, args=(slot, slot_reason), name=f"warmslot-{self.spec.name}-{slot}", daemon=True
-            )
+            if self.isolation == "process":
+                body = self._process_slot
+            else:
+                body = self._async_slot if self.spec.is_async else self._sync_slot
+            t = threading.Thread(target=body, args=(slot, why), name=f"warmslot-{self.spec.name}-{slot}", daemon=True)
             self.threads.append(t)
             t.start()
         return len(new)
@@ -156,19 +195,19 @@ class PipelineRuntime:
         """Keeps at most `keep` slots (never fewer than min_slots): the others finish what they
         hold, then stop."""
         keep = max(keep, self.spec.min_slots)
-        if self.spec.is_async and self.isolation == "thread":
-            loop = self._loop
-            if loop is not None:
-                try:
-                    loop.call_soon_threadsafe(self._retire_instances, keep)
-                except RuntimeError:
-                    pass
-            return
         self.core.keep_at_most(self.index, keep)
 
     def join(self, deadline: float) -> None:
+        """After the server stopped: waits for the slot threads, then stops the event loop."""
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        loop, thread = self._loop, self._loop_thread
+        if loop is not None and thread is not None:
+            try:
+                loop.call_soon_threadsafe(loop.stop)
+            except RuntimeError:
+                pass  # it has stopped already
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def growth_paused(self) -> bool:
         """After failed warm-ups, wait 0.5 s, doubling per failure up to 30 s, before growing."""
@@ -178,6 +217,7 @@ class PipelineRuntime:
         return time.monotonic() - self._failed_at < backoff
 
     def _slot_failed(self, slot: int, exc: BaseException) -> None:
+        """A warm-up raised: say so, back off, free the slot."""
         msg = f"slot {slot} of pipeline {self.spec.name!r} failed to warm up: {error_message(exc, False)}"
         self._warmup_failed(msg, exc)
         self._slot_gone(slot, warm=False)
@@ -213,19 +253,45 @@ class PipelineRuntime:
         return target, resources
 
     # -- thread slots ----------------------------------------------------------------------------
-    def _sync_slot(self, slot: int, reason: str) -> None:
-        began = time.monotonic()
+    # NOTE: a slot thread handles what it means to handle (`Exception`) and lets the rest
+    # (SystemExit, KeyboardInterrupt raised by a pipeline's `__init__` or `setup`, or by the slot's
+    # own machinery) end the thread after its cleanup: the warm-up failure is recorded or the slot
+    # freed first (`finally`), then the exception goes on to `threading.excepthook`. The pool
+    # replaces the slot as it would a failed one. (An exception a pipeline raises while running an
+    # event fails that event instead: see `warmslot.runner`.)
+    def _warm_up(self, slot: int, make: Callable[[], tuple]) -> Optional[tuple]:
+        """The instance and resources `make()` builds, or None when it raised an Exception
+        (recorded: the slot is freed)."""
         try:
-            target, resources = self._instantiate()
-        except BaseException as exc:
+            return make()
+        except Exception as exc:
             self._slot_failed(slot, exc)
+            return None
+        except BaseException as exc:  # recorded too, then on its way
+            self._slot_failed(slot, exc)
+            raise
+
+    def _slot_stopped(self, slot: int, exc: BaseException) -> None:
+        """A slot's loop raised (the binding refused, a bug; for an async slot, the event loop
+        stopped under it): say so. The caller frees the slot."""
+        how = "" if isinstance(exc, Exception) else f" by {type(exc).__name__}"
+        log.error("slot %d of pipeline %r stopped%s", slot, self.spec.name, how, exc_info=exc, extra=self._about(slot))
+
+    def _sync_slot(self, slot: int, reason: WarmupReason) -> None:
+        began = time.monotonic()
+        made = self._warm_up(slot, self._instantiate)
+        if made is None:
             return
+        target, resources = made
         runner = EventRunner(self.spec, target, resources, self.debug)
         self._warmed()
         try:
             self.core.run_thread_slot(self.index, slot, runner.run_sync, reason, time.monotonic() - began)
-        except BaseException as exc:  # the binding refused (a bug): say so, free the slot
-            log.error("slot %d of pipeline %r stopped", slot, self.spec.name, exc_info=exc, extra=self._about(slot))
+        except Exception as exc:
+            self._slot_stopped(slot, exc)
+        except BaseException as exc:
+            self._slot_stopped(slot, exc)
+            raise
         finally:
             self._slot_gone(slot, warm=True)
 
@@ -258,156 +324,78 @@ class PipelineRuntime:
 
         try:
             self.core.run_process_slot(self.index, slot, reason, report)
+        except Exception as exc:
+            self._slot_stopped(slot, exc)
         except BaseException as exc:
-            log.error("slot %d of pipeline %r stopped", slot, self.spec.name, exc_info=exc, extra=self._about(slot))
+            self._slot_stopped(slot, exc)
+            raise
         finally:
             self._slot_gone(slot, warm=warmed)
 
-    # -- async pipelines: tasks on one event loop ------------------------------------------------
-    def _async_main(self) -> None:
-        loop = asyncio.new_event_loop()
+    # -- async pipelines in threads: slot loops in Rust, coroutines on one event loop -------------
+    def _loop_main(self) -> None:
+        loop = self._loop
+        assert loop is not None
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self._async_pool(loop))
-        except BaseException as exc:  # the pool itself broke: say so, the slots are marked cold
-            log.error("the event loop of pipeline %r stopped", self.spec.name, exc_info=exc)
+            loop.run_forever()
         finally:
+            # Stopped by `join` once the slots have stopped; tasks still here were answered (the
+            # drain is over): cancel them. (If the loop itself broke, the slots still running
+            # fail what they hold and stop, and the exception goes on to `threading.excepthook`.)
             try:
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
+                with self._lock:
+                    slots = list(self._async_slots)
+                for s in slots:
+                    s.loop_stopped(f"the event loop of pipeline {self.spec.name!r} stopped")
 
-    def _room_left(self) -> int:
-        live = sum(1 for i in self._instances.values() if not i.retiring)
-        return live * max(1, self.spec.concurrency) - self._inflight
+    async def _make_async(self) -> Any:
+        """Builds an instance on the event loop (its ``__init__`` runs there, an async ``setup``
+        is awaited there); a BaseException comes back as a value, not through the loop."""
 
-    def _start_instance(self, slot: int, reason: str) -> None:
-        assert self._loop is not None
-        self._loop.create_task(self._warm_instance(slot, reason))
-
-    async def _warm_instance(self, slot: int, reason: str) -> None:
-        began = time.monotonic()
-        try:
+        async def make() -> tuple:
             target, resources = self._instantiate()
             if asyncio.iscoroutine(resources):
                 resources = await resources
-        except BaseException as exc:
-            self._slot_failed(slot, exc)
+            return target, resources
+
+        return await _guarded(make())
+
+    def _instantiate_on_loop(self) -> tuple:
+        assert self._loop is not None
+        made = asyncio.run_coroutine_threadsafe(self._make_async(), self._loop).result()
+        if isinstance(made, _Raised):
+            raise made.exc
+        return made
+
+    def _async_slot(self, slot: int, reason: WarmupReason) -> None:
+        began = time.monotonic()
+        made = self._warm_up(slot, self._instantiate_on_loop)
+        if made is None:
             return
-        with self._room:
-            self._instances[slot] = _Instance(slot, EventRunner(self.spec, target, resources, self.debug))
-            self._room.notify_all()
-        self._warmed()
-        self.core.mark_warm(self.index, slot, reason, time.monotonic() - began)
-
-    def _retire_instances(self, keep: int) -> None:
-        live = [i for i in self._instances.values() if not i.retiring]
-        for inst in sorted(live, key=lambda i: i.running)[: max(0, len(live) - keep)]:
-            inst.retiring = True
-            if inst.running == 0:
-                self._drop_instance(inst)
-
-    def _drop_instance(self, inst: _Instance) -> None:
-        with self._room:
-            self._instances.pop(inst.slot, None)
-        self._slot_gone(inst.slot, warm=True)
-
-    async def _async_pool(self, loop: asyncio.AbstractEventLoop) -> None:
-        closed = asyncio.Event()
-        tasks: set = set()
-
-        async def run(job: Any, inst: _Instance) -> None:
-            try:
-                try:
-                    if self.blocking_store:
-                        await loop.run_in_executor(None, job.begin)
-                    else:
-                        job.begin()
-                except (TimeoutError, RuntimeError):
-                    return  # already answered: timed out while queued, state store failure, shutting down
-                try:
-                    state = job.state()
-                except ValueError as exc:
-                    job.fail("state_error", f"cannot decode stored state: {exc}")
-                    return
-                result = await inst.runner.run_async(
-                    job.execution_id, job.key, job.event, state, job.headers, job.received_at, job.remaining()
-                )
-                ok, a, b = result
-                if ok:
-                    if self.blocking_store:
-                        await loop.run_in_executor(None, job.succeed, a, b)
-                    else:
-                        job.succeed(a, b)
-                elif a == "pipeline_timeout":
-                    job.time_out()
-                else:
-                    job.fail(a, b)
-            except BaseException as exc:
-                try:
-                    if not job.done:
-                        job.fail(
-                            "pipeline_error", f"internal error while finishing the execution: {type(exc).__name__}"
-                        )
-                except BaseException:
-                    pass
-            finally:
-                inst.running -= 1
-                if inst.running == 0:
-                    self.core.set_busy(self.index, inst.slot, False)
-                    if inst.retiring:
-                        self._drop_instance(inst)
-                with self._room:
-                    self._inflight -= 1
-                    self._room.notify_all()
-
-        def deliver(batch: list) -> None:
-            for job in batch:
-                live = [i for i in self._instances.values() if not i.retiring] or list(self._instances.values())
-                inst = min(live, key=lambda i: i.running)
-                if inst.running == 0:
-                    self.core.set_busy(self.index, inst.slot, True)
-                inst.running += 1
-                task = loop.create_task(run(job, inst))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-
-        def feed() -> None:
-            spec = self.spec
-            while True:
-                with self._room:
-                    while self._room_left() <= 0 and not self._closed:
-                        self._room.wait(0.1)
-                    room = self._room_left()
-                    if self._closed:
-                        return
-                batch = self.core.take_batch(self.index, min(room, spec.max_batch), 0.1, self.spin_us)
-                try:
-                    if batch is None:
-                        loop.call_soon_threadsafe(closed.set)
-                        return
-                    if batch:
-                        with self._room:
-                            self._inflight += len(batch)
-                        loop.call_soon_threadsafe(deliver, batch)
-                except RuntimeError:  # the loop is closed: dropping the jobs answers them (503)
-                    return
-
+        assert self._loop is not None
+        target, resources = made
+        runner = EventRunner(self.spec, target, resources, self.debug)
+        bridge = AsyncSlot(self._loop, runner.run_async)
         with self._lock:
-            self._loop = loop
-            pending, self._pending_async = list(self._pending_async), []
-        for slot, reason in pending:
-            self._start_instance(slot, reason)
-        feeder = threading.Thread(target=feed, name=f"warmslot-{self.spec.name}-feeder", daemon=True)
-        self.threads.append(feeder)
-        feeder.start()
+            self._async_slots.add(bridge)
+        self._warmed()
         try:
-            await closed.wait()
-            while tasks:
-                await asyncio.gather(*list(tasks), return_exceptions=True)
+            self.core.run_thread_slot(self.index, slot, bridge, reason, time.monotonic() - began, True)
+        except Exception as exc:
+            self._slot_stopped(slot, exc)
+        except BaseException as exc:
+            self._slot_stopped(slot, exc)
+            raise
         finally:
-            with self._room:
-                self._closed = True
-                self._room.notify_all()
-            for inst in list(self._instances.values()):
-                self._drop_instance(inst)
+            with self._lock:
+                self._async_slots.discard(bridge)
+            self._slot_gone(slot, warm=True)

@@ -345,20 +345,12 @@ pub enum PyWarmupReason {
 }
 
 impl PyWarmupReason {
-    const ALL: [PyWarmupReason; 3] = [PyWarmupReason::Ahead, PyWarmupReason::Demand, PyWarmupReason::Replace];
-
     fn label(self) -> &'static str {
         match self {
             PyWarmupReason::Ahead => "ahead",
             PyWarmupReason::Demand => "demand",
             PyWarmupReason::Replace => "replace",
         }
-    }
-
-    /// The reason named `label` ("ahead", "demand", "replace").
-    pub(crate) fn parse(label: &str) -> PyResult<Self> {
-        let options = Self::ALL.map(|r| (r.label(), r));
-        choice("reason", label, &options)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use warmslot_core::{run_slot, wire, HttpError, HttpServer, LoopEnd, LoopSettings, Pipeline, WarmupReason};
+use warmslot_core::{run_slot, wire, Backend, HttpError, HttpServer, LoopEnd, LoopSettings, Pipeline, WarmupReason};
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -26,17 +26,11 @@ use warmslot_core::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
-mod job;
 mod logbridge;
 mod thread_slot;
 mod value;
 use config::{AppSettings, PipelineSettings, PyWarmupReason, SignatureSettings, SlotReport, Store};
-use job::PyJob;
-use thread_slot::ThreadBackend;
-
-fn warmup_reason(reason: &str) -> PyResult<WarmupReason> {
-    PyWarmupReason::parse(reason).map(Into::into)
-}
+use thread_slot::{AsyncThreadBackend, ThreadBackend};
 
 /// How errors of the core become Python exceptions (all of them go through here, `http_err` and
 /// `store_err`): bad configuration is a `ValueError`, what the OS or a store refused (a port in
@@ -203,39 +197,59 @@ impl Core {
     }
 
     /// Runs a warm thread slot on the calling thread (GIL released) until it retires or the
-    /// server stops; returns "retired" or "stopped". `runner` is called per event with the GIL.
+    /// server stops; returns "retired" or "stopped". A sync pipeline's `runner` is called per
+    /// event with the GIL; an async pipeline's (`is_async`) is the slot's `warmslot.slots.AsyncSlot`,
+    /// which runs the events as tasks on the pipeline's event loop. Raises what ended an async slot
+    /// on the Python side (its `submit` or `cancel` raised, or the event loop stopped), after the
+    /// slot loop has answered what it held.
+    #[pyo3(signature = (pipeline, slot, runner, reason, warmup_s, is_async=false))]
+    #[allow(clippy::too_many_arguments)]
     fn run_thread_slot(
         &self,
         py: Python<'_>,
         pipeline: usize,
         slot: usize,
         runner: Py<PyAny>,
-        reason: &str,
+        reason: PyWarmupReason,
         warmup_s: f64,
+        is_async: bool,
     ) -> PyResult<&'static str> {
+        // The warm-up (`warmup_s`, measured by the caller) ended as it called: an event received
+        // since did not wait for it.
+        let warm_at = Instant::now();
         let spin = self.engine.config.idle_spin;
         self.thread_pipeline(pipeline)?;
         let p = self.check_slot(pipeline, slot)?.clone();
-        let reason = warmup_reason(reason)?;
-        let inline = !p.store.does_io();
-        let mut backend = ThreadBackend { runner, inline };
-        let end = py.detach(move || {
-            let warm_at = Instant::now();
+        let reason = WarmupReason::from(reason);
+        let serve = move |backend: &mut dyn Backend| {
             let live = p.slots.live_loop();
             p.slots.mark_warm(slot, reason, (warmup_s.max(0.0) * 1e6) as u64);
             let warm_from = warm_at.checked_sub(Duration::from_secs_f64(warmup_s.max(0.0))).unwrap_or(warm_at);
             let settings = LoopSettings { spin, warm_from, warm_at };
-            let end = run_slot(&p, slot, &mut backend, &settings);
+            let end = run_slot(&p, slot, backend, &settings);
             p.slots.mark_cold(slot);
             if matches!(end, LoopEnd::Retired) {
                 live.retired();
             }
             end
-        });
-        Ok(match end {
-            LoopEnd::Retired => "retired",
-            _ => "stopped",
-        })
+        };
+        let end = if is_async {
+            let mut backend = AsyncThreadBackend::new(py, runner, self.pipeline(pipeline)?.clone())?;
+            let end = py.detach(|| serve(&mut backend));
+            if let Some(e) = backend.failure.take() {
+                return Err(e);
+            }
+            end
+        } else {
+            let inline = !self.pipeline(pipeline)?.store.does_io();
+            let mut backend = ThreadBackend { runner, inline };
+            py.detach(|| serve(&mut backend))
+        };
+        match end {
+            LoopEnd::Retired => Ok("retired"),
+            LoopEnd::Died(d) => Err(PyRuntimeError::new_err(d.message)),
+            _ => Ok("stopped"),
+        }
     }
 
     /// Runs process slot `slot` on the calling thread (GIL released): spawns its worker, replaces
@@ -266,44 +280,10 @@ impl Core {
         .map_err(engine_err)
     }
 
-    /// Takes up to `max` runnable events (waiting up to `timeout` s, without the GIL); the caller
-    /// `begin()`s each. [] on timeout; None once the pipeline has stopped.
-    #[pyo3(signature = (pipeline, max, timeout=0.1, spin_us=0))]
-    fn take_batch(
-        &self,
-        py: Python<'_>,
-        pipeline: usize,
-        max: usize,
-        timeout: f64,
-        spin_us: u64,
-    ) -> PyResult<Option<Vec<PyJob>>> {
-        let p = self.thread_pipeline(pipeline)?.clone();
-        let timeout = seconds(Some(timeout))?.unwrap_or_default();
-        let got = py.detach(move || {
-            let jobs = p.intake.take_batch(max, timeout, Duration::from_micros(spin_us));
-            if jobs.is_empty() && p.is_closed() {
-                return None;
-            }
-            Some(jobs)
-        });
-        Ok(got.map(|b| b.into_iter().map(|job| PyJob::new(job, None)).collect()))
-    }
-
-    /// Marks an in-process slot (an async pipeline's instance) warm or cold, and busy or not.
-    fn mark_warm(&self, pipeline: usize, slot: usize, reason: &str, warmup_s: f64) -> PyResult<()> {
-        let p = self.check_slot(pipeline, slot)?;
-        p.slots.mark_warm(slot, warmup_reason(reason)?, (warmup_s.max(0.0) * 1e6) as u64);
-        p.intake.nudge();
-        Ok(())
-    }
-
+    /// Marks a slot cold once its thread has stopped (slot loops do as they end; this covers a
+    /// thread that stopped without one).
     fn mark_cold(&self, pipeline: usize, slot: usize) -> PyResult<()> {
         self.pipeline(pipeline)?.slots.mark_cold(slot);
-        Ok(())
-    }
-
-    fn set_busy(&self, pipeline: usize, slot: usize, busy: bool) -> PyResult<()> {
-        self.check_slot(pipeline, slot)?.slots.set_busy(slot, busy);
         Ok(())
     }
 
@@ -509,7 +489,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SignatureSettings>()?;
     m.add_class::<SlotReport>()?;
     m.add_class::<PyWarmupReason>()?;
-    m.add_class::<PyJob>()?;
     m.add_class::<thread_slot::LazyHeaders>()?;
     m.add_function(wrap_pyfunction!(hmac_sha256_hex, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;

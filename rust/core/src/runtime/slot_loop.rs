@@ -96,6 +96,12 @@ pub trait Backend {
     /// True when results are committed as they arrive; false when `done` keeps them for one
     /// transaction at the end of the batch (or at `commit_now`).
     fn commits_inline(&self) -> bool;
+    /// The most events the slot loop takes for one batch, below the pipeline's `max_batch` (a
+    /// backend that runs a batch's events at once, up to a concurrency, takes no more than it
+    /// can start and tops up with `more` as they finish). The default: `max_batch`.
+    fn batch_limit(&self) -> usize {
+        usize::MAX
+    }
     /// Runs `batch`; may append events from `more` to it and run them too.
     fn run(
         &mut self,
@@ -240,7 +246,7 @@ fn begin_all(pipeline: &Pipeline, settings: &LoopSettings, jobs: Vec<Job>) -> Ve
 
 /// Runs the slot until it retires, the pipeline closes, or the backend dies or asks to recycle.
 pub fn run_slot(pipeline: &Arc<Pipeline>, slot: usize, backend: &mut dyn Backend, settings: &LoopSettings) -> LoopEnd {
-    let max_batch = pipeline.config.max_batch.max(1);
+    let max_batch = pipeline.config.max_batch.min(backend.batch_limit()).max(1);
     let mut per_event_us = 0.0f64;
     loop {
         if pipeline.slots.should_retire() {
