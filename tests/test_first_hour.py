@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any, Dict, List
 
+import pytest
 import warmslot
 
 
@@ -47,3 +52,161 @@ def test_an_unkeyed_pipeline_takes_any_json_value(serve):
     _, c = serve(keyed_and_unkeyed_app())
     assert c.post("any", [{"event": "open"}, {"event": "click"}])[2] == {"type": "list"}
     assert c.post("any", {"event": "open"})[2] == {"type": "dict"}
+
+
+# -- a user's file that does not load: one `warmslot: ...` line naming the file, line and error --
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEBUG_HINT = " (--log-level debug prints the traceback)"
+
+
+def warmslot_cli(*args: str, cwd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "warmslot", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def load_fails(tmp_path, files: Dict[str, str], target: str, *options: str) -> List[str]:
+    """Writes `files` into `tmp_path`, runs ``warmslot run TARGET`` there; returns stderr's lines
+    after checking that it failed (exit 2) without serving or printing a traceback."""
+    for name, source in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(source))
+    result = warmslot_cli("run", target, "--port", "0", *options, cwd=str(tmp_path))
+    assert result.returncode == 2, result
+    assert result.stdout == "", result.stdout
+    if "debug" not in options:
+        assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr.splitlines()
+
+
+SYNTAX_ERROR = """\
+import warmslot
+
+app = warmslot.App(
+"""
+
+
+def python_says(source: str, filename: str) -> str:
+    """The message of the SyntaxError that Python raises for `source` (it varies with the version)."""
+    try:
+        compile(source, filename, "exec")
+    except SyntaxError as exc:
+        return exc.msg
+    raise AssertionError("the source compiles")
+
+
+def test_a_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    lines = load_fails(tmp_path, {"bot.py": SYNTAX_ERROR}, "bot.py:app")
+    assert lines == [f"warmslot: bot.py:3: SyntaxError: {python_says(SYNTAX_ERROR, 'bot.py')}"]
+    # The same file named as a module, and by an absolute path from elsewhere.
+    assert load_fails(tmp_path, {}, "bot:app") == lines
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lines = load_fails(elsewhere, {}, str(tmp_path / "bot.py"))
+    assert lines == [f"warmslot: {tmp_path / 'bot.py'}:3: SyntaxError: {python_says(SYNTAX_ERROR, 'bot.py')}"]
+
+
+def test_a_syntax_error_in_a_module_the_file_imports_names_that_module(tmp_path):
+    files = {"bot.py": "import warmslot\nimport helper\n", "helper.py": "x = 1\ndef f(:\n    pass\n"}
+    lines = load_fails(tmp_path, files, "bot.py:app")
+    msg = python_says(files["helper.py"], "helper.py")
+    assert lines == [f"warmslot: helper.py:2 (while importing bot.py): SyntaxError: {msg}"]
+
+
+def test_a_failing_import_in_the_users_module_names_the_import_line(tmp_path):
+    files = {"bot.py": "import warmslot\nimport no_such_module_for_warmslot_tests\n\napp = warmslot.App()\n"}
+    lines = load_fails(tmp_path, files, "bot.py:app")
+    assert lines == [
+        "warmslot: bot.py:2: ModuleNotFoundError: No module named 'no_such_module_for_warmslot_tests'; "
+        f"is it installed for {sys.executable}?{DEBUG_HINT}"
+    ]
+    # An ImportError in a neighbour module that the file imports: that module's line, and the target.
+    files = {"bot.py": "import warmslot\nimport helper\n", "helper.py": "import os\nfrom os import no_such_name\n"}
+    lines = load_fails(tmp_path, files, "bot.py:app")
+    assert lines == [
+        f"warmslot: helper.py:2 (while importing bot.py): ImportError: cannot import name 'no_such_name' from 'os' "
+        f"({os.__file__}){DEBUG_HINT}"
+    ]
+
+
+RAISES = """\
+import json
+
+def load_config():
+    raise KeyError("BOT_TOKEN")
+
+config = load_config()
+"""
+
+
+def test_an_exception_at_import_time_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    lines = load_fails(tmp_path, {"bot.py": RAISES}, "bot.py:app")
+    assert lines == [f"warmslot: bot.py:4: KeyError: 'BOT_TOKEN'{DEBUG_HINT}"]
+    # Raised inside a library (json, warmslot itself): the user's line that called it.
+    files = {"bot.py": "import json\nimport warmslot\n\nconfig = json.loads('{')\n"}
+    lines = load_fails(tmp_path, files, "bot.py:app")
+    assert len(lines) == 1 and lines[0].startswith("warmslot: bot.py:4: json.decoder.JSONDecodeError: Expecting"), lines
+    files = {"bot.py": "import warmslot\n\napp = warmslot.App(state='postgres://db')\n"}
+    lines = load_fails(tmp_path, files, "bot.py:app")
+    assert len(lines) == 1 and lines[0].startswith("warmslot: bot.py:3: ValueError: state='postgres://db' is not"), (
+        lines
+    )
+
+    lines = load_fails(tmp_path, {"bot.py": RAISES}, "bot.py:app", "--log-level", "debug")
+    text = "\n".join(lines)
+    assert "Traceback (most recent call last)" in text and 'bot.py", line 6, in <module>' in text, text
+    assert lines[-1] == "warmslot: bot.py:4: KeyError: 'BOT_TOKEN'", "the one line still comes last"
+
+
+def test_a_failed_import_leaves_no_half_module_behind(tmp_path, monkeypatch):
+    from warmslot.loader import LoadError, load_app
+
+    (tmp_path / "half_loaded_bot.py").write_text(RAISES)
+    with pytest.raises(LoadError) as info:
+        load_app(str(tmp_path / "half_loaded_bot.py"))
+    assert isinstance(info.value.__cause__, KeyError), "the exception is kept, with its traceback"
+    assert "half_loaded_bot" not in sys.modules
+
+
+def test_a_missing_attribute_names_what_the_module_has(tmp_path):
+    files = {"app.py": "import warmslot\n\napp = warmslot.App()\n"}
+    assert load_fails(tmp_path, files, "app.py:nope") == [
+        "warmslot: app.py has no attribute 'nope'; its warmslot.App is 'app' (try app.py:app)"
+    ]
+    files = {"two.py": "import warmslot\n\nbots = warmslot.App()\nadmin = warmslot.App()\n"}
+    assert load_fails(tmp_path, files, "two.py") == [
+        "warmslot: two.py has no attribute 'app'; its warmslot.Apps are 'bots', 'admin' (try two.py:bots)"
+    ]
+    files = {"none.py": "import warmslot\n\nTOKEN = 'x'\n\ndef handler(event):\n    return event\n"}
+    assert load_fails(tmp_path, files, "none.py:app") == [
+        "warmslot: none.py has no attribute 'app'; it defines no warmslot.App (it has TOKEN, handler)"
+    ]
+
+
+def test_an_app_without_pipelines_says_how_to_declare_one(tmp_path):
+    files = {"empty.py": "import warmslot\n\napp = warmslot.App()\n"}
+    assert load_fails(tmp_path, files, "empty.py:app") == [
+        'warmslot: empty.py:app has no pipelines: declare one with @app.pipeline("name") above a function'
+    ]
+
+
+@pytest.mark.parametrize(
+    "source, says",
+    [
+        ("app = 3\n", "is an int, not a warmslot.App"),
+        ("app = 'bot'\n", "is a str, not a warmslot.App"),
+        ("app = None\n", "is None, not a warmslot.App"),
+        ("def app():\n    pass\n", "is a function (app), not a warmslot.App"),
+        (
+            "import warmslot\napp = warmslot.App\n",
+            "is the class warmslot.App, not an App: create one, app = warmslot.App()",
+        ),
+        (
+            "import warmslot\nbots = warmslot.App()\napp = 3\n",
+            "is an int, not a warmslot.App; its warmslot.App is 'bots'",
+        ),
+    ],
+)
+def test_a_target_that_is_not_an_app_reads_well(tmp_path, source, says):
+    lines = load_fails(tmp_path, {"notapp.py": source}, "notapp.py:app")
+    assert len(lines) == 1 and lines[0].startswith(f"warmslot: notapp.py:app {says}"), lines

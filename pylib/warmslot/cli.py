@@ -129,6 +129,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .app import StartupError
 
             app = load_app(args.target)
+            if not app.pipelines:
+                raise LoadError(
+                    f'{args.target} has no pipelines: declare one with @app.pipeline("name") above a function'
+                )
             app.target = args.target  # worker processes import the app the same way
             if args.isolation:
                 app.isolation = args.isolation
@@ -144,7 +148,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return run_demo(host, port, args.seconds, args.clients, keep_serving=not args.exit)
     except LoadError as exc:
-        print(f"warmslot: {exc}", file=sys.stderr)
+        cause = exc.__cause__
+        hint = ""
+        if isinstance(cause, Exception) and not isinstance(cause, SyntaxError):
+            if args.log_level == "debug":
+                logging.getLogger("warmslot").debug("loading %s failed", args.target, exc_info=cause)
+            else:
+                hint = " (--log-level debug prints the traceback)"
+        print(f"warmslot: {exc}{hint}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"warmslot: {exc.strerror or exc}", file=sys.stderr)
