@@ -161,3 +161,16 @@ def test_demo_logs_json_lines_and_run_refuses_an_unknown_log_format(tmp_path):
     proc = run_cli("run", "warmslot.examples.bots:app", "--log-format", "yaml")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "invalid choice: 'yaml'" in err, err
+
+
+def test_version_prints_the_package_version():
+    import importlib.metadata
+
+    import warmslot
+
+    result = subprocess.run([sys.executable, "-m", "warmslot", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result
+    assert result.stdout == f"warmslot {importlib.metadata.version('warmslot')}\n"
+    assert result.stdout == f"warmslot {warmslot.__version__}\n"
+    help_text = subprocess.run([sys.executable, "-m", "warmslot", "--help"], capture_output=True, text=True, timeout=60)
+    assert "--version" in help_text.stdout

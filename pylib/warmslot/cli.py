@@ -47,7 +47,10 @@ class _QuietWarmUp(logging.Filter):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="warmslot", description="Serve Python bot pipelines behind webhooks.")
+    parser.add_argument("--version", action="version", version=f"warmslot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     levels = list(logs.LEVELS)
     log_format_help = (
