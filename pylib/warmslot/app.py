@@ -376,8 +376,7 @@ class App:
             pass
         finally:
             if serving:
-                print("warmslot: stopping (draining in-flight executions)...", flush=True)
-                server.stop()
+                drain(server)
             else:
                 server.stop(drain=0)
             for sig, handler in previous.items():
@@ -395,6 +394,14 @@ class App:
         """The most recently started server that is still running, if any."""
         running = [s for s in self._servers if not s.stopped]
         return running[-1] if running else None
+
+
+def drain(server: "Server") -> None:
+    """How `App.serve` (and ``warmslot demo``) stop on Ctrl-C or SIGTERM: says so, then
+    ``server.stop()``: new webhooks get 503, accepted executions finish (up to the app's
+    ``drain_timeout``), the rest fail."""
+    print("warmslot: stopping (draining in-flight executions)...", flush=True)
+    server.stop()
 
 
 def _is_async_target(target: Any) -> bool:
