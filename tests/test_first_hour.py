@@ -210,3 +210,51 @@ def test_an_app_without_pipelines_says_how_to_declare_one(tmp_path):
 def test_a_target_that_is_not_an_app_reads_well(tmp_path, source, says):
     lines = load_fails(tmp_path, {"notapp.py": source}, "notapp.py:app")
     assert len(lines) == 1 and lines[0].startswith(f"warmslot: notapp.py:app {says}"), lines
+
+
+# -- GET /executions without a filter lists the failed executions only: documented where it shows --
+
+
+def test_executions_without_a_filter_lists_the_failed_ones_newest_first(serve):
+    app = warmslot.App()
+
+    @app.pipeline("p")
+    def p(event: Any, ctx: warmslot.Context) -> dict:
+        if event.get("fail"):
+            raise RuntimeError(f"failing {event['n']}")
+        return {"n": event["n"]}
+
+    @app.pipeline("q")
+    def q(event: Any, ctx: warmslot.Context) -> dict:
+        raise RuntimeError("q fails")
+
+    _, c = serve(app)
+    assert c.post("p", {"n": 1})[0] == 200
+    assert c.post("p", {"n": 2, "fail": True})[0] == 500
+    assert c.post("p", {"n": 3})[0] == 200
+    assert c.post("p", {"n": 4, "fail": True})[0] == 500
+    assert c.post("q", {"n": 5})[0] == 500
+
+    def listed(query: str) -> List[dict]:
+        status, _, body = c.get("/executions" + query)
+        assert status == 200, body
+        return body["executions"]
+
+    unfiltered = listed("")
+    assert [(e["pipeline"], e["status"]) for e in unfiltered] == [("q", "failed"), ("p", "failed"), ("p", "failed")]
+    assert listed("?status=failed") == unfiltered
+    assert [e["status"] for e in listed("?status=succeeded")] == ["succeeded", "succeeded"]
+    assert len(listed("?pipeline=p")) == 2
+    assert listed("?limit=1") == unfiltered[:1]
+    assert listed("?status=timed_out") == []
+    assert c.get("/executions?status=queued")[0] == 400, "only finished executions are listed"
+
+
+def test_the_executions_default_is_documented_where_a_user_meets_it():
+    for command in ("run", "demo"):
+        help_text = subprocess.run(
+            [sys.executable, "-m", "warmslot", command, "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+        flat = " ".join(help_text.split())
+        assert "GET /executions finished executions, newest first; without ?status= only the failed ones." in flat
+        assert "?status=succeeded|failed|timed_out, ?pipeline=<name>, ?limit=<n> (default 100)" in flat

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import re
 import sys
+import textwrap
 from typing import List, Optional
 
 from . import logs
@@ -36,6 +37,22 @@ def _check_port(port: str) -> Optional[str]:
     return None
 
 
+#: The HTTP routes, as `warmslot run --help` and `warmslot demo --help` list them.
+ROUTES = """\
+routes:
+  POST /hooks/<pipeline>   a webhook: runs the pipeline on the JSON body, answers its reply
+  GET  /healthz            200 once every pipeline has its minimum of warm slots
+  GET  /dashboard          live charts; /stats: the same per-second series as JSON
+  GET  /metrics            Prometheus metrics
+  GET  /executions         finished executions, newest first; without ?status= only the
+                           failed ones. ?status=succeeded|failed|timed_out, ?pipeline=<name>,
+                           ?limit=<n> (default 100)
+  GET  /executions/<id>    one execution (id from the x-warmslot-execution-id header)
+/metrics, /stats, /dashboard and /executions* need "Authorization: Bearer <token>" when an admin
+token is set (App(admin_token=...) or WARMSLOT_ADMIN_TOKEN); /dashboard also takes ?token=<token>.
+"""
+
+
 class _QuietWarmUp(logging.Filter):
     """Drops warm-up failure lines while the server starts: `StartupError` reports them, one line
     per pipeline."""
@@ -58,7 +75,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         "they apply, pipeline, execution_id and key"
     )
 
-    run = sub.add_parser("run", help="serve an app: warmslot run examples/echo.py:app")
+    run = sub.add_parser(
+        "run",
+        help="serve an app: warmslot run examples/echo.py:app",
+        description=textwrap.fill(
+            "Serves the App that TARGET names until Ctrl-C or SIGTERM, then drains: webhooks get 503 while "
+            "accepted executions finish (up to the App's drain_timeout, 10 s by default)."
+        ),
+        epilog=ROUTES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("target", help="PATH.py[:APP] or MODULE[:APP] (APP defaults to 'app')")
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--port", default="8000", help="port to listen on, 0-65535 (default 8000; 0 picks a free one)")
@@ -74,12 +100,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
 
     demo = sub.add_parser(
-        "demo", help="serve the bundled example bots, drive a short load at them and print the live dashboard's URL"
+        "demo",
+        help="serve the bundled example bots, drive a short load at them and print the live dashboard's URL",
+        description=textwrap.fill(
+            "Serves the bundled example bots, drives --seconds of load at them from --clients keep-alive clients, "
+            "prints the latencies, then serves on until Ctrl-C or SIGTERM (or stops, with --exit), draining as "
+            "`warmslot run` does."
+        ),
+        epilog=ROUTES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", default="8000")
-    demo.add_argument("--seconds", type=float, default=5.0)
-    demo.add_argument("--clients", type=int, default=8)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", default="8000", help="port to listen on, 0-65535 (default 8000; 0 picks a free one)")
+    demo.add_argument("--seconds", type=float, default=5.0, help="seconds of load to drive (default 5)")
+    demo.add_argument("--clients", type=int, default=8, help="keep-alive clients driving it (default 8)")
     demo.add_argument("--exit", action="store_true", help="stop after the report instead of serving until Ctrl-C")
     demo.add_argument("--log-level", default="warning", choices=levels)
     demo.add_argument("--log-format", default="text", choices=logs.FORMATS, help=log_format_help)
