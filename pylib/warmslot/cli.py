@@ -141,7 +141,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     sim.add_argument("--seed", type=int, default=0, help="random seed for traces and service times (default 0)")
     sim.add_argument("--warmup", type=float, default=1.0, help="seconds a slot takes to warm up (default 1.0)")
     sim.add_argument("--service", type=float, default=0.2, help="mean service time in seconds (default 0.2)")
-    sim.add_argument("--min-slots", type=int, default=1, help="slots kept warm at least (default 1)")
+    sim.add_argument(
+        "--min-slots",
+        type=int,
+        default=1,
+        help="slots kept warm at least (default 1); the static policy keeps exactly this many, so with 1 it "
+        "queues whatever one slot cannot keep up with",
+    )
     sim.add_argument("--max-slots", type=int, default=32, help="slots the pool may grow to (default 32)")
     sim.add_argument("--concurrency", type=int, default=1, help="events one slot runs at once (default 1)")
     sim.add_argument("--json", action="store_true", help="print the scores as JSON")
@@ -204,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import json
 
-    from .simulate import BUILTIN, POLICIES, PoolModel, format_table, plot, simulate
+    from .simulate import BUILTIN, POLICIES, PoolModel, format_table, plot, simulate, static_note
 
     if args.min_slots < 1 or args.max_slots < args.min_slots:
         print(
@@ -240,6 +246,9 @@ def _simulate(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_table(report))
+        note = static_note(report, results, model)
+        if note:
+            print("\n" + textwrap.fill(note, 100))
     if args.plot:
         plot(results, args.plot)
         if not args.json:
