@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -258,3 +260,34 @@ def test_the_executions_default_is_documented_where_a_user_meets_it():
         flat = " ".join(help_text.split())
         assert "GET /executions finished executions, newest first; without ?status= only the failed ones." in flat
         assert "?status=succeeded|failed|timed_out, ?pipeline=<name>, ?limit=<n> (default 100)" in flat
+
+
+# -- App(...), app.start(...) and app.serve(...): every option documented, with its true default --
+
+
+def documented_defaults(fn: Any) -> Dict[str, Any]:
+    """The ````name=default```` entries that open lines of `fn`'s docstring, defaults evaluated."""
+    doc = inspect.getdoc(fn) or ""
+    return {m.group(1): eval(m.group(2)) for m in re.finditer(r"^``(\w+)=(.+?)``", doc, re.MULTILINE)}
+
+
+@pytest.mark.parametrize(
+    "fn", [warmslot.App.__init__, warmslot.App.start, warmslot.App.serve], ids=lambda f: f.__name__
+)
+def test_every_option_is_documented_with_its_default(fn):
+    params = {n: p.default for n, p in inspect.signature(fn).parameters.items() if n != "self"}
+    assert all(d is not inspect.Parameter.empty for d in params.values()), "every option has a default"
+    assert documented_defaults(fn) == params
+
+
+def test_the_app_docstring_points_to_its_options_and_says_what_get_executions_lists():
+    doc = " ".join((warmslot.App.__doc__ or "").split())
+    assert "listed in `App.__init__`" in doc
+    assert (
+        "``GET /executions`` lists finished executions, newest first: without ``?status=`` only the **failed** ones"
+        in doc
+    )
+    start = " ".join((inspect.getdoc(warmslot.App.start) or "").split())
+    assert "0 picks a free one" in start and "TimeoutError" in start and "StartupError" in start
+    serve = " ".join((inspect.getdoc(warmslot.App.serve) or "").split())
+    assert "warmslot: stopping (draining in-flight executions)..." in serve and "drain_timeout" in serve
