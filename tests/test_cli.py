@@ -10,11 +10,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,6 +81,7 @@ def test_run_a_file_anywhere_and_stop_cleanly(tmp_path, sig):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "serving /hooks/hi" in out
+    assert out.splitlines()[-1] == "warmslot: stopping (draining in-flight executions)..."
     assert "Traceback" not in err
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -161,3 +163,119 @@ def test_demo_logs_json_lines_and_run_refuses_an_unknown_log_format(tmp_path):
     proc = run_cli("run", "warmslot.examples.bots:app", "--log-format", "yaml")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "invalid choice: 'yaml'" in err, err
+
+
+def test_version_prints_the_package_version():
+    import importlib.metadata
+
+    import warmslot
+
+    result = subprocess.run([sys.executable, "-m", "warmslot", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result
+    assert result.stdout == f"warmslot {importlib.metadata.version('warmslot')}\n"
+    assert result.stdout == f"warmslot {warmslot.__version__}\n"
+    help_text = subprocess.run([sys.executable, "-m", "warmslot", "--help"], capture_output=True, text=True, timeout=60)
+    assert "--version" in help_text.stdout
+
+
+# -- warmslot demo stops as `run` does: says it is draining, then drains -----------------------
+
+STOPPING = "warmslot: stopping (draining in-flight executions)..."
+
+
+class Lines:
+    """Reads a subprocess's stdout on a thread, so a test can wait for a line with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines, self.cond = proc, [], threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append(None)  # EOF
+            self.cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not any(line is not None and text in line for line in self.lines):
+                left = deadline - time.monotonic()
+                if None in self.lines or left <= 0:
+                    raise AssertionError(f"no line with {text!r} (exited: {self.proc.poll()}): {self.lines}")
+                self.cond.wait(left)
+
+    def rest(self, timeout: float) -> list:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "stdout still open"
+        return [line for line in self.lines if line is not None]
+
+
+def load_generators(pid: int) -> list:
+    """Pids of `pid`'s children that are the demo's load generators (`python -m warmslot.demo`)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and "warmslot.demo" in cmd:
+            out.append(int(entry))
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_demo_says_it_drains_when_stopped_while_serving(sig):
+    port = free_port()
+    proc = run_cli("demo", "--seconds", "0.5", "--clients", "2", "--port", str(port))
+    lines = Lines(proc)
+    try:
+        lines.wait_for("Ctrl-C to stop.", timeout=120)
+        assert post(port, "/hooks/echo", {"user": "u", "text": "still here"})["reply"] == "echo: still here"
+        proc.send_signal(sig)
+        out = lines.rest(timeout=60)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out[-1] == STOPPING, out
+    assert "Traceback" not in err, err
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_ctrl_c_during_the_demos_load_stops_it_and_its_load_generators_without_a_traceback():
+    # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the demo and its two
+    # load generators. The demo stops them and drains; none of them prints a traceback.
+    port = free_port()
+    proc = run_cli("demo", "--seconds", "120", "--clients", "2", "--port", str(port), start_new_session=True)
+    lines = Lines(proc)
+    try:
+        lines.wait_for("driving 2 keep-alive clients for 120s", timeout=120)
+        generators = wait_for(lambda: len(load_generators(proc.pid)) == 2 and load_generators(proc.pid), 30, "load")
+        lines.wait_for("pool: ", timeout=30)  # the load is running
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        out = lines.rest(timeout=60)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out[-1] == STOPPING, out
+    assert not any(line.startswith("drove ") for line in out), "no report of a load that was cut short"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert took < 30, f"took {took:.1f}s to stop (the load was to run 120 s)"
+    for pid in generators:
+        assert not os.path.exists(f"/proc/{pid}"), f"load generator {pid} outlived the demo"

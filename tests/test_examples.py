@@ -7,9 +7,16 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from typing import Dict, Tuple
 
 import pytest
-from conftest import Client
+from conftest import Client, free_port, wait_for
 from warmslot.loader import load_app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +35,8 @@ def test_there_are_examples():
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
-def test_example_serves(path):
+def test_example_serves(path, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_SECRET", "a-test-secret")  # github_webhook.py refuses to start without one
     app = load_app(path + ":app")
     with app.start("127.0.0.1", 0) as server:
         c = Client(server.host, server.port)
@@ -43,3 +51,115 @@ def test_example_serves(path):
             assert status == 200, (name, reply)
             assert isinstance(reply, dict) and reply
         c.close()
+
+
+# -- examples/github_webhook.py: no default secret, and a signed request to try -----------------
+
+GITHUB = os.path.join(ROOT, "examples", "github_webhook.py")
+
+
+def test_github_example_refuses_to_start_without_a_secret():
+    env = {k: v for k, v in os.environ.items() if k != "WEBHOOK_SECRET"}
+    for secret in (None, ""):
+        if secret is not None:
+            env["WEBHOOK_SECRET"] = secret
+        result = subprocess.run(
+            [sys.executable, "-m", "warmslot", "run", f"{GITHUB}:app", "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode != 0
+        assert result.stdout == "", "it never served"
+        assert result.stderr.splitlines() == [
+            "github_webhook.py: set WEBHOOK_SECRET to your GitHub webhook's secret "
+            "(to try it locally: WEBHOOK_SECRET=try-me warmslot run examples/github_webhook.py:app)"
+        ]
+
+
+def _serve_github(secret: str) -> Tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "warmslot", "run", f"{GITHUB}:app", "--port", str(port)],
+        env={**os.environ, "WEBHOOK_SECRET": secret},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the example exited: {proc.communicate()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, 30.0, "the GitHub example to be healthy")
+    return proc, port
+
+
+def _post(port: int, body: bytes, headers: Dict[str, str]) -> Tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/hooks/github", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_github_example_takes_requests_signed_as_github_signs_them_and_refuses_others():
+    secret = "s3cret-for-this-test"
+    proc, port = _serve_github(secret)
+    try:
+        body = json.dumps({"action": "opened", "repository": {"full_name": "acme/bot"}}).encode()
+        signed = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        event = {"X-GitHub-Event": "issues", "Content-Type": "application/json"}
+        assert _post(port, body, {**event, "X-Hub-Signature-256": signed}) == (
+            200,
+            {"repository": "acme/bot", "event": "issues", "seen": 1},
+        )
+        status, reply = _post(port, body, event)
+        assert status == 401 and reply["error"]["code"] == "bad_signature", reply
+        other = "sha256=" + hmac.new(b"another-secret", body, hashlib.sha256).hexdigest()
+        assert _post(port, body, {**event, "X-Hub-Signature-256": other})[0] == 401
+        assert _post(port, body + b" ", {**event, "X-Hub-Signature-256": signed})[0] == 401, "the body is signed"
+        assert _post(port, body, {**event, "X-Hub-Signature-256": signed})[1]["seen"] == 2
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def _docstring_commands() -> Tuple[str, str]:
+    """The docstring's request commands (BODY=, SIG=, curl) and the answer it says they get."""
+    import ast
+
+    with open(GITHUB) as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ""
+    commands = [ln.strip() for ln in doc.splitlines() if re.match(r"\s+(BODY=|SIG=|curl )", ln)]
+    assert len(commands) == 3, commands
+    answer = re.search(r"It answers ``(.+?)``", doc)
+    assert answer is not None, doc
+    return "\n".join(commands), answer.group(1)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
+def test_github_example_docstring_request_works_as_pasted():
+    commands, answer = _docstring_commands()
+    assert "127.0.0.1:8000" in commands
+    secret = "try-me"
+    proc, port = _serve_github(secret)
+    try:
+        script = commands.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        env = {**os.environ, "WEBHOOK_SECRET": secret}
+        done = subprocess.run(["bash", "-euc", script], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done
+        assert done.stdout.strip() == answer
+        unsigned = script.replace('-H "X-Hub-Signature-256: sha256=$SIG" ', "") + " -o /dev/null -w '%{http_code}'"
+        done = subprocess.run(["bash", "-euc", unsigned], env=env, capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == "401", done
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

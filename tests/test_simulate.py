@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 
 import pytest
@@ -235,3 +236,41 @@ def test_recurring_bursts_on_fast_warming_slots_the_live_scenario():
                 totals[p][1] += r.idle_slot_seconds
     (kpa_cold, kpa_idle), (ours_cold, ours_idle) = totals["reactive"], totals["predictive"]
     assert ours_cold <= kpa_cold and ours_idle < 0.9 * kpa_idle, totals
+
+
+def _table_and_note(capsys, *args: str) -> tuple:
+    """(rows of the table by (trace, policy), the note under it or "")."""
+    assert main(["simulate", *args]) == 0
+    out = capsys.readouterr().out
+    table, _, note = out.partition("\n\n")
+    rows = {tuple(line.split()[:2]): line.split() for line in table.splitlines()[1:]}
+    return rows, " ".join(note.split())
+
+
+def test_static_waits_that_are_queueing_get_a_note_under_the_table(capsys):
+    # The default --min-slots 1: one slot runs 5 events/s, the poisson trace brings 10/s, so static's
+    # waits grow to minutes. The note says why, and which --min-slots keeps up.
+    rows, note = _table_and_note(capsys, "--trace", "poisson")
+    assert float(rows[("poisson", "static")][-1]) > 60_000, "static's p99 wait is minutes at --min-slots 1"
+    assert note.startswith(
+        "note: the static policy keeps --min-slots 1 slot warm and never grows; that slot runs about 5 events/s "
+        "(--service 0.2 s, --concurrency 1), and the busiest second of these traces brings "
+    ), note
+    assert "so events queue: static's waits on poisson are queueing, not cold starts." in note
+    suggested = re.search(r"Try --min-slots (\d+), about what that second keeps busy\.$", note)
+    assert suggested is not None, note
+    # At the suggested size static keeps up: its waits are small, and there is no note.
+    rows, note = _table_and_note(capsys, "--trace", "poisson", "--min-slots", suggested.group(1))
+    assert float(rows[("poisson", "static")][-1]) < 1000, rows
+    assert note == ""
+    # Without static in the comparison, or as JSON, nothing is added.
+    assert _table_and_note(capsys, "--trace", "poisson", "--policy", "reactive")[1] == ""
+    assert main(["simulate", "--trace", "poisson", "--policy", "static", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"]["static"]["p99_wait_ms"] > 60_000
+
+
+def test_min_slots_help_says_static_keeps_exactly_that_many(capsys):
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "the static policy keeps exactly this many, so with 1 it queues" in help_text

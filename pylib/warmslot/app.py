@@ -60,43 +60,18 @@ def _parse_state(state: str) -> Tuple[Optional[str], Optional[str]]:
 
 
 class App:
-    """A set of pipelines served behind webhooks.
+    """A set of pipelines served behind webhooks: declare them with `pipeline`, then serve them
+    with `serve` (blocks until Ctrl-C or SIGTERM), `start` (background threads; returns a
+    `Server`) or ``warmslot run file.py:app``. ``App(...)``'s options, each with its default, are
+    listed in `App.__init__`.
 
-    ``state``: where per-key state lives: ``"memory"`` (the default, lost at exit) or
-    ``"sqlite:///state.db"`` (durable, one SQLite file; relative to the working directory, or
-    absolute with four slashes: ``"sqlite:////var/lib/bots/state.db"``), or ``"redis://host:6379/0"``
-    (cluster mode: several warmslot processes share state; a per-key lease keeps one key's events
-    from running in two processes at once; async events are journaled in Redis, so a process that
-    dies loses none; a crash of Redis itself loses what Redis's persistence settings lose).
-    ``debug=True`` puts
-    tracebacks into error bodies. ``max_records``: executions kept for ``GET /executions/<id>``.
-    ``spin_us``: how long idle threads spin for the next event before parking (lower latency at
-    low load against some CPU; 0 parks at once); a process slot also polls this long for its
-    worker's next result while results come faster than that. ``io_threads``: tokio threads for HTTP (1 runs a
-    current-thread runtime).
-
-    Hardening: ``admin_token`` (default: the ``WARMSLOT_ADMIN_TOKEN`` environment variable) makes
-    ``/metrics`` and ``/executions/*`` require ``Authorization: Bearer <token>`` (else ``401
-    unauthorized``); webhooks and ``/healthz`` stay open. ``max_header_bytes``: largest request
-    head (``431 headers_too_large`` above). ``header_timeout``: seconds a client has to send a
-    request's headers, and how long a keep-alive connection may idle. ``body_timeout``: seconds a
-    client has to send a body (``408 request_timeout`` after). ``max_record_bytes``: bytes the
-    execution records may hold, replies included (oldest evicted first). ``max_keys``: keys the
-    in-memory state store keeps per pipeline (the least recently used key is evicted past it).
-    ``max_state_bytes``: largest state of one key (passed to the core; enforced once the slot
-    runtime calls ``state::check_size`` before committing). ``records_ttl``: seconds a durable
-    store (SQLite, Redis) keeps finished execution records (and so answers repeated deliveries), besides
-    the ``max_records`` bound. ``sqlite_synchronous``: ``"normal"`` (default: a commit survives a
-    crash of the process, a power cut may lose the last ones) or ``"full"`` (fsync every commit).
-
-    ``sched_batch``: on Linux, run the server's threads and worker processes under the
-    ``SCHED_BATCH`` scheduling policy (same CPU share; a thread that wakes up waits for a busy CPU's
-    current slice instead of preempting it). ``None`` (the default) reads the
-    ``WARMSLOT_SCHED_BATCH`` environment variable (``1`` or ``0``), and without it does so when a
-    pipeline uses process slots, where it saves the CPU that waking the server's threads cost the
-    workers when every core is busy; ``True`` always, ``False`` never. Nothing changes when the
-    thread that starts the server runs another policy than the default one (see ``warmslot.sched``
-    and the README).
+    The routes: ``POST /hooks/<pipeline>`` (a webhook), ``GET /healthz`` (200 once every pipeline
+    has its minimum of warm slots, else 503), and the admin routes ``GET /dashboard``, ``/stats``,
+    ``/metrics``, ``/executions`` and ``/executions/<id>``. ``GET /executions`` lists finished
+    executions, newest first: without ``?status=`` only the **failed** ones;
+    ``?status=succeeded``, ``failed`` or ``timed_out`` picks another outcome (queued or running
+    executions are not listed; ``/executions/<id>`` shows one in any state), ``?pipeline=<name>``
+    one pipeline, ``?limit=<n>`` at most n records (default 100).
     """
 
     def __init__(
@@ -122,6 +97,78 @@ class App:
         sqlite_synchronous: str = "normal",
         sched_batch: Optional[bool] = None,
     ) -> None:
+        """Every option is checked here: a wrong type or value is a TypeError or ValueError that
+        names it. All but ``state`` are keyword-only.
+
+        ``state="memory"``
+            Where per-key state (``ctx.state``) lives: ``"memory"`` (lost at exit),
+            ``"sqlite:///state.db"`` (durable, one SQLite file; relative to the working
+            directory, or absolute with four slashes: ``"sqlite:////var/lib/bots/state.db"``), or
+            ``"redis://host:6379/0"`` (cluster mode: several warmslot processes share state; a
+            per-key lease keeps one key's events from running in two processes at once; async
+            events are journaled in Redis, so a process that dies loses none; a crash of Redis
+            itself loses what Redis's persistence settings lose).
+        ``debug=False``
+            ``True`` puts the pipeline's traceback into the error body of a failed execution
+            (else the body has the exception's type and message).
+        ``max_body_bytes=1 << 20`` (1 MiB)
+            Largest webhook body (``413 payload_too_large`` above); a pipeline's own
+            ``max_body_bytes=`` wins.
+        ``max_records=100_000``
+            Finished executions kept in memory for ``GET /executions`` and ``/executions/<id>``
+            (and delivery ids remembered for ``dedupe``); the oldest go first.
+        ``io_threads=1``
+            Tokio threads for HTTP (1 runs a current-thread runtime).
+        ``max_connections=10_000``
+            Open client connections at most; past it, new ones wait to be accepted.
+        ``drain_timeout=10.0``
+            Seconds `Server.stop` (and so `serve` on Ctrl-C or SIGTERM) lets accepted executions
+            finish before it fails the rest; 0 fails them at once.
+        ``spin_us=50``
+            Microseconds idle threads spin for the next event before parking (lower latency at
+            low load against some CPU; 0 parks at once); a process slot also polls this long for
+            its worker's next result while results come faster than that.
+        ``admin_token=None``
+            Makes ``/metrics``, ``/stats``, ``/dashboard`` and ``/executions*`` require
+            ``Authorization: Bearer <token>`` (``/dashboard`` also takes ``?token=<token>``),
+            else ``401 unauthorized``; webhooks and ``/healthz`` stay open. ``None`` reads the
+            ``WARMSLOT_ADMIN_TOKEN`` environment variable; without it the admin routes are open.
+        ``max_header_bytes=64 << 10`` (64 KiB)
+            Largest request head (``431 headers_too_large`` above); at least 1024.
+        ``header_timeout=30.0``
+            Seconds a client has to send a request's headers, and how long a keep-alive
+            connection may idle.
+        ``body_timeout=30.0``
+            Seconds a client has to send a body (``408 request_timeout`` after).
+        ``max_record_bytes=64 << 20`` (64 MiB)
+            Bytes the in-memory execution records may hold, replies included (oldest evicted
+            first), besides ``max_records``.
+        ``max_keys=100_000``
+            Keys the in-memory state store keeps per pipeline (the least recently used key is
+            evicted past it).
+        ``max_state_bytes=1 << 20`` (1 MiB)
+            Largest state of one key: an execution whose new state is larger fails with ``500
+            state_too_large`` and commits nothing.
+        ``isolation="thread"``
+            Default isolation of the pipelines: ``"thread"`` (slots are threads in this
+            interpreter) or ``"process"`` (warm worker processes); a pipeline's own
+            ``isolation=`` wins.
+        ``records_ttl=7 * 86400.0`` (7 days)
+            Seconds a durable store (SQLite, Redis) keeps finished execution records (and so
+            answers repeated deliveries), besides the ``max_records`` bound.
+        ``sqlite_synchronous="normal"``
+            ``"normal"`` (a commit survives a crash of the process; a power cut may lose the last
+            ones) or ``"full"`` (fsync every commit).
+        ``sched_batch=None``
+            On Linux, run the server's threads and worker processes under the ``SCHED_BATCH``
+            scheduling policy (same CPU share; a thread that wakes up waits for a busy CPU's
+            current slice instead of preempting it). ``None`` reads the ``WARMSLOT_SCHED_BATCH``
+            environment variable (``1`` or ``0``), and without it does so when a pipeline uses
+            process slots, where it saves the CPU that waking the server's threads cost the
+            workers when every core is busy; ``True`` always, ``False`` never. Nothing changes
+            when the thread that starts the server runs another policy than the default one (see
+            ``warmslot.sched`` and the README).
+        """
         if not isinstance(state, str):
             raise TypeError(f"state must be a str such as 'memory' or 'sqlite:///state.db', got {type(state).__name__}")
         if isolation not in ("thread", "process"):
@@ -332,7 +379,25 @@ class App:
         return register
 
     def start(self, host: str = "127.0.0.1", port: int = 8000, *, wait: bool = True, timeout: float = 60.0) -> "Server":
-        """Starts serving in background threads; returns a `Server` (port 0 picks a free port)."""
+        """Starts serving in background threads and returns the running `Server` (``server.url``,
+        ``server.port``; stop it with ``server.stop()``, ``app.stop()`` or ``with app.start() as
+        server:``). Does not install signal handlers or print anything.
+
+        ``host="127.0.0.1"``
+            Address to listen on (``"0.0.0.0"`` or ``"::"`` for every interface).
+        ``port=8000``
+            Port to listen on; 0 picks a free one (``server.port`` tells which).
+        ``wait=True``
+            Block until every pipeline has its minimum of warm slots; ``False`` returns at once
+            (``server.wait_ready()`` waits later; webhooks that come meanwhile queue for the
+            first warm slot).
+        ``timeout=60.0``
+            Seconds to wait for the warm-up when ``wait``: ``TimeoutError`` after.
+
+        Raises ``ValueError`` when the app has no pipelines, ``OSError`` when the address cannot
+        be listened on (a port in use), and, when ``wait``, `StartupError` (one line per pipeline
+        whose slots failed to warm up) or ``TimeoutError``, having stopped the server.
+        """
         server = Server(self, host, port)
         self._servers.append(server)
         if wait:
@@ -344,8 +409,22 @@ class App:
         return server
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
-        """Serves until SIGINT or SIGTERM (or ``app.stop()`` from another thread), then drains and
-        stops. Port 0 picks a free port; ``app.server.port`` tells which once it is up."""
+        """Serves until SIGINT (Ctrl-C) or SIGTERM, or ``app.stop()`` from another thread, then
+        drains and returns; what ``warmslot run`` does.
+
+        ``host="127.0.0.1"``
+            Address to listen on (``"0.0.0.0"`` or ``"::"`` for every interface).
+        ``port=8000``
+            Port to listen on; 0 picks a free one (``app.server.port`` tells which once it is up).
+
+        It waits up to 60 s for every pipeline's minimum of warm slots, then prints ``warmslot:
+        serving /hooks/<name>, ... on http://HOST:PORT, dashboard at .../dashboard (Ctrl-C to
+        stop)``. On SIGINT or SIGTERM (handled when called from the main thread; the previous
+        handlers are put back on return) it prints ``warmslot: stopping (draining in-flight
+        executions)...``: new webhooks get 503 while accepted executions finish, for up to the
+        app's ``drain_timeout``. Raises what `start` raises: `StartupError` when slots fail to warm
+        up (nothing is drained then), ``TimeoutError``, ``OSError``, ``ValueError``.
+        """
         stop = self._stop_requested = threading.Event()
         server = self.start(host, port, wait=False)
         previous = {}
@@ -376,8 +455,7 @@ class App:
             pass
         finally:
             if serving:
-                print("warmslot: stopping (draining in-flight executions)...", flush=True)
-                server.stop()
+                drain(server)
             else:
                 server.stop(drain=0)
             for sig, handler in previous.items():
@@ -395,6 +473,14 @@ class App:
         """The most recently started server that is still running, if any."""
         running = [s for s in self._servers if not s.stopped]
         return running[-1] if running else None
+
+
+def drain(server: "Server") -> None:
+    """How `App.serve` (and ``warmslot demo``) stop on Ctrl-C or SIGTERM: says so, then
+    ``server.stop()``: new webhooks get 503, accepted executions finish (up to the app's
+    ``drain_timeout``), the rest fail."""
+    print("warmslot: stopping (draining in-flight executions)...", flush=True)
+    server.stop()
 
 
 def _is_async_target(target: Any) -> bool:

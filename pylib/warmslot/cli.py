@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import re
 import sys
+import textwrap
 from typing import List, Optional
 
 from . import logs
@@ -36,6 +37,22 @@ def _check_port(port: str) -> Optional[str]:
     return None
 
 
+#: The HTTP routes, as `warmslot run --help` and `warmslot demo --help` list them.
+ROUTES = """\
+routes:
+  POST /hooks/<pipeline>   a webhook: runs the pipeline on the JSON body, answers its reply
+  GET  /healthz            200 once every pipeline has its minimum of warm slots
+  GET  /dashboard          live charts; /stats: the same per-second series as JSON
+  GET  /metrics            Prometheus metrics
+  GET  /executions         finished executions, newest first; without ?status= only the
+                           failed ones. ?status=succeeded|failed|timed_out, ?pipeline=<name>,
+                           ?limit=<n> (default 100)
+  GET  /executions/<id>    one execution (id from the x-warmslot-execution-id header)
+/metrics, /stats, /dashboard and /executions* need "Authorization: Bearer <token>" when an admin
+token is set (App(admin_token=...) or WARMSLOT_ADMIN_TOKEN); /dashboard also takes ?token=<token>.
+"""
+
+
 class _QuietWarmUp(logging.Filter):
     """Drops warm-up failure lines while the server starts: `StartupError` reports them, one line
     per pipeline."""
@@ -47,7 +64,10 @@ class _QuietWarmUp(logging.Filter):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="warmslot", description="Serve Python bot pipelines behind webhooks.")
+    parser.add_argument("--version", action="version", version=f"warmslot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     levels = list(logs.LEVELS)
     log_format_help = (
@@ -55,7 +75,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         "they apply, pipeline, execution_id and key"
     )
 
-    run = sub.add_parser("run", help="serve an app: warmslot run examples/echo.py:app")
+    run = sub.add_parser(
+        "run",
+        help="serve an app: warmslot run examples/echo.py:app",
+        description=textwrap.fill(
+            "Serves the App that TARGET names until Ctrl-C or SIGTERM, then drains: webhooks get 503 while "
+            "accepted executions finish (up to the App's drain_timeout, 10 s by default)."
+        ),
+        epilog=ROUTES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("target", help="PATH.py[:APP] or MODULE[:APP] (APP defaults to 'app')")
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--port", default="8000", help="port to listen on, 0-65535 (default 8000; 0 picks a free one)")
@@ -71,12 +100,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
 
     demo = sub.add_parser(
-        "demo", help="serve the bundled example bots, drive a short load at them and print the live dashboard's URL"
+        "demo",
+        help="serve the bundled example bots, drive a short load at them and print the live dashboard's URL",
+        description=textwrap.fill(
+            "Serves the bundled example bots, drives --seconds of load at them from --clients keep-alive clients, "
+            "prints the latencies, then serves on until Ctrl-C or SIGTERM (or stops, with --exit), draining as "
+            "`warmslot run` does."
+        ),
+        epilog=ROUTES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", default="8000")
-    demo.add_argument("--seconds", type=float, default=5.0)
-    demo.add_argument("--clients", type=int, default=8)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", default="8000", help="port to listen on, 0-65535 (default 8000; 0 picks a free one)")
+    demo.add_argument("--seconds", type=float, default=5.0, help="seconds of load to drive (default 5)")
+    demo.add_argument("--clients", type=int, default=8, help="keep-alive clients driving it (default 8)")
     demo.add_argument("--exit", action="store_true", help="stop after the report instead of serving until Ctrl-C")
     demo.add_argument("--log-level", default="warning", choices=levels)
     demo.add_argument("--log-format", default="text", choices=logs.FORMATS, help=log_format_help)
@@ -104,7 +141,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     sim.add_argument("--seed", type=int, default=0, help="random seed for traces and service times (default 0)")
     sim.add_argument("--warmup", type=float, default=1.0, help="seconds a slot takes to warm up (default 1.0)")
     sim.add_argument("--service", type=float, default=0.2, help="mean service time in seconds (default 0.2)")
-    sim.add_argument("--min-slots", type=int, default=1, help="slots kept warm at least (default 1)")
+    sim.add_argument(
+        "--min-slots",
+        type=int,
+        default=1,
+        help="slots kept warm at least (default 1); the static policy keeps exactly this many, so with 1 it "
+        "queues whatever one slot cannot keep up with",
+    )
     sim.add_argument("--max-slots", type=int, default=32, help="slots the pool may grow to (default 32)")
     sim.add_argument("--concurrency", type=int, default=1, help="events one slot runs at once (default 1)")
     sim.add_argument("--json", action="store_true", help="print the scores as JSON")
@@ -129,6 +172,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .app import StartupError
 
             app = load_app(args.target)
+            if not app.pipelines:
+                raise LoadError(
+                    f'{args.target} has no pipelines: declare one with @app.pipeline("name") above a function'
+                )
             app.target = args.target  # worker processes import the app the same way
             if args.isolation:
                 app.isolation = args.isolation
@@ -144,7 +191,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return run_demo(host, port, args.seconds, args.clients, keep_serving=not args.exit)
     except LoadError as exc:
-        print(f"warmslot: {exc}", file=sys.stderr)
+        cause = exc.__cause__
+        hint = ""
+        if isinstance(cause, Exception) and not isinstance(cause, SyntaxError):
+            if args.log_level == "debug":
+                logging.getLogger("warmslot").debug("loading %s failed", args.target, exc_info=cause)
+            else:
+                hint = " (--log-level debug prints the traceback)"
+        print(f"warmslot: {exc}{hint}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"warmslot: {exc.strerror or exc}", file=sys.stderr)
@@ -156,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import json
 
-    from .simulate import BUILTIN, POLICIES, PoolModel, format_table, plot, simulate
+    from .simulate import BUILTIN, POLICIES, PoolModel, format_table, plot, simulate, static_note
 
     if args.min_slots < 1 or args.max_slots < args.min_slots:
         print(
@@ -192,6 +246,9 @@ def _simulate(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_table(report))
+        note = static_note(report, results, model)
+        if note:
+            print("\n" + textwrap.fill(note, 100))
     if args.plot:
         plot(results, args.plot)
         if not args.json:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import http.client
 import random
+import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import orjson
 
-from .app import App, Server
+from .app import App, Server, drain
 
 
 def _payload(pipeline: str, rng: random.Random) -> bytes:
@@ -70,9 +71,11 @@ def _client_process(host: str, port: int, pipelines: List[str], seconds: float, 
 
 
 def drive(
-    server: Server, pipelines: List[str], seconds: float, clients: int
-) -> Tuple[int, int, Dict[str, List[float]]]:
-    """Drives load from two child processes, so the load generator does not share our GIL."""
+    server: Server, pipelines: List[str], seconds: float, clients: int, stop: Optional[threading.Event] = None
+) -> Optional[Tuple[int, int, Dict[str, List[float]]]]:
+    """Drives load from two child processes, so the load generator does not share our GIL.
+    Returns (ok, errors, round trips per pipeline), or None when `stop` was set first (the load
+    generators are then terminated)."""
     procs = []
     per = [clients // 2 + clients % 2, clients // 2]
     for seed, n in enumerate(per):
@@ -89,18 +92,35 @@ def drive(
             str(n),
             str(seed),
         ]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE))
+        # Their own session: Ctrl-C in a terminal (SIGINT to the foreground process group) reaches
+        # the demo only, which terminates them, instead of a traceback from each.
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, start_new_session=True))
     ok = errors = 0
     rtts: Dict[str, List[float]] = {p: [] for p in pipelines}
-    for proc in procs:
-        out, _ = proc.communicate(timeout=seconds + 60)
-        if proc.returncode != 0:
-            raise RuntimeError(f"load generator exited with {proc.returncode}")
-        data = orjson.loads(out)
-        ok += data["ok"]
-        errors += data["errors"]
-        for p, v in data["rtts"].items():
-            rtts[p].extend(v)
+    deadline = time.monotonic() + seconds + 60
+    try:
+        for proc in procs:
+            while True:
+                try:
+                    out, _ = proc.communicate(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    if stop is not None and stop.is_set():
+                        return None
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(f"load generator still running {seconds + 60:.0f}s after it started")
+            if proc.returncode != 0:
+                raise RuntimeError(f"load generator exited with {proc.returncode}")
+            data = orjson.loads(out)
+            ok += data["ok"]
+            errors += data["errors"]
+            for p, v in data["rtts"].items():
+                rtts[p].extend(v)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate()
     return ok, errors, rtts
 
 
@@ -154,37 +174,54 @@ def admin_hint(url: str) -> str:
 
 
 def run_demo(host: str, port: int, seconds: float, clients: int, keep_serving: bool) -> int:
+    """Serves the bundled bots, drives `seconds` of load from `clients` clients and prints what
+    was measured; then, with `keep_serving`, serves on. Ctrl-C or SIGTERM, at any point after
+    the bots are warm, stops it as it stops ``warmslot run``: it says so and drains
+    (`warmslot.app.drain`). Returns 0, or 1 when requests failed."""
     from .examples.bots import app as bots
 
     app: App = bots
     server = app.start(host, port)
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    errors = 0
     try:
         names = list(app.pipelines)
         print(f"warmslot demo: serving {', '.join('/hooks/' + n for n in names)} on {server.url}", flush=True)
         print(f"live dashboard: {server.url}/dashboard (per-second series as JSON: {server.url}/stats)", flush=True)
-        print(f"driving {clients} keep-alive clients for {seconds:.0f}s...", flush=True)
+        print(f"driving {clients} keep-alive clients for {seconds:g}s...", flush=True)
         done = threading.Event()
         printer = threading.Thread(target=_print_pool_every, args=(server, 1.0, done), daemon=True)
         printer.start()
         try:
-            ok, errors, rtts = drive(server, names, seconds, clients)
+            driven = drive(server, names, seconds, clients, stop)
         finally:
             done.set()
             printer.join(2.0)
-        print(report(server, seconds, ok, errors, rtts), flush=True)
-        print(pool_line(server), flush=True)
-        if keep_serving:
+        if driven is not None:
+            ok, errors, rtts = driven
+            print(report(server, seconds, ok, errors, rtts), flush=True)
+            print(pool_line(server), flush=True)
+        if keep_serving and not stop.is_set():
             example = f'curl -s -XPOST {server.url}/hooks/echo -d \'{{"user":"me","text":"hi"}}\''
             print(f"\nstill serving on {server.url} (dashboard: {server.url}/dashboard); try: {example}", flush=True)
             if app.admin_token:
                 print(admin_hint(server.url), flush=True)
             print("Ctrl-C to stop.", flush=True)
-            while True:
-                time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+            while not stop.wait(0.5):
+                pass
+    except KeyboardInterrupt:  # SIGINT outside the main thread's handlers
+        stop.set()
     finally:
-        server.stop()
+        if stop.is_set():
+            drain(server)
+        else:
+            server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0 if errors == 0 else 1
 
 

@@ -417,3 +417,26 @@ def format_table(report: Dict[str, Any]) -> str:
                 f"{sc['idle_slot_seconds']:>12.1f} {sc['p50_wait_ms']:>8.1f} {sc['p99_wait_ms']:>8.1f}"
             )
     return "\n".join(lines)
+
+
+def static_note(report: Dict[str, Any], results: Dict[str, Dict[str, Result]], model: PoolModel) -> Optional[str]:
+    """A note for under the table when the static policy's waits are queueing rather than cold
+    starts: its p99 wait on some trace is above 10 warm-ups (and 1 s). Static keeps
+    ``min_slots`` warm and never grows, so traffic above what they run waits in the queue; the
+    note says how many slots the busiest second of the traces would keep busy. None otherwise."""
+    limit_ms = 1000.0 * max(1.0, 10 * model.warmup_s)
+    traces = report["traces"].items()
+    slow = [name for name, per in traces if "static" in per and per["static"]["p99_wait_ms"] > limit_ms]
+    if not slow:
+        return None
+    peak = max(max(r["static"].series["arrivals"], default=0.0) for r in results.values() if "static" in r)
+    per_slot = model.concurrency / model.service_s
+    needed = max(model.min_slots + 1, math.ceil(peak / per_slot))
+    n = model.min_slots
+    pool = "1 slot warm and never grows; that slot runs" if n == 1 else f"{n} slots warm and never grows; they run"
+    return (
+        f"note: the static policy keeps --min-slots {pool} about {n * per_slot:g} events/s (--service "
+        f"{model.service_s:g} s, --concurrency {model.concurrency}), and the busiest second of these traces brings "
+        f"{peak:.0f}, so events queue: static's waits on {', '.join(slow)} are queueing, not cold starts. "
+        f"Try --min-slots {needed}, about what that second keeps busy."
+    )
