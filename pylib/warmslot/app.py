@@ -75,16 +75,23 @@ class App:
     worker's next result while results come faster than that. ``io_threads``: tokio threads for HTTP (1 runs a
     current-thread runtime).
 
+    ``max_body_bytes``: the default body limit of every pipeline (``413`` above).
+    ``max_connections``: open connections at most (more wait in the listen backlog).
+    ``drain_timeout``: seconds accepted webhooks get to finish at shutdown (then ``503``).
+    ``isolation``: the default isolation of pipelines that set none (``"thread"`` or ``"process"``).
+
     Hardening: ``admin_token`` (default: the ``WARMSLOT_ADMIN_TOKEN`` environment variable) makes
-    ``/metrics`` and ``/executions/*`` require ``Authorization: Bearer <token>`` (else ``401
-    unauthorized``); webhooks and ``/healthz`` stay open. ``max_header_bytes``: largest request
+    ``/metrics``, ``/stats``, ``/dashboard`` and ``/executions*`` require ``Authorization: Bearer
+    <token>`` (else ``401 unauthorized``; ``/dashboard`` also takes ``?token=<token>``, since a
+    browser opens it); webhooks and ``/healthz`` stay open. ``max_header_bytes``: largest request
     head (``431 headers_too_large`` above). ``header_timeout``: seconds a client has to send a
     request's headers, and how long a keep-alive connection may idle. ``body_timeout``: seconds a
     client has to send a body (``408 request_timeout`` after). ``max_record_bytes``: bytes the
     execution records may hold, replies included (oldest evicted first). ``max_keys``: keys the
     in-memory state store keeps per pipeline (the least recently used key is evicted past it).
-    ``max_state_bytes``: largest state of one key (passed to the core; enforced once the slot
-    runtime calls ``state::check_size`` before committing). ``records_ttl``: seconds a durable
+    ``max_state_bytes``: largest JSON state of one key; a larger one fails its execution with
+    ``500 state_too_large`` and commits nothing (checked in Rust before every commit, for every
+    kind of slot). ``records_ttl``: seconds a durable
     store (SQLite, Redis) keeps finished execution records (and so answers repeated deliveries), besides
     the ``max_records`` bound. ``sqlite_synchronous``: ``"normal"`` (default: a commit survives a
     crash of the process, a power cut may lose the last ones) or ``"full"`` (fsync every commit).
