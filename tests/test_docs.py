@@ -5,12 +5,13 @@ committed data, every complete program in the docs runs and answers what the pag
 
 Marking code blocks (an HTML comment on the line before the fence, invisible on the page):
 
-- ``<!-- test: program -->`` before a ``python`` block (or one that includes a file with
-  ``--8<-- "path"``): a complete program. It is served with ``warmslot run FILE:app`` and, when
-  the next ``sh`` block holds a ``warmslot run`` line, that block is its session: every command
-  runs (``localhost:8000`` pointing at the served program), and the ``# ...`` lines right under a
-  command are its expected output (JSON compared as JSON; ``...`` matches anything). A program with
-  ``if __name__ == "__main__":`` is also run as a script and must exit 0.
+- ``<!-- test: program -->`` before a ``python`` block, or before one that includes a file with
+  pymdownx.snippets (``--8<-- "path"``, or ``--8<--``, the path and ``--8<--`` on three lines,
+  which formatters leave alone): a complete program. It is served with ``warmslot run FILE:app``
+  and, when the next ``sh`` block holds a ``warmslot run`` line, that block is its session: every
+  command runs (``localhost:8000`` pointing at the served program), and the ``# ...`` lines right
+  under a command are its expected output (JSON compared as JSON; ``...`` matches anything). A
+  program with ``if __name__ == "__main__":`` is also run as a script and must exit 0.
 - ``<!-- test: fragment -->``: a block that imports warmslot but is not a whole program.
 - ``<!-- test: app-signature -->``: the ``warmslot.App(...)`` listing, compared with the code.
 """
@@ -81,11 +82,15 @@ ALL_BLOCKS = [b for page in PAGES for b in blocks(page)]
 
 def program_source(block: Block) -> str:
     """A program block's code: its text, or the file it includes."""
-    lines = [line for line in block.body.splitlines() if line.strip()]
+    lines = [line.strip() for line in block.body.splitlines() if line.strip()]
     if len(lines) == 1 and SNIPPET.match(lines[0]):
-        with open(os.path.join(ROOT, SNIPPET.match(lines[0]).group(1)), encoding="utf-8") as f:
-            return f.read()
-    return block.body
+        path = SNIPPET.match(lines[0]).group(1)
+    elif len(lines) == 3 and lines[0] == lines[2] == "--8<--":  # the block form, which formatters leave alone
+        path = lines[1]
+    else:
+        return block.body
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        return f.read()
 
 
 def session_of(block: Block) -> Optional[Block]:
