@@ -3,13 +3,14 @@ pipeline's charts hold drawn SVG polylines whose data moves between two loads.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import threading
 import time
 from html.parser import HTMLParser
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 import warmslot
@@ -17,8 +18,39 @@ from conftest import Client
 
 CHARTS = ("latency", "throughput", "slots", "cold_starts", "queue")
 PIPELINES = ("echo", "support")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: ``WARMSLOT_WRITE_SCREENSHOT=1`` makes this test write the docs' screenshot and its caption's data
+#: (``docs/dashboard.json``: when, from which commit, how); ``WARMSLOT_SCREENSHOT=PATH`` writes a
+#: screenshot to PATH only. Without either, the test writes nothing outside its temp dir.
+DOCS_SHOT = os.path.join(ROOT, "docs", "dashboard.png")
+SCREENSHOT_AFTER_S = 30.0
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (.ci/run installs Debian's chromium)")
+
+
+def screenshot_path() -> Optional[str]:
+    if os.environ.get("WARMSLOT_WRITE_SCREENSHOT") == "1":
+        return DOCS_SHOT
+    return os.environ.get("WARMSLOT_SCREENSHOT") or None
+
+
+def write_screenshot_meta() -> None:
+    """``docs/dashboard.json``, which ``scripts/gen_docs.py`` turns into the screenshot's caption."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "rust", "pylib"], cwd=ROOT).returncode == 1
+    meta = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": head.stdout.strip() + ("-dirty" if dirty else "") if head.returncode == 0 else None,
+        "command": "WARMSLOT_WRITE_SCREENSHOT=1 python -m pytest tests/test_dashboard.py",
+        "what": (
+            f"the test's two pipelines under one client's steady load, {SCREENSHOT_AFTER_S:.0f} s after the test's "
+            "checks: echo (2 slots, keyed by user) and support (1-4 slots, sleeps 0-4 ms, every 17th event "
+            "raises, so its errors line is not flat)"
+        ),
+    }
+    with open(os.path.join(ROOT, "docs", "dashboard.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
 
 
 class Dashboard(HTMLParser):
@@ -134,7 +166,9 @@ def test_dashboard_draws_every_pipeline_in_headless_chromium(serve, tmp_path):
             assert int(second.sections[p]["data-last-t"]) > int(first.sections[p]["data-last-t"])
             assert second.sections[p]["data-completed"] != first.sections[p]["data-completed"]
             assert second.charts[p]["throughput"]["completed"] != first.charts[p]["throughput"]["completed"]
-        if os.environ.get("WARMSLOT_SCREENSHOT"):
+        shot = screenshot_path()
+        if shot:
+            time.sleep(SCREENSHOT_AFTER_S)  # the load goes on: the charts fill up
             subprocess.run(
                 [
                     CHROMIUM,
@@ -145,13 +179,15 @@ def test_dashboard_draws_every_pipeline_in_headless_chromium(serve, tmp_path):
                     f"--user-data-dir={tmp_path / 'shot'}",
                     "--window-size=1400,1000",
                     "--virtual-time-budget=5000",
-                    f"--screenshot={os.environ['WARMSLOT_SCREENSHOT']}",
+                    f"--screenshot={shot}",
                     f"{server.url}/dashboard",
                 ],
                 capture_output=True,
                 timeout=90,
                 check=True,
             )
+            if shot == DOCS_SHOT:
+                write_screenshot_meta()
     finally:
         stop.set()
         driver.join()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-def plot(entries: list, path: str, slo_us: float) -> None:
+def plot(entries: list, path: str, slo_us: float, note: str = "") -> None:
+    """Draws the chart to `path`; `note` (the run's date, commit and command) goes in its corner."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,6 +56,8 @@ def plot(entries: list, path: str, slo_us: float) -> None:
     failed = [e["name"] for e in entries if not e.get("rps_64")]
     if failed:
         fig.text(0.01, 0.01, "failed or invalid: " + ", ".join(failed), fontsize=8, color="#d62728")
-    fig.tight_layout()
+    if note:
+        fig.text(0.99, 0.01, note, fontsize=7, color="#555555", ha="right")
+    fig.tight_layout(rect=(0, 0.03, 1, 1) if note else (0, 0, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -244,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     ratios = all_ratios(entries)
     table = markdown(entries, ratios, args.slo_ms)
-    meta = run_meta(args, logdir, interrupted, elapsed_s=round(time.monotonic() - t_start, 1))
+    meta = run_meta(args, logdir, interrupted, elapsed_s=round(time.monotonic() - t_start, 1), argv=argv)
     report = json_report(meta, versions(tools), entries, ratios, table)
     print(table)
     print(f"\n(elapsed {meta['elapsed_s']} s; logs in {logdir})")
@@ -255,7 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if want_plot:
         path = args.plot or os.path.join(logdir, "bench.png")
         try:
-            plot(entries, path, plan.slo_us)
+            note = f"{meta['time']} · commit {(meta['commit'] or 'unknown')[:12]} · {meta['command']}"
+            plot(entries, path, plan.slo_us, note)
             print(f"chart written to {path}")
         except Exception as exc:  # noqa: BLE001  -- the figures are out already
             print(f"chart failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import shlex
+import subprocess
+import sys
 import time
-from typing import Optional
+from typing import List, Optional
+
+from .common import ROOT
 
 
 def fmt_us(us: Optional[float]) -> str:
@@ -94,10 +100,35 @@ def markdown(entries: list, ratios: list, slo_ms: float) -> str:
     return "\n".join(lines)
 
 
-def run_meta(args: argparse.Namespace, logdir: str, interrupted: bool, elapsed_s: float) -> dict:
-    """The report's ``meta``: when, where, and with which options the benchmark ran."""
+def git_commit() -> Optional[str]:
+    """The checkout's commit (with ``-dirty`` when tracked files differ from it), or None."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, capture_output=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.returncode == 1 else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def command_line(argv: Optional[List[str]] = None) -> str:
+    """How this run was started, as a shell line (``python loadtests/bench.py ...``)."""
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", os.path.relpath(os.path.join(ROOT, "loadtests", "bench.py"), ROOT), *args])
+
+
+def run_meta(
+    args: argparse.Namespace, logdir: str, interrupted: bool, elapsed_s: float, argv: Optional[List[str]] = None
+) -> dict:
+    """The report's ``meta``: when (``time``, the end of the run), where, from which commit, with
+    which command and options the benchmark ran."""
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command_line(argv),
+        "commit": git_commit(),
+        "cpu_us": args.cpu_us,
+        "cpu_iters": int(os.environ.get("BOT_CPU_ITERS", "0")) if args.cpu_us > 0 else 0,
         "host": platform.node(),
         "pinned": args.pin,
         "server_cores": args.server_cores,

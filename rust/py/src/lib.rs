@@ -16,12 +16,9 @@ use warmslot_core::{
     StateStore,
 };
 
-// NOTE: glibc malloc took about 16% of the I/O thread's CPU serving the support bot (perf,
-// `_int_malloc`, `malloc_consolidate`, `unlink_chunk`, `_int_free`); Rust allocations (request
-// buffers, headers, parsed bodies, records) go to mimalloc instead. Python keeps its own
-// allocator. `local_dynamic_tls`: mimalloc's thread-locals use the dynamic TLS model, as a
-// library loaded late (by `import`) must; the initial-exec model can fail to load beside other
-// extensions ("cannot allocate memory in static TLS block").
+// NOTE: glibc malloc took ~16% of the I/O thread's CPU serving the support bot (perf); Rust's
+// allocations go to mimalloc (Python keeps its own). `local_dynamic_tls`, as a library loaded by
+// `import` must: initial-exec TLS can fail to load beside other extensions (code-notes.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -13,14 +13,11 @@
 //! later would not apply; `refresh()` (`warmslot._core.refresh_logging()`) drops that cache: the
 //! CLI's `logs.configure()` and every server start call it.
 
-// NOTE: the logging thread never waits for the interpreter: a message that passes the (cached,
-// lock-free) level check is formatted and queued, and the forwarder attaches once per burst to
-// hand the queue to Python. Attaching on the calling thread instead would make an I/O thread wait
-// for the GIL (up to a switch interval, 5 ms, while slots run Python), and deadlock a thread that
-// logs while the GIL's holder waits for it (a store's Drop joining its writer, run from a Python
-// deallocation). Python's own atexit callbacks run before the interpreter finalizes: the one
-// registered here drains the queue and stops the forwarder; what is logged after that goes to
-// stderr directly, so no thread attaches to a finalizing interpreter.
+// A message that passes the cached, lock-free level check is queued; one forwarder thread attaches
+// once per burst to hand the queue to Python. An atexit callback drains it and stops the forwarder;
+// later messages go to stderr, so no thread attaches to a finalizing interpreter.
+// NOTE: attaching on the logging thread would make an I/O thread wait up to a switch interval (5 ms)
+// for the GIL, and deadlock one that logs while the GIL's holder joins it (code-notes.md).
 
 use std::borrow::Cow;
 use std::io::Write;

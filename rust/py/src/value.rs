@@ -9,11 +9,9 @@ use pyo3::types::{PyBool, PyDict, PyList, PyString};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// Parses JSON bytes with the ingress's parser (same grammar and limits) into Python objects.
-// NOTE: straight into Python objects, without a `serde_json::Value` in between: the tree (an
-// `IndexMap` per object) cost about a fifth of a worker process's CPU per light event (perf:
-// `Value::deserialize`, `IndexMap::insert_full`, then its conversion). Same parser, same visits;
-// dict fields in order, the last of duplicate fields winning in the first one's place (as
-// `IndexMap::insert` and Python's `json` do).
+// NOTE: straight into Python objects, without a `serde_json::Value` between: that tree cost about a
+// fifth of a worker process's CPU per light event (perf). Same parser, same visits; dict fields in
+// order, the last of duplicate fields in the first one's place (as `IndexMap::insert` and `json` do).
 pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let mut de = serde_json::Deserializer::from_slice(data);
     PySeed(py)
@@ -102,11 +100,10 @@ impl<'de, 'py> Visitor<'de> for KeySeed<'py> {
     }
 }
 
-// NOTE: field names repeat from one webhook to the next ("conversation", "text", ...). A small
-// per-thread cache of them as Python strings (their hash computed once, which dict insertion then
-// reuses; not interned: on some CPython 3.12 releases interned strings are immortal, and names come
-// from clients) took the support bot's bodies from 1105 to 905 ns each (timeit, 200 bodies); orjson,
-// which caches field names the same way, takes 605 ns.
+// NOTE: field names repeat from one webhook to the next: a per-thread cache of them as Python strings
+// (hash computed once; not interned: on some CPython 3.12 releases interned strings are immortal, and
+// names come from clients) took the support bot's bodies from 1105 to 905 ns each (timeit, 200
+// bodies; docs/design/code-notes.md).
 /// Cached field names: longer ones are not cached.
 const CACHED_NAME_MAX: usize = 64;
 const NAME_CACHE_SIZE: usize = 512;

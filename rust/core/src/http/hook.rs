@@ -165,11 +165,9 @@ fn key_and_delivery(
         KeySpec::Field(field) => Some(field.as_str()),
         KeySpec::None | KeySpec::Callable => None,
     };
-    // NOTE: the ingress checks the body (the same parse, dropping what it reads) and finds its key;
-    // slots parse it straight into Python objects with the same parser, so a body is refused here
-    // or runs. A document is built only for a dedupe field: building one for every event was the
-    // largest of our own costs on the I/O thread (11.6-13 → 8.8-9.3 µs a request without it, perf,
-    // support bot, 2-core VM, 2026-12-02).
+    // NOTE: the ingress checks the body (the slots' parser, dropping what it reads) and finds its key, so
+    // a body is refused here or runs. A document is built only for a dedupe field: one for every event
+    // was ~3 µs a request on the I/O thread (perf, support bot, 2-core VM; docs/design/code-notes.md).
     let document = matches!(cfg.dedupe, DedupeSpec::Field(_));
     let (event, key) = match body::check(body, key_field, document) {
         Ok(parsed) => parsed,

@@ -44,11 +44,9 @@ fn since(query: Option<&str>) -> Result<f64, String> {
         .ok_or_else(|| format!("since must be a unix time in seconds, got {raw:?}"))
 }
 
-// NOTE: measured 2026-12-02 on this 2-core VM at load average 7, release build
-// (`series::tests::write_json_cost`, run with --release --ignored): a full hour of one pipeline
-// (3600 samples, ~900 KB of JSON) takes 1.7-2.5 ms, what the dashboard's first load asks for;
-// its polls after that ask since the last second they saw: under 1 µs of JSON per pipeline.
-// The hot path pays ~40 ns per completion for the series; the ticker ~1 µs per pipeline a second.
+// NOTE: a full hour of one pipeline (3600 samples, ~900 KB of JSON), the dashboard's first load,
+// takes 1.7-2.5 ms (release, `series::tests::write_json_cost`, ignored by default, 2-core VM); polls ask
+// only for the seconds since the last: under 1 µs per pipeline (docs/design/code-notes.md).
 pub(crate) fn stats_json(engine: &Engine, since: f64) -> String {
     let mut body = String::with_capacity(64 + engine.pipelines().len() * 256);
     body.push_str("{\"pipelines\":{");
@@ -76,7 +74,8 @@ fn stats(engine: &Engine, query: Option<&str>) -> HttpResponse {
     }
 }
 
-// Cold starts stay 0 until the slot runtime counts them (issue 4/5).
+// `cold_starts_total` counts events, not slots: those that arrived while the slot that ran them was
+// still warming up (`slot_loop::begin_all`).
 impl PoolGauges for Pipeline {
     fn gauges(&self) -> Gauges {
         Gauges {

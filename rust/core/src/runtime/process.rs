@@ -15,24 +15,10 @@
 //!   moment, then kills and reaps. A worker also asks the kernel for SIGKILL when its parent dies
 //!   (`PR_SET_PDEATHSIG`), so a SIGKILLed server leaves no orphans.
 
-// NOTE: IPC choice. A Unix socketpair with length-prefixed batch frames: one write per batch, one
-// write per result (so a result that left the worker survives the worker's death: a crash fails
-// only the event that was running), buffered reads on the slot's side. Measured on the 2-core CI
-// VM with the light support bot, 2 slots, at 64 connections (release build, per-thread /proc,
-// 2026-12-02, later session): per request the I/O thread spends ~10 µs, the two slot threads ~5 µs
-// and the two workers ~7 µs (22 µs in all, uvicorn --workers 2 24 µs); in a worker, decoding,
-// running and encoding a 4-event frame takes ~2.9 µs an event (timeit), the rest is `recv`,
-// `send` and waking up. On a CPU-bound bot (~400 µs an event, 4.8k req/s) the I/O thread spends
-// ~20-24 µs and the slot threads ~13-15 µs per request: at that rate each of them sleeps and is
-// woken for every event. A shared-memory result ring with an eventfd doorbell would save the
-// worker's `send` while the slot is busy, but needs `unsafe` cross-process atomics and fd passing;
-// it is not built. Batching results in the worker instead would lose finished results in a crash
-// and blame the wrong event. Also measured on the CPU-bound bot (2026-12-02, fourth session) and
-// not kept: holding results ~1 ms so that several go out together (0.66x the throughput: the
-// worker idled at the end of each batch) and reading results on the I/O runtime (4.35k against
-// 4.56k-4.67k req/s: the next batch waited for one more thread hop). What helped was the
-// scheduling policy: with the server's threads under SCHED_BATCH (`warmslot.sched`), a woken slot
-// or I/O thread no longer preempts a worker mid-event: +2-7% req/s at 4-6% less CPU per request.
+// NOTE: IPC: a Unix socketpair, length-prefixed batch frames, one write per batch and one per result
+// (a result that left the worker survives its death: a crash fails only the running event). Light
+// support bot, 2 slots, wrk -c64: ~22 µs of server CPU per request, uvicorn --workers 2 24 µs
+// (per-thread /proc, 2-core VM). What else was measured: docs/design/process-slots.md.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::OwnedFd;
@@ -106,11 +92,10 @@ fn describe(status: ExitStatus) -> (&'static str, String) {
 }
 
 /// Reads result frames from a worker through a buffer: one `read` usually brings several.
-// NOTE: reading frame by frame (a 1-byte read, the rest of the length, the payload, and two
-// `setsockopt`s for the timeouts) cost ~60 µs of server CPU per light event at 64 connections on
-// the 2-core CI VM; buffered reads with the timeout set only when it changes cost a fraction.
-// The buffer is zeroed once, when it grows (zeroing 64 KiB before every read was 2-5% of a slot
-// thread's CPU: perf, `memset`).
+// NOTE: reading frame by frame (a 1-byte read, the rest of the length, the payload, two
+// `setsockopt`s) cost ~60 µs of server CPU per light event at 64 connections (2-core CI VM);
+// buffered reads with the timeout set only when it changes cost a fraction. The buffer is zeroed
+// only when it grows (docs/design/process-slots.md).
 struct FrameReader {
     /// Bytes `[start, end)` are read and not yet taken; `buf.len()` is the capacity in use.
     buf: Vec<u8>,
@@ -156,11 +141,10 @@ impl FrameReader {
         Ok(Some(frame))
     }
 
-    // NOTE: a read timeout that is set only when it changes was still one `setsockopt` per read:
-    // the wait is "until the running event's deadline", a little shorter each time. A timeout that
-    // ends no later than the wanted one and at most 10% (or 1 ms) earlier is kept: an early wake-up
-    // costs one more turn of the caller's loop (which rechecks its clock), never a missed deadline.
-    // `exact` (the rest of a frame that has begun, bounded by the hang grace) sets it as asked.
+    // NOTE: the wait is "until the running event's deadline", a little shorter each read, so a timeout
+    // set when it changes was still a `setsockopt` per read. One that ends no later than wanted and at
+    // most 10% (or 1 ms) earlier is kept: an early wake-up costs a turn of the caller's loop, never a
+    // missed deadline. `exact` (the rest of a begun frame, bounded by the hang grace) sets it as asked.
     fn set_timeout(&mut self, sock: &UnixStream, t: Option<Duration>, exact: bool) -> std::io::Result<()> {
         let t = t.map(|t| t.max(Duration::from_micros(100)));
         let keep = match (self.timeout, t) {
@@ -431,13 +415,10 @@ impl ProcessBackend {
     }
 }
 
-// NOTE: while a worker's results come faster than the app's `spin_us`, its slot polls for the next
-// one (non-blocking reads, then `sched_yield`) for up to `spin_us` before it blocks in `read`:
-// a blocking read per result put the slot thread to sleep and woke it for every light event.
-// Support bot, 2 process slots, wrk -c64 (2-core VM, release build, interleaved, 2026-12-02):
-// 42.8k/46.4k/43.4k/39.3k req/s with a 100 µs poll against 35.8k/45.5k/32.0k/35.9k without, and
-// 42.1k/44.0k with the default 50 µs against 34.9k/33.3k at `spin_us=0`. A CPU-bound bot (results
-// ~400 µs apart) never polls: there it cost ~3% of throughput.
+// NOTE: while results come faster than `spin_us`, the slot polls for the next one (non-blocking
+// reads, then `sched_yield`) up to `spin_us` before it blocks in `read`, which woke the slot thread
+// for every light event. 2 process slots, wrk -c64: 42.1k/44.0k req/s at the default 50 µs against
+// 34.9k/33.3k at `spin_us=0` (2-core VM, release; docs/design/process-slots.md).
 // NOTE: a slot with `concurrency > 1` tops itself up while its worker runs: when it has room, it
 // waits for results at most TOP_UP_POLL, then takes newly runnable events (without blocking) and
 // sends them. New events wait at most this long for a busy async slot that has room.
@@ -452,11 +433,10 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Backend for ProcessBackend {
-    // NOTE: results commit as they arrive, except on a store that commits a batch in one
-    // transaction (SQLite): one transaction per event cost 86 µs of CPU per event against 56 µs
-    // (counter bot, 2 process slots, wrk -c64). There `run` commits what came back whenever the
-    // worker leaves it waiting for `COMMIT_AFTER`, or the oldest held result is that old: a result
-    // is never held behind a slow or hung event, nor by a concurrent slot's steady top-ups.
+    // NOTE: results commit as they arrive, except on a store that commits a batch in one transaction
+    // (SQLite: a transaction per event cost 86 µs of CPU per event against 56 µs, counter bot, 2 process
+    // slots, wrk -c64). There `run` commits what came back when the worker leaves it waiting
+    // `COMMIT_AFTER`, or the oldest held result is that old: none is held behind a slow or hung event.
     fn commits_inline(&self) -> bool {
         !self.pipeline.store.commits_in_batches()
     }
@@ -581,15 +561,10 @@ impl Backend for ProcessBackend {
         Ok(())
     }
 
-    // NOTE: the worker's CPU time comes from `/proc/<pid>/stat` (clock ticks: 10 ms steps): 33 µs
-    // a read (debug build, 2026-12-02, measured by `process_cpu_time_is_read_from_proc`). Between
-    // batches the worker waits in `recv` and uses no CPU, so the reading taken after one batch is
-    // the next batch's starting point: one read per batch, not two. Differences of the cumulative
-    // counter lose no time across batches of one worker; a worker replaced mid-batch restarts its
-    // counter, and that batch adds nothing. The counter moves in 10 ms steps, so it is read at most
-    // every `CPU_READ_EVERY`: a batch in between adds nothing and the next reading counts its time
-    // (the readings telescope). Reading it after every batch was 12% of a slot thread's CPU with
-    // the support bot at 64 connections (perf, release build).
+    // NOTE: from `/proc/<pid>/stat` (10 ms ticks), read at most every `CPU_READ_EVERY`; the reading
+    // after one batch starts the next, so the differences telescope and lose no time. Reading it after
+    // every batch was 12% of a slot thread's CPU (perf, support bot, 64 connections, release build;
+    // details and limits: docs/design/process-slots.md).
     fn cpu_clock_us(&mut self) -> Option<u64> {
         // The slot loop asks before and after each batch, in pairs.
         self.cpu_in_batch = !self.cpu_in_batch;

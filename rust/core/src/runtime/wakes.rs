@@ -18,13 +18,10 @@
 //!   0 (both `SeqCst`: either the drain's pops see the push or the producer sees 0). So nothing
 //!   stays queued.
 
-// NOTE: a task woken from outside a current-thread tokio runtime costs a lock of the runtime's
-// inject queue and a write to its eventfd, every time (tokio 1.54 `current_thread::schedule`).
-// Thread slots finished each event of a batch that way: ~0.5 eventfd writes per response, and the
-// I/O thread slept in `epoll_wait` ~0.8 times per response; through this task, 0.12 and 0.11
-// (strace, support bot, wrk -c64). Interleaved runs without strace (2-core VM, 2026-12-02): thread
-// slots 70.2k/71.0k/70.7k req/s at 16.0-16.2 µs of CPU per request against 68.6k/65.0k/67.3k at
-// 16.3-17.1 without it; process slots 56.2k/54.9k/54.2k against 53.5k/53.6k/55.0k.
+// NOTE: a task woken from outside a current-thread tokio runtime costs a lock of its inject queue and
+// an eventfd write every time (tokio 1.54 `current_thread::schedule`). Finishing thread slots' events
+// through this one task: 0.12 eventfd writes per response instead of ~0.5 (strace, support bot,
+// wrk -c64, 2-core VM). Throughput runs: docs/design/code-notes.md.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

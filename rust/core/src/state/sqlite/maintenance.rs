@@ -28,11 +28,9 @@ pub(super) fn start(
     options: &SqliteOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<(), StoreError> {
-    // NOTE: with SQLite's automatic checkpoints, the commit that crosses 1000 WAL pages
-    // copies them back into the database and fsyncs, inside the request: wrk -c1 against
-    // the support bot saw p99 of 3.9-4.1 ms (p50 66-116 µs). Checkpointing from a
-    // background connection takes that off the request path: p99 579-649 µs (p50 89-104
-    // µs), for some throughput at 64 connections (16.0-16.4k req/s against 18.1-19.3k).
+    // NOTE: an automatic checkpoint copies the WAL back and fsyncs inside the request that crosses
+    // 1000 pages; from a background connection instead, wrk -c1 p99 went 3.9-4.1 ms → 579-649 µs
+    // (support bot, 2-core VM; docs/design/stores.md).
     main.lock()
         .unwrap()
         .conn
@@ -62,19 +60,13 @@ pub(super) fn start(
 
 /// Copies the WAL back into the database, from the background connection.
 ///
-/// NOTE: a passive checkpoint alone never lets the WAL start over under steady writes: a writer
-/// restarts the WAL only if every frame was checkpointed when its transaction began, and commits
-/// keep appending while the checkpoint runs. Measured (2 thread slots, counter bot, `wrk -c64`):
-/// the WAL reached 600 MB in 30 s, and a third of the slots' CPU went to ext4 zeroing the new
-/// blocks that every commit appended. So when the passive pass copied every frame it saw and the
-/// WAL is longer than `RESTART_ABOVE_FRAMES`, a `RESTART` checkpoint copies the frames appended
-/// meanwhile, holding the main connection so that none of our commits or loads waits in SQLite's
-/// busy handler; the next commit then writes from the start of the WAL, over pages the OS still
-/// caches. That hold (the last frames, and with `synchronous=NORMAL` an fsync of the database
-/// file) stalls commits, loads and journal writes: it is why SQLite's p99 at 64 connections is
-/// higher than the memory store's. When another process holds a read transaction (a `sqlite3`
-/// shell, a backup), the passive pass cannot copy every frame and no restart is tried: the WAL
-/// then grows until that reader lets go.
+/// A passive pass first; when it copied every frame it saw and the WAL is longer than
+/// `RESTART_ABOVE_FRAMES`, a `RESTART` pass (holding the main connection) lets the next commit
+/// write from the start of the WAL. Another process's open read transaction prevents the restart.
+///
+/// NOTE: passive checkpoints alone never let the WAL start over under steady commits: it reached
+/// 600 MB in 30 s, a third of the slots' CPU zeroing new blocks (counter bot, `wrk -c64`); the
+/// restart's hold is why SQLite's p99 is above memory's (docs/design/stores.md).
 fn checkpoint(background: &Connection, main: &Mutex<Main>) {
     // (busy, frames in the WAL when it began, frames checkpointed).
     let passive = background.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {

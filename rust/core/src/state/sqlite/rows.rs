@@ -11,13 +11,11 @@ use crate::state::{ExecutionRecord, JournalEntry};
 
 /// The main connection, and where each execution id's row is.
 ///
-/// NOTE: execution ids are 128 random bits, so a unique index on them put every insert on a random
-/// leaf page: each execution wrote about one more 4 KiB page to the WAL, most of a commit's cost.
-/// Measured (counter bot, 2 thread slots, `wrk -c64`, sync, one run after another): 22k req/s at
-/// 52 µs of CPU per request with that index, 33k at 35 µs with this map (memory store: 47-58k at
-/// 22-27 µs). So the id → row map lives in memory, filled from the table at open (one scan) and
-/// kept as rows are written and pruned. Its limit: one `SqliteDb` (one App, one process) per
-/// database file, which the journal's recovery needs anyway.
+/// The map is filled from the table at open (one scan) and kept as rows are written and pruned;
+/// so one `SqliteDb` (one App, one process) per database file, as the journal's recovery needs.
+///
+/// NOTE: a unique index on the random 128-bit ids put every insert on a random leaf page: 22k req/s
+/// at 52 µs CPU a request with it, 33k at 35 µs with this map (counter bot, `wrk -c64`; stores.md).
 pub(super) struct Main {
     pub(super) conn: Connection,
     /// Execution id (as a number) → `seq` of its newest row.
