@@ -348,3 +348,22 @@ def test_a_base_exception_in_the_slot_machinery_ends_the_slot_thread_which_is_re
     assert hooked[0].exc_type is KeyboardInterrupt and hooked[0].thread.name.startswith("warmslot-a-")
     # The pool warms a replacement (min_slots), which serves.
     wait_for(lambda: server._core.pool(0)["warm"] == 1 and c.post("a", {})[0] == 200, 10, "a replacement slot")
+
+
+def test_a_pipeline_that_cancels_its_own_task_fails_its_event_instead_of_hanging(serve):
+    # Nobody else cancelled the task, so the slot still waits for its result: it must get one.
+    app = warmslot.App()
+
+    @app.pipeline("selfcancel", key="k", timeout=None)
+    async def selfcancel(event, ctx):
+        if event.get("cancel"):
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(1)
+        return {"ok": True}
+
+    _, c = serve(app)
+    status, _, body = c.post("selfcancel", {"k": "a", "cancel": True})
+    assert status == 500 and body["error"]["code"] == "pipeline_error", body
+    assert c.post("selfcancel", {"k": "a"})[2] == {"ok": True}, "the key's lane was released"

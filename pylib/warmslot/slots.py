@@ -83,16 +83,20 @@ class AsyncSlot:
                 task.cancel()
 
     def _finished(self, token: int, task: "asyncio.Task[Any]") -> None:
-        self.tasks.pop(token, None)
-        if task.cancelled():
-            return  # the slot cancelled it and waits for nothing
-        exc = task.exception()  # run_async answers every failure of the pipeline with a result
-        if exc is None:
-            result = task.result()
-        else:
+        if self.tasks.pop(token, None) is None:
+            return  # the slot cancelled it (`_cancel` took it off) and waits for nothing
+        if task.cancelled():  # cancelled by the pipeline's own code: the slot still waits for it
+            result = (False, "pipeline_error", "the pipeline's task was cancelled")
+        elif task.exception() is not None:  # run_async answers every failure of the pipeline itself
+            exc = task.exception()
             result = (False, "pipeline_error", f"internal error while running the pipeline: {type(exc).__name__}")
+        else:
+            result = task.result()
         assert self.report is not None
-        self.report(token, result)
+        try:
+            self.report(token, result)
+        except Exception:  # the slot is gone (shut down): nobody waits for the result
+            log.debug("an async pipeline's result came after its slot stopped", exc_info=True)
 
 
 class PipelineRuntime:

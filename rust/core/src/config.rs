@@ -153,8 +153,6 @@ pub struct AppConfig {
     pub io_threads: usize,
     /// Most open connections; further accepts wait for a permit.
     pub max_connections: usize,
-    /// Grace period for in-flight executions at shutdown.
-    pub drain_timeout: Duration,
     /// How long an idle slot spins for the next event before parking.
     pub idle_spin: Duration,
     /// Bearer token that `/metrics`, `/executions/*` and every other admin route require
@@ -188,7 +186,6 @@ impl Default for AppConfig {
             max_records: 100_000,
             io_threads: 1,
             max_connections: 10_000,
-            drain_timeout: Duration::from_secs(10),
             idle_spin: Duration::from_micros(50),
             admin_token: None,
             max_header_bytes: 64 << 10,

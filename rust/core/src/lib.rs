@@ -28,7 +28,7 @@ pub use config::{
     WorkerCommand,
 };
 pub use error::ErrorCode;
-pub use http::{execution_json, prefers_respond_async, sign_hex, HttpError, HttpServer};
+pub use http::{prefers_respond_async, sign_hex, HttpError, HttpListener, HttpServer};
 pub use hyper::HeaderMap;
 pub use outcome::{Outcome, Status, Timings};
 pub use runtime::wire;

@@ -305,7 +305,6 @@ impl AppSettings {
             io_threads,
             max_connections,
             // Not read by the engine: Python passes the drain to `Core.shutdown(drain)`.
-            drain_timeout: AppConfig::default().drain_timeout,
             idle_spin: Duration::from_micros(spin_us),
             admin_token,
             max_header_bytes,

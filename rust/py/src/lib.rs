@@ -6,7 +6,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use warmslot_core::{run_slot, wire, Backend, HttpError, HttpServer, LoopEnd, LoopSettings, Pipeline, WarmupReason};
+use warmslot_core::{
+    run_slot, wire, Backend, HttpError, HttpListener, HttpServer, LoopEnd, LoopSettings, Pipeline, WarmupReason,
+};
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -172,8 +174,10 @@ impl Core {
         logbridge::refresh(); // logging configured since the last start applies to this server
         let engine = self.engine.clone();
         let server = py.detach(move || {
+            // Bind first: a port in use then fails the start before the engine recovers anything.
+            let bound = HttpListener::bind(&engine.config).map_err(http_err)?;
             engine.open().map_err(engine_err)?;
-            HttpServer::start(engine.clone()).map_err(|e| {
+            HttpServer::start(bound, engine.clone()).map_err(|e| {
                 // Nothing serves it: what the open recovered stays journaled for the next start.
                 engine.drain(Duration::ZERO);
                 engine.close();
@@ -350,7 +354,7 @@ impl Core {
 
     /// The record of an execution as JSON text, or None if unknown or evicted.
     fn execution(&self, id: &str) -> Option<String> {
-        self.engine.execution(id).map(|e| warmslot_core::execution_json(&e))
+        self.engine.execution(id).map(|e| e.record_json(e.status(), e.outcome()))
     }
 
     /// Cheap per-pipeline counters for the predictor: (waiting, inflight, slots_warm,

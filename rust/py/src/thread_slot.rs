@@ -388,7 +388,8 @@ impl Backend for AsyncThreadBackend {
                 .min()
                 .map(|d| d + HANG_GRACE);
             if let Some(t) = hang_at {
-                wait = wait.min(t.saturating_duration_since(now));
+                // At least a millisecond: a hang already due is handled below, not spun on.
+                wait = wait.min(t.saturating_duration_since(now).max(Duration::from_millis(1)));
             }
             let (results, stopped) = self.inbox.wait(wait);
             for (token, result) in results {
@@ -410,10 +411,18 @@ impl Backend for AsyncThreadBackend {
             let now = Instant::now();
             let mut abandon = Vec::new();
             for (b, &token) in batch.iter_mut().zip(&tokens) {
-                if token == 0 || b.has_result() || !b.job.exec.status().is_final() {
+                if token == 0 || b.has_result() {
                     continue;
                 }
-                if closed || b.job.exec.deadline.is_some_and(|d| now >= d + HANG_GRACE) {
+                let overdue = b.job.exec.deadline.is_some_and(|d| now >= d + HANG_GRACE);
+                if overdue && !b.job.exec.status().is_final() {
+                    // The I/O runtime has not timed it out yet (its timer is late, or it is gone).
+                    b.job.exec.time_out();
+                }
+                if !b.job.exec.status().is_final() {
+                    continue;
+                }
+                if closed || overdue {
                     abandon.push(token);
                     running -= 1;
                     // Claims nothing (the execution has its outcome); releases the event's lane.

@@ -101,9 +101,6 @@ async fn read_event(
     }
     let (parts, body) = read_limited(req, pipeline, engine).await?;
     let received = Instant::now();
-    if !engine.is_accepting() {
-        return Err(refuse(ErrorCode::ShuttingDown, "the server is shutting down".into()));
-    }
     let cfg = &pipeline.config;
     if let Some(spec) = &cfg.signature {
         if let Err(e) = signature::verify(spec, &parts.headers, &body) {

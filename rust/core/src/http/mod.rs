@@ -13,6 +13,5 @@ pub(crate) mod signature;
 mod stats;
 
 pub use hook::prefers_respond_async;
-pub use responses::execution_json;
-pub use server::{HttpError, HttpServer};
+pub use server::{HttpError, HttpListener, HttpServer};
 pub use signature::sign_hex;

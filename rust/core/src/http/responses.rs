@@ -8,8 +8,7 @@ use hyper::{Response, StatusCode};
 
 use crate::error::ErrorCode;
 use crate::outcome::Outcome;
-use crate::runtime::execution::Execution;
-use crate::runtime::Engine;
+use crate::runtime::{Engine, Execution};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -62,14 +61,10 @@ pub(crate) fn healthz(engine: &Engine) -> HttpResponse {
     json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
 }
 
-/// The record of one execution as JSON.
-pub fn execution_json(exec: &Execution) -> String {
-    exec.record_json(exec.status(), exec.outcome())
-}
-
+/// `GET /executions/<id>`: the record, live or from a durable store.
 pub(crate) fn execution(engine: &Engine, id: &str) -> HttpResponse {
-    match engine.execution(id) {
-        Some(exec) => json(StatusCode::OK, execution_json(&exec)),
+    match engine.execution_json(id) {
+        Some(record) => json(StatusCode::OK, record),
         None => error(ErrorCode::UnknownExecution, &format!("no execution {id:?} (unknown or evicted)")),
     }
 }

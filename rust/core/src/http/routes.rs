@@ -71,10 +71,7 @@ fn read_route(req: &Request<Incoming>, path: &str, engine: &Engine) -> HttpRespo
         "/executions" | "/executions/" => get_only(list_executions(engine, req.uri().query())),
         _ => match path.strip_prefix("/executions/") {
             Some(_) if !admin => unauthorized(),
-            Some(id) => get_only(match engine.execution_json(id) {
-                Some(record) => json(StatusCode::OK, record),
-                None => execution(engine, id),
-            }),
+            Some(id) => get_only(execution(engine, id)),
             None => error(ErrorCode::NotFound, &format!("no route for {path}")),
         },
     }

@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::config::AppConfig;
 use crate::http::{routes, stats};
 use crate::runtime::Engine;
 
@@ -57,17 +58,35 @@ pub struct HttpServer {
     io: JoinHandle<()>,
 }
 
-impl HttpServer {
-    /// Binds `engine.config`'s host and port and serves `engine` (which must be open) on a new
-    /// I/O thread.
-    pub fn start(engine: Arc<Engine>) -> Result<HttpServer, HttpError> {
-        let cfg = &engine.config;
-        let display = format!("{}:{}", cfg.host, cfg.port);
+/// A bound listener, not serving yet: binding has no other effect, so it goes first (before the
+/// engine opens and recovers a journal).
+pub struct HttpListener {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl HttpListener {
+    /// Binds `config`'s host and port.
+    pub fn bind(config: &AppConfig) -> Result<HttpListener, HttpError> {
+        let display = format!("{}:{}", config.host, config.port);
         let bind_err = |source| HttpError::Bind { addr: display.clone(), source };
-        let addrs: Vec<SocketAddr> = (cfg.host.as_str(), cfg.port).to_socket_addrs().map_err(bind_err)?.collect();
+        let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port).to_socket_addrs().map_err(bind_err)?.collect();
         let listener = std::net::TcpListener::bind(&addrs[..]).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
+        Ok(HttpListener { listener, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl HttpServer {
+    /// Serves `engine` (opened, see `Engine::open`) on `bound`, on a new I/O thread.
+    pub fn start(bound: HttpListener, engine: Arc<Engine>) -> Result<HttpServer, HttpError> {
+        let HttpListener { listener, addr } = bound;
+        let cfg = &engine.config;
         let runtime = if cfg.io_threads <= 1 {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
         } else {
@@ -195,8 +214,9 @@ mod tests {
         let config = AppConfig { port: 0, pipelines: vec![p], ..AppConfig::default() };
         let store = |_: &PipelineConfig| Ok(Arc::new(MemoryStore::default()) as Arc<dyn StateStore>);
         let engine = Engine::new(config, &store, None).unwrap();
+        let bound = HttpListener::bind(&engine.config).unwrap();
         engine.open().unwrap();
-        let server = HttpServer::start(engine.clone()).unwrap();
+        let server = HttpServer::start(bound, engine.clone()).unwrap();
         let addr = server.local_addr();
         assert_eq!(request(addr, "GET", "/healthz", "").0, 503, "no warm slot yet");
 

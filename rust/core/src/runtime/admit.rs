@@ -110,27 +110,44 @@ impl Engine {
         let delivery = event.delivery.map(bounded_delivery_id);
         let exec = self.new_execution(pipeline, event.key, event.received);
         let exec = Arc::new(exec.with_delivery(delivery, event.reply_async));
-        if let Some(answer) = self.deduplicate(pipeline, &exec).await {
+        let journaled = exec.is_async && pipeline.store.is_durable();
+        let waits = journaled || (exec.delivery.is_some() && pipeline.store.shares_deliveries());
+        let admission = self.clone().admit_execution(pipeline.clone(), exec, event.body, event.headers, journaled);
+        // NOTE: admission that waits on the store (a shared delivery claim, a journal write) runs as
+        // a task of its own, so a client that goes away meanwhile (hyper drops this future) cannot
+        // leave a delivery claimed or an event journaled but never admitted. Otherwise it ends in its
+        // first poll and runs here: a task per request cost an allocation, a schedule and a wake.
+        if !waits {
+            return admission.await;
+        }
+        tokio::spawn(admission).await.unwrap_or_else(|e| {
+            pipeline.metrics.refused(ErrorCode::StateError);
+            Admission::Refused(ErrorCode::StateError, format!("the event could not be admitted: {e}"))
+        })
+    }
+
+    async fn admit_execution(
+        self: Arc<Self>,
+        pipeline: Arc<Pipeline>,
+        exec: Arc<Execution>,
+        body: Bytes,
+        headers: HeaderMap,
+        journaled: bool,
+    ) -> Admission {
+        if let Some(answer) = self.deduplicate(&pipeline, &exec).await {
             return answer;
         }
-        let job = Job::new(exec.clone(), event.body, event.headers);
-        let journaled = exec.is_async && pipeline.store.is_durable();
-        // NOTE: journaling and admission run in their own task, so a client that goes away meanwhile
-        // (hyper then drops this future) cannot leave an event journaled but never admitted. Without
-        // a journal there is nothing to wait for: `admit_job` ends in its first poll, so it runs here
-        // (a task per request cost an allocation, a schedule and a wake on the I/O thread).
-        let admit = admit_job(self.clone(), pipeline.clone(), job, journaled);
-        let admitted = if journaled { tokio::spawn(admit).await } else { Ok(admit.await) };
-        let refused = match admitted {
-            Ok(Ok(())) => {
+        let job = Job::new(exec.clone(), body, headers);
+        match admit_job(self.clone(), pipeline.clone(), job, journaled).await {
+            Ok(()) => {
                 let settle_on_drop = !exec.is_async;
-                return Admission::Accepted(Ticket { exec, engine: self.clone(), settle_on_drop });
+                Admission::Accepted(Ticket { exec, engine: self, settle_on_drop })
             }
-            Ok(Err(refused)) => refused,
-            Err(e) => (ErrorCode::StateError, format!("the event could not be admitted: {e}")),
-        };
-        pipeline.metrics.refused(refused.0);
-        Admission::Refused(refused.0, refused.1)
+            Err((code, message)) => {
+                pipeline.metrics.refused(code);
+                Admission::Refused(code, message)
+            }
+        }
     }
 
     /// Claims the execution's delivery id; `Some` answer when it is a repeat (or the shared claim
@@ -168,7 +185,7 @@ impl Engine {
         match self.deliveries.claim(pipeline.index, delivery, window, exec) {
             Ok(()) => None,
             Err(Seen::Live(first)) => Some(watching(first)),
-            Err(Seen::Stored(id)) => match pipeline.store.record(&id) {
+            Err(Seen::Stored(id)) => match stored_record(pipeline, id).await {
                 Some(record) => Some(Admission::Repeat(Repeat::Stored(record))),
                 // Its record is gone (evicted from memory, or pruned): this delivery runs again.
                 None => {
@@ -193,8 +210,7 @@ impl Engine {
     pub async fn remote_record(&self, pipeline: &Arc<Pipeline>, id: &str) -> Option<ExecutionRecord> {
         let until = pipeline.config.timeout.map(|t| Instant::now() + t);
         loop {
-            let (store, id2) = (pipeline.store.clone(), Box::<str>::from(id));
-            if let Ok(Some(record)) = tokio::task::spawn_blocking(move || store.record(&id2)).await {
+            if let Some(record) = stored_record(pipeline, id.into()).await {
                 return Some(record);
             }
             if until.is_some_and(|u| Instant::now() >= u) {
@@ -205,10 +221,19 @@ impl Engine {
     }
 }
 
+/// The durable record of execution `id`, read off the I/O thread when the store does I/O.
+async fn stored_record(pipeline: &Pipeline, id: Box<str>) -> Option<ExecutionRecord> {
+    if !pipeline.store.does_io() {
+        return pipeline.store.record(&id);
+    }
+    let store = pipeline.store.clone();
+    tokio::task::spawn_blocking(move || store.record(&id)).await.ok().flatten()
+}
+
 /// Journals `job` first when `journaled` (the event is in the store, SQLite's file or Redis,
 /// before its 202), then admits it to its pipeline's intake; on refusal, undoes the delivery
-/// claim and marks the journal entry done. Runs as its own task when it journals (see the NOTE
-/// in `admit`).
+/// claim and marks the journal entry done. Runs in a task of its own when it journals (see the
+/// NOTE in `admit`).
 async fn admit_job(
     engine: Arc<Engine>,
     pipeline: Arc<Pipeline>,
@@ -216,13 +241,17 @@ async fn admit_job(
     journaled: bool,
 ) -> Result<(), (ErrorCode, String)> {
     let exec = job.exec.clone();
-    let forget = || {
+    // Undoes the delivery claim, and wakes a repeat that came meanwhile with the refusal.
+    let refuse = |code: ErrorCode, message: &str| {
         if let Some(d) = &exec.delivery {
             engine.deliveries.forget(pipeline.index, d, &exec);
             if pipeline.store.shares_deliveries() {
-                pipeline.store.release_delivery(d, &exec.id_str);
+                let (store, d, id) = (pipeline.store.clone(), d.clone(), exec.id_str.clone());
+                tokio::task::spawn_blocking(move || store.release_delivery(&d, &id));
+                // a Redis call
             }
         }
+        exec.refuse(code, message.to_string());
     };
     if journaled {
         // Group commit: the writer thread writes the arrivals of a moment in one transaction, or
@@ -240,15 +269,19 @@ async fn admit_job(
         let written = rx.await.unwrap_or_else(|_| Err(StoreError("the journal writer stopped".into())));
         if let Err(e) = written {
             job.discard();
-            forget();
-            return Err((ErrorCode::StateError, format!("the event could not be journaled, nothing was run: {e}")));
+            let message = format!("the event could not be journaled, nothing was run: {e}");
+            refuse(ErrorCode::StateError, &message);
+            return Err((ErrorCode::StateError, message));
         }
     }
     pipeline.accepted_one();
     if let Err((_, job)) = pipeline.intake.admit(job) {
         job.discard();
         pipeline.finished_one();
-        forget();
+        let name = &pipeline.config.name;
+        let message =
+            format!("pipeline {name:?} is at capacity ({} waiting); retry shortly", pipeline.intake.capacity());
+        refuse(ErrorCode::Overloaded, &message);
         if journaled {
             // Mark the journal entry done: a refused event never runs, not even after a restart.
             let message = "refused at admission (queue_size reached)".to_string();
@@ -257,9 +290,6 @@ async fn admit_job(
             record.delivery = None; // the provider's retry of this delivery must run, after a restart too
             pipeline.store.record_outcome(record);
         }
-        let name = &pipeline.config.name;
-        let message =
-            format!("pipeline {name:?} is at capacity ({} waiting); retry shortly", pipeline.intake.capacity());
         return Err((ErrorCode::Overloaded, message));
     }
     engine.records.insert(exec.clone());

@@ -52,7 +52,7 @@ impl fmt::Display for EngineError {
             EngineError::Store { pipeline, source } => {
                 write!(f, "cannot read the journal of pipeline {pipeline:?}: {source}")
             }
-            EngineError::AlreadyOpen => write!(f, "the server is already running"),
+            EngineError::AlreadyOpen => write!(f, "this server was started once already (start a new one)"),
         }
     }
 }
@@ -191,7 +191,7 @@ impl Engine {
         key: Option<Box<str>>,
         received: Instant,
     ) -> Execution {
-        let (seq, id_str) = self.ids.next();
+        let (seq, id_str) = self.next_id();
         Execution::new(seq, id_str, pipeline.clone(), key, received)
     }
 
@@ -252,14 +252,34 @@ impl Engine {
     /// accepting webhooks. Call once, before the HTTP server starts, then call `spawn_tasks` on
     /// the I/O runtime.
     pub fn open(&self) -> Result<(), EngineError> {
-        let mut opened = self.opened.lock().unwrap();
+        let mut opened = self.opened();
         if opened.is_some() {
             return Err(EngineError::AlreadyOpen);
         }
-        let unwatched = self.recover()?;
-        *opened = Some(Opened { unwatched });
-        self.accepting.store(true, Ordering::Release);
-        Ok(())
+        let recovered = self.recover();
+        *opened = Some(Opened { unwatched: Vec::new() });
+        match recovered {
+            Ok(unwatched) => {
+                *opened = Some(Opened { unwatched });
+                self.accepting.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing will serve this engine: what was recovered stays journaled (dropping a
+                // recovered job does not mark its entry done), and the stores let go of it.
+                for p in &self.pipelines {
+                    p.close();
+                    drop(p.intake.drain_all());
+                }
+                drop(opened);
+                self.close();
+                Err(e)
+            }
+        }
+    }
+
+    fn opened(&self) -> std::sync::MutexGuard<'_, Option<Opened>> {
+        self.opened.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The engine's own tasks on the I/O runtime (call from inside it, after `open`): each
@@ -268,7 +288,7 @@ impl Engine {
         for p in &self.pipelines {
             tokio::spawn(p.wakes.clone().drain());
         }
-        let unwatched = self.opened.lock().unwrap().as_mut().map(|o| std::mem::take(&mut o.unwatched));
+        let unwatched = self.opened().as_mut().map(|o| std::mem::take(&mut o.unwatched));
         for exec in unwatched.unwrap_or_default() {
             self.watch(exec);
         }
@@ -280,7 +300,7 @@ impl Engine {
     /// client is answered while its connection is open. Then the HTTP server stops, then `close`.
     /// Blocks; call it without holding any lock that the slots need.
     pub fn drain(&self, drain: Duration) {
-        if self.opened.lock().unwrap().is_none() || !self.accepting.swap(false, Ordering::SeqCst) {
+        if self.opened().is_none() || !self.accepting.swap(false, Ordering::SeqCst) {
             return;
         }
         let wait_idle = |limit: Duration| {

@@ -236,6 +236,18 @@ impl Execution {
         self.wait().await
     }
 
+    /// Ends an execution refused at admission. It was never accepted, so nothing is counted or
+    /// recorded; its outcome only answers whoever already awaits it (a repeat of its delivery
+    /// that came while it was being journaled).
+    pub(crate) fn refuse(self: &Arc<Self>, code: ErrorCode, message: String) {
+        if !self.claim(&[Status::Queued]) {
+            return;
+        }
+        let _ = self.outcome.set((Outcome::Failed { code, message }, Timings::default()));
+        self.status.store(Status::Failed as u8, Ordering::Release);
+        self.pipeline.wakes.wake(self);
+    }
+
     /// Fails an execution that will not be answered otherwise (shutdown): a queued one, or one
     /// still running past the drain (its late result is then discarded, nothing committed).
     pub fn abandon(self: &Arc<Self>, code: ErrorCode, message: String) -> bool {
@@ -547,12 +559,6 @@ impl Job {
         true
     }
 
-    /// Times the execution out from the slot's side (an async run that was cancelled).
-    pub fn time_out(&mut self) -> bool {
-        self.run_done();
-        self.exec.time_out()
-    }
-
     fn final_timings(&self, commit_start: Instant) -> Timings {
         let now = Instant::now();
         Timings {
@@ -582,5 +588,35 @@ impl Drop for Job {
                 format!("execution {} was not run: the server is shutting down", self.exec.id_str),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PipelineConfig;
+    use crate::state::MemoryStore;
+
+    /// A repeat of a delivery that came while its first execution was being admitted awaits that
+    /// execution: when admission refuses it, the repeat gets the refusal, nothing is counted, and
+    /// the deadline cannot turn it into a recorded `timed_out`.
+    #[tokio::test]
+    async fn a_refused_execution_answers_its_waiters_and_counts_nothing() {
+        let mut config = PipelineConfig::new("p");
+        config.timeout = Some(std::time::Duration::from_millis(50));
+        let p = Arc::new(Pipeline::new(0, config, Arc::new(MemoryStore::default())));
+        let exec = Arc::new(Execution::new(1, format!("{:032x}", 1).into(), p.clone(), None, Instant::now()));
+        let waiter = tokio::spawn({
+            let exec = exec.clone();
+            async move { exec.finished().await.0.clone() }
+        });
+        tokio::task::yield_now().await; // the waiter awaits the outcome
+        exec.refuse(ErrorCode::Overloaded, "full".into());
+        let outcome = Outcome::Failed { code: ErrorCode::Overloaded, message: "full".into() };
+        assert_eq!(waiter.await.unwrap(), outcome);
+        assert_eq!(exec.status(), Status::Failed);
+        assert!(!exec.time_out(), "a refused execution cannot time out");
+        assert_eq!(p.inflight(), 0, "never accepted, never finished");
+        assert_eq!(p.metrics.requests("failed") + p.metrics.requests("timed_out"), 0);
     }
 }
