@@ -179,17 +179,26 @@ def start_killbot(tmp_path, port: int, env: Dict[str, str]) -> subprocess.Popen:
             stderr=out,
         )
 
+    wait_healthy(port, proc, exited=log.read_text)
+    return proc
+
+
+def wait_healthy(
+    port: int, proc: subprocess.Popen, timeout: float = 30.0, exited: Optional[Callable[[], Any]] = None
+) -> None:
+    """Waits until the server `proc` answers `GET /healthz` on `port` with 200; fails the test if
+    it exits first, with `exited()` (default: its output) in the message."""
+
     def healthy() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()}")
+            raise AssertionError(f"server exited early: {exited() if exited else proc.communicate()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False
 
-    wait_for(healthy, 30.0, "the server to be healthy")
-    return proc
+    wait_for(healthy, timeout, f"the server on port {port} to be healthy")
 
 
 def send_counted(

@@ -15,23 +15,9 @@ import time
 import urllib.request
 
 import pytest
-from conftest import free_port, wait_for
+from conftest import free_port, wait_for, wait_healthy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.communicate()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("server never became healthy")
 
 
 def post(port: int, path: str, body: dict) -> dict:

@@ -16,7 +16,7 @@ import urllib.request
 from typing import Dict, Tuple
 
 import pytest
-from conftest import Client, free_port, wait_for
+from conftest import Client, free_port, wait_healthy
 from warmslot.loader import load_app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,17 +87,7 @@ def _serve_github(secret: str) -> Tuple[subprocess.Popen, int]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the example exited: {proc.communicate()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    wait_for(healthy, 30.0, "the GitHub example to be healthy")
+    wait_healthy(port, proc)
     return proc, port
 
 
