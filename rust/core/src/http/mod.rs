@@ -6,6 +6,7 @@
 mod admin;
 pub(crate) mod body;
 mod hook;
+mod openapi;
 mod responses;
 mod routes;
 mod server;

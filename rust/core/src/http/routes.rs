@@ -1,5 +1,5 @@
-//! Routing: a request's path and method to its handler — webhooks (`hook`), `/healthz`, the
-//! observation routes and the execution records (both behind the admin token).
+//! Routing: a request's path and method to its handler — webhooks (`hook`), `/healthz`,
+//! `/openapi.json`, the observation routes and the execution records (both behind the admin token).
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use hyper::{Method, Request, StatusCode};
 
 use crate::error::ErrorCode;
 use crate::http::responses::{error, execution, healthz, json, HttpResponse};
-use crate::http::{admin, hook, stats};
+use crate::http::{admin, hook, openapi, stats};
 use crate::runtime::Engine;
 
 pub(crate) async fn route(req: Request<Incoming>, engine: &Arc<Engine>) -> HttpResponse {
@@ -53,14 +53,15 @@ fn not_allowed(mut resp: HttpResponse, allow: &'static str) -> HttpResponse {
     resp
 }
 
-/// The routes that only read (GET): `/healthz`, and the admin routes, each of which calls
-/// `admin::authorized` before it answers.
+/// The routes that only read (GET): `/healthz` and `/openapi.json` (open), and the admin routes,
+/// each of which calls `admin::authorized` before it answers.
 fn read_route(req: &Request<Incoming>, path: &str, engine: &Engine) -> HttpResponse {
     let token = engine.config.admin_token.as_deref();
     let admin = admin::authorized(req.headers(), token);
     let get_only = |resp| get_only(req, path, resp);
     match path {
         "/healthz" => get_only(healthz(engine)),
+        "/openapi.json" => get_only(openapi::openapi(engine)),
         "/metrics" | "/stats" | "/dashboard"
             if !(admin || (path == "/dashboard" && admin::authorized_query(req.uri().query(), token))) =>
         {
