@@ -1,5 +1,5 @@
 //! The admin token: one check that every admin route (`/metrics`, `/executions/*`, and any route
-//! added later) calls before answering. Webhooks and `/healthz` do not call it.
+//! added later) calls before answering. Webhooks, `/healthz` and `/openapi.json` do not call it.
 
 use hyper::header::AUTHORIZATION;
 use hyper::HeaderMap;
