@@ -158,8 +158,9 @@ def test_the_document_is_openapi_3_1(served):
 
 
 def test_the_document_passes_openapi_spec_validator(served):
-    validator = pytest.importorskip("openapi_spec_validator")
-    validator.validate(served[2])
+    import openapi_spec_validator  # in the test extra (pyproject.toml)
+
+    openapi_spec_validator.validate(served[2])
 
 
 def test_every_path_and_method_answers_as_declared(served):
