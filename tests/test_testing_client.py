@@ -85,6 +85,23 @@ def test_headers_mapping():
     assert r.execution_id == "e1" and r.is_success
 
 
+def test_connections_from_other_threads_are_closed_with_the_client():
+    import threading
+
+    with counter_app().test_client() as client:
+        replies = []
+        threads = [
+            threading.Thread(target=lambda u=u: replies.append(client.post("count", json={"user": u}).status_code))
+            for u in "abcd"
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert replies == [200] * 4 and len(client._conns) == 5  # this thread's (the health check) and 4
+    assert client._conns == []
+
+
 def test_caller_headers_win():
     app = warmslot.App()
 
@@ -152,8 +169,9 @@ def test_delivery_id_dedupes(signed_client):
 def test_state_on_sqlite(tmp_path):
     with counter_app("sqlite:///" + str(tmp_path / "state.db")).test_client() as client:
         assert client.state("count", "ann") is None
-        for _ in range(3):
+        for n in range(1, 4):
             assert client.post("count", json={"user": "ann"}).status_code == 200
+            assert client.state("count", "ann") == {"n": n}  # committed before the reply
         client.wait(client.post("count", json={"user": "bob"}, prefer_async=True).execution_id)
         assert client.state("count", "ann") == {"n": 3}
         assert client.state("count", "bob") == {"n": 1}

@@ -160,6 +160,8 @@ class TestClient:
         self.timeout = timeout
         self._server: Optional["Server"] = None
         self._local = threading.local()
+        self._conns: List[http.client.HTTPConnection] = []  # every thread's, closed by `close`
+        self._conns_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -186,10 +188,11 @@ class TestClient:
     def close(self) -> None:
         """Stops the server (new webhooks get 503, accepted ones finish, up to the app's
         ``drain_timeout``). Idempotent."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
             conn.close()
-            self._local.conn = None
+        self._local = threading.local()
         server, self._server = self._server, None
         if server is not None:
             server.stop()
@@ -224,6 +227,8 @@ class TestClient:
             if conn is None:
                 conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
                 self._local.conn = conn
+                with self._conns_lock:
+                    self._conns.append(conn)
             try:
                 conn.request(method, path, content, sent)
                 resp = conn.getresponse()
