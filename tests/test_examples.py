@@ -153,3 +153,35 @@ def test_github_example_docstring_request_works_as_pasted():
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+# -- the examples tested as a user would, with warmslot.testing ---------------------------------
+
+
+def test_github_example_with_the_test_client(monkeypatch):
+    monkeypatch.setenv("WEBHOOK_SECRET", "a-test-secret")
+    app = load_app(GITHUB + ":app")
+    event = {"action": "opened", "repository": {"full_name": "acme/bot"}}
+    with app.test_client() as client:
+        r = client.post("github", json=event, event="issues")  # signed with the pipeline's secret
+        assert r.status_code == 200
+        assert r.json() == {"repository": "acme/bot", "event": "issues", "seen": 1}
+        assert client.post("github", json=event, event="issues").json()["seen"] == 2
+        assert client.post("github", json=event, event="push").json() == {
+            "repository": "acme/bot",
+            "event": "push",
+            "seen": 1,
+        }
+        refused = client.post("github", json=event, event="issues", secret="another-secret")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "bad_signature"
+        assert client.post("github", json=event, sign=False).status_code == 401
+        done = client.wait(client.post("github", json=event, event="issues", prefer_async=True).execution_id)
+        assert done["status"] == "succeeded"
+
+
+def test_echo_example_with_the_test_client():
+    app = load_app(os.path.join(ROOT, "examples", "echo.py") + ":app")
+    with app.test_client() as client:
+        assert client.post("echo", json={"user": "ann", "text": "hi"}).json() == {"reply": "echo: hi", "count": 1}
+        assert client.post("echo", json={"user": "ann", "text": "again"}).json()["count"] == 2
+        assert client.post("echo", json={"user": "bob", "text": "hey"}).json()["count"] == 1

@@ -10,12 +10,15 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
 
 from . import _core, sched
 from .predictor import Autoscaler
 from .slots import PipelineRuntime
 from .spec import KeySpec, PipelineSpec, Signature, check_count, check_name, check_options, check_seconds
+
+if TYPE_CHECKING:
+    from .testing import TestClient
 
 #: A pipeline: a function or a class. The decorator returns it unchanged, with its type.
 P = TypeVar("P", bound=Callable[..., Any])
@@ -407,6 +410,16 @@ class App:
                 server.stop(drain=0)
                 raise
         return server
+
+    def test_client(self, *, timeout: float = 60.0) -> "TestClient":
+        """A `warmslot.testing.TestClient` for this app: ``with app.test_client() as client:``
+        starts it on an ephemeral loopback port, waits until ``/healthz`` answers 200, and stops it
+        (draining) at the end of the block; ``client.post("github", json=..., event="push")``
+        signs each webhook with the pipeline's own secret. ``timeout``: seconds to wait for the
+        warm-up."""
+        from .testing import TestClient
+
+        return TestClient(self, timeout=timeout)
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
         """Serves until SIGINT (Ctrl-C) or SIGTERM, or ``app.stop()`` from another thread, then
