@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 
 import pytest
 import warmslot
@@ -190,10 +191,24 @@ def test_state_on_redis(redis_url):
         assert client.state("count", key) == {"n": 1}
 
 
-def test_state_on_memory_says_what_is_missing():
-    with counter_app().test_client() as client:
-        with pytest.raises(NotImplementedError, match="in-memory store"):
-            client.state("count", "ann")
+def test_state_on_memory_and_in_memory_sqlite():
+    for state in ("memory", "sqlite://"):
+        with counter_app(state).test_client() as client:
+            assert client.state("count", "ann") is None
+            client.post("count", json={"user": "ann"})
+            client.post("count", json={"user": "ann"})
+            assert client.state("count", "ann") == {"n": 2}, state
+
+
+def test_reading_a_state_on_redis_takes_no_lease(redis_url):
+    # A read while nothing runs must not lock the key: the next event runs at once.
+    with counter_app(redis_url).test_client() as client:
+        key = "user-" + os.urandom(4).hex()
+        client.post("count", json={"user": key})
+        assert client.state("count", key) == {"n": 1}
+        started = time.monotonic()
+        assert client.post("count", json={"user": key}).json() == {"n": 2}
+        assert time.monotonic() - started < 10.0, "the key was locked by the read (a lease lasts the timeout)"
 
 
 def test_the_client_starts_and_stops_the_server():

@@ -23,7 +23,6 @@ import hmac
 import http.client
 import json as _jsonlib
 import socket
-import sqlite3
 import threading
 import time
 import urllib.parse
@@ -341,12 +340,11 @@ class TestClient:
         """The committed state of `key` in `pipeline` (what ``ctx.state`` holds at the start of
         the key's next execution), or None when the key has none.
 
-        Read from the store itself: the ``warmslot_state`` table of a SQLite store, the
-        ``warmslot:<pipeline>:state:<key>`` value of a Redis store. The in-memory store cannot
-        be read from outside the engine (`NotImplementedError`)."""
+        Read by the store itself, for every store; it takes no lease and leaves the key's recency
+        in the in-memory store alone."""
         if pipeline not in self.app.pipelines:
             raise KeyError(f"no pipeline {pipeline!r} (the app has {sorted(self.app.pipelines)})")
-        raw = _read_state(self.app, pipeline, str(key))
+        raw = self.server._core.state(list(self.app.pipelines).index(pipeline), str(key))
         return None if raw is None else _jsonlib.loads(raw)
 
     def _admin(self, headers: Optional[Mapping[str, str]]) -> Dict[str, str]:
@@ -375,69 +373,3 @@ def _with_secret(signature: Signature, secret: Union[str, bytes]) -> Signature:
     else:
         key = secret.encode() if isinstance(secret, str) else bytes(secret)
     return dataclasses.replace(signature, secret=key)
-
-
-def _read_state(app: "App", pipeline: str, key: str) -> Optional[bytes]:
-    if app.sqlite_path is not None:
-        if app.sqlite_path == ":memory:":
-            raise NotImplementedError(
-                "client.state() cannot read a private in-memory SQLite store (state='sqlite://'); "
-                "use a file, such as state='sqlite:///' + str(tmp_path / 'state.db')"
-            )
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(app.sqlite_path)}?mode=ro", uri=True, timeout=5.0)
-        try:
-            row = conn.execute(
-                "SELECT state FROM warmslot_state WHERE pipeline = ? AND key = ?", (pipeline, key)
-            ).fetchone()
-        finally:
-            conn.close()
-        return None if row is None else bytes(row[0])
-    if app.redis_url is not None:
-        return _redis_get(app.redis_url, f"warmslot:{pipeline}:state:{key}")
-    raise NotImplementedError(
-        f"client.state() cannot read the in-memory store (App(state={app.state!r})): the engine has no "
-        "method that reads one key's state from Python. Use a durable store in the test, such as "
-        "state='sqlite:///' + str(tmp_path / 'state.db'), or return the state in the pipeline's reply"
-    )
-
-
-def _redis_get(url: str, name: str) -> Optional[bytes]:
-    """``GET name`` on the Redis at `url` (``redis://[[user]:password@]host[:port][/db]``), over RESP."""
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
-    commands: List[List[str]] = []
-    if parts.password is not None:
-        user = urllib.parse.unquote(parts.username or "")
-        password = urllib.parse.unquote(parts.password)
-        commands.append(["AUTH", user, password] if user else ["AUTH", password])
-    db = parts.path.strip("/")
-    if db and db != "0":
-        commands.append(["SELECT", db])
-    commands.append(["GET", name])
-    payload = b"".join(
-        f"*{len(c)}\r\n".encode() + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in c)
-        for c in commands
-    )
-    with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(payload)
-        reader = sock.makefile("rb")
-        reply: Optional[bytes] = None
-        for _ in commands:
-            reply = _resp_reply(reader)
-        return reply
-
-
-def _resp_reply(reader: Any) -> Optional[bytes]:
-    line: bytes = reader.readline()
-    if not line:
-        raise ConnectionError("redis closed the connection")
-    kind, rest = line[:1], line[1:].rstrip(b"\r\n")
-    if kind == b"-":
-        raise RuntimeError(f"redis: {rest.decode(errors='replace')}")
-    if kind == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data: bytes = reader.read(n + 2)
-        return data[:n]
-    return rest  # +OK, :<int>

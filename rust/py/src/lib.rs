@@ -352,6 +352,16 @@ impl Core {
         self.engine.metrics_text()
     }
 
+    /// The committed state of `key` in `pipeline` (JSON bytes), or None: read without a lease and
+    /// without touching the key's recency (for `warmslot.testing.TestClient.state`).
+    fn state<'py>(&self, py: Python<'py>, pipeline: usize, key: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let store = self.pipeline(pipeline)?.store.clone();
+        let key = key.to_owned();
+        let state = if store.does_io() { py.detach(move || store.peek(&key)) } else { store.peek(&key) };
+        let state = state.map_err(store_err)?;
+        Ok(state.map(|s| PyBytes::new(py, &s)))
+    }
+
     /// The record of an execution as JSON text, or None if unknown or evicted.
     fn execution(&self, id: &str) -> Option<String> {
         self.engine.execution(id).map(|e| e.record_json(e.status(), e.outcome()))

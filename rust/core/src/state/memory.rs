@@ -92,6 +92,10 @@ impl StateStore for MemoryStore {
         Ok(shard.states.get(key).map(|(state, _)| state.clone()))
     }
 
+    fn peek(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.shard(key).lock().unwrap().states.get(key).map(|(state, _)| state.clone()))
+    }
+
     fn commit(&self, key: &str, state: Bytes) -> Result<(), StoreError> {
         let mut shard = self.shard(key).lock().unwrap();
         if shard.touch(key) {

@@ -72,6 +72,9 @@ pub type CommitItem<'a> = (Option<&'a str>, Option<Bytes>, Option<&'a ExecutionR
 /// the records of finished executions; the defaults (memory) keep neither.
 pub trait StateStore: Send + Sync {
     fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+    /// The key's committed state, for inspection (`TestClient.state`): unlike `load`, it takes no
+    /// lease and leaves the key's recency alone.
+    fn peek(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// `load` of each key, in order (the keys of one batch: distinct). Stores with transactions
     /// read them all in one.
     fn load_many(&self, keys: &[&str]) -> Vec<Result<Option<Bytes>, StoreError>> {

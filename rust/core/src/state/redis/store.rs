@@ -109,6 +109,12 @@ impl StateStore for RedisStore {
         }
     }
 
+    fn peek(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let state = self.state_key(key);
+        let value: Option<Vec<u8>> = self.db.with_conn(|c| redis::cmd("GET").arg(&state).query(c))?;
+        Ok(value.map(Bytes::from))
+    }
+
     fn commit(&self, key: &str, value: Bytes) -> Result<(), StoreError> {
         self.commit_execution(Some(key), Some(value), None)
     }

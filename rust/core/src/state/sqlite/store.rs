@@ -58,6 +58,10 @@ impl StateStore for SqliteStore {
         select_state(&self.db.main().conn, &self.pipeline, key)
     }
 
+    fn peek(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.load(key) // a read, nothing more
+    }
+
     // NOTE: one read transaction for a batch's keys: each autocommit SELECT takes and drops
     // SQLite's shared WAL lock (fcntl calls on the -shm file), about 6% of a slot's CPU with
     // the counter bot at 64 connections.
