@@ -31,7 +31,7 @@ pub(crate) fn event_type(from: &[EventTypeSource], headers: &HeaderMap, document
 /// filter's, or it has none.
 pub(crate) fn ignored(filter: &EventFilter, headers: &HeaderMap, document: &Value) -> Option<Option<String>> {
     match event_type(&filter.from, headers, document) {
-        Some(t) if filter.types.iter().any(|wanted| *wanted == t) => None,
+        Some(t) if filter.types.contains(&t) => None,
         found => Some(found),
     }
 }
