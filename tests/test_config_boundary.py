@@ -69,6 +69,8 @@ def pipeline_fields() -> Dict[str, Any]:
         dedupe_window=60.0,
         retries=0,
         retry_backoff=1.0,
+        events=None,
+        events_from=None,
     )
 
 
@@ -109,6 +111,23 @@ def test_a_missing_field_is_a_type_error_naming_it(cls, fields, name):
 def test_a_misspelt_field_is_a_type_error_naming_it(cls, fields, wrong):
     with pytest.raises(TypeError, match=f"unexpected keyword argument '{wrong}'"):
         cls(**fields(), **{wrong: 1})
+
+
+@pytest.mark.parametrize(
+    "events,events_from,match",
+    [
+        ([], None, "events must be a non-empty list"),
+        (["push"], None, "events needs events_from"),  # no signature says where the type is
+        (["push"], "type", "events_from must be"),
+        (["push"], "field:a..b", "events_from must be"),
+        (None, "header:X-Event-Type", "events_from needs events"),
+    ],
+)
+def test_event_filter_fields_are_validated(events, events_from, match):
+    with pytest.raises(ValueError, match=match):
+        _core.PipelineSettings(**{**pipeline_fields(), "events": events, "events_from": events_from})
+    good = {"events": ["push"], "events_from": "header:X-Event-Type"}
+    _core.PipelineSettings(**{**pipeline_fields(), **good})
 
 
 def test_fields_are_keyword_only():

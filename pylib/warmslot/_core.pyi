@@ -31,7 +31,9 @@ class PipelineSettings:
 
     `key`: "none", "field" (`key_field`) or "callable" (`key_fn`); `missing_key`: "unkeyed" or
     "reject"; `isolation`: "thread" or "process" (`worker_cmd`); `dedupe`: "headers", "field"
-    (`dedupe_field`), "callable" (`dedupe_fn`) or "off". Seconds are floats."""
+    (`dedupe_field`), "callable" (`dedupe_fn`) or "off". Seconds are floats. `events`: the event
+    types that run (None: all); `events_from`: "header:<name>" or "field:<dotted.path>", or None
+    to read the type where the signature's provider puts it (GitHub, Slack, Stripe, Standard)."""
 
     def __init__(
         self,
@@ -60,6 +62,8 @@ class PipelineSettings:
         dedupe_window: float,
         retries: int,
         retry_backoff: float,
+        events: Optional[Sequence[str]],
+        events_from: Optional[str],
     ) -> None: ...
     @property
     def name(self) -> str: ...

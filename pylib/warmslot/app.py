@@ -10,12 +10,21 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 from . import _core, sched
 from .predictor import Autoscaler
 from .slots import PipelineRuntime
-from .spec import KeySpec, PipelineSpec, Signature, check_count, check_name, check_options, check_seconds
+from .spec import (
+    KeySpec,
+    PipelineSpec,
+    Signature,
+    check_count,
+    check_events,
+    check_name,
+    check_options,
+    check_seconds,
+)
 
 if TYPE_CHECKING:
     from .testing import TestClient
@@ -246,6 +255,8 @@ class App:
         dedupe_window: float = 86400.0,
         retries: int = 0,
         retry_backoff: float = 1.0,
+        events: Optional[Sequence[str]] = None,
+        events_from: Optional[str] = None,
     ) -> Callable[[P], P]: ...
 
     def pipeline(
@@ -274,6 +285,8 @@ class App:
         dedupe_window: float = 86400.0,
         retries: int = 0,
         retry_backoff: float = 1.0,
+        events: Optional[Sequence[str]] = None,
+        events_from: Optional[str] = None,
     ) -> Union[P, Callable[[P], P]]:
         """Registers a function or class as the pipeline ``name`` (default: its ``__name__``).
         Usable bare (``@app.pipeline``) or with options (``@app.pipeline("echo", slots=4)``);
@@ -310,6 +323,16 @@ class App:
         (exception or slot crash), after ``retry_backoff`` seconds, doubled each time; a retry
         joins the back of its key's lane. After the last one the execution is ``failed`` and
         listed by ``GET /executions?status=failed&pipeline=<name>``.
+
+        ``events``: the event types that run, e.g. ``["push", "pull_request"]`` (default: every
+        event). Decided in Rust after the signature check, before admission: any other event is
+        answered ``200 {"ignored": true}`` (header ``x-warmslot-ignored: <type>``) without running,
+        journaling or deduplicating it, and counted as ``warmslot_requests_total{status="ignored"}``;
+        so is an event whose type is not found (as a gateway would). The type is found where the
+        ``signature``'s provider puts it (GitHub's ``X-GitHub-Event`` header; the body's ``type``
+        for Stripe and Standard Webhooks; Slack's ``event.type``, else its top-level ``type``, as in
+        ``url_verification``), or as ``events_from`` says: ``"header:X-Event-Type"`` or
+        ``"field:type"`` / ``"field:event.type"`` (a dotted path into the JSON body).
         """
         if name is not None and not isinstance(name, str):
             if not callable(name):
@@ -339,6 +362,7 @@ class App:
         dedupe_window = check_seconds("dedupe_window", dedupe_window)
         retries = check_count("retries", retries, minimum=0)
         retry_backoff = check_seconds("retry_backoff", retry_backoff)
+        event_types = check_events(events, events_from, signature)
 
         def register(target: P) -> P:
             if not callable(target):
@@ -376,6 +400,8 @@ class App:
                 dedupe_window=dedupe_window,
                 retries=retries,
                 retry_backoff=retry_backoff,
+                events=event_types,
+                events_from=events_from,
             )
             return target
 

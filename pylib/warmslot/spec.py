@@ -186,6 +186,52 @@ def check_options(
         raise ValueError("missing_key='reject' needs key= (without a key every event is unkeyed)")
 
 
+def _provider_reads_type(signature: Optional[Signature]) -> bool:
+    """Whether the signature's provider says where its event type is (GitHub, Slack, Stripe,
+    Standard Webhooks), so ``events=`` needs no ``events_from=``."""
+    if signature is None:
+        return False
+    return signature.scheme != "hex" or signature.header.lower() == "x-hub-signature-256"
+
+
+def check_events(events: Any, events_from: Any, signature: Optional[Signature]) -> Optional[List[str]]:
+    """Checks ``events=`` (a non-empty list or tuple of event type strings, or None) and
+    ``events_from=`` (``"header:<name>"`` or ``"field:<dotted.path>"``, or None) at declaration;
+    returns the types as a list."""
+    if events_from is not None:
+        if not isinstance(events_from, str):
+            raise TypeError(
+                f"events_from must be a str such as 'header:X-Event-Type' or 'field:type', got {events_from!r}"
+            )
+        kind, _, rest = events_from.partition(":")
+        rest = rest.strip()
+        parts = rest.split(".")
+        ok_header = kind == "header" and rest and all(c.isascii() and c.isprintable() and c not in " :" for c in rest)
+        ok_field = kind == "field" and rest and all(parts)
+        if not (ok_header or ok_field):
+            raise ValueError(
+                f"events_from must be 'header:<name>' or 'field:<path>' (e.g. 'header:X-Event-Type', "
+                f"'field:event.type'), got {events_from!r}"
+            )
+    if events is None:
+        if events_from is not None:
+            raise ValueError("events_from needs events= (the event types that run)")
+        return None
+    if isinstance(events, str) or not isinstance(events, (list, tuple)):
+        raise TypeError(f"events must be a list or tuple of event type strings such as ['push'], got {events!r}")
+    if not events:
+        raise ValueError("events must name at least one event type (leave it out to run every event)")
+    for t in events:
+        if not isinstance(t, str) or not t.strip():
+            raise TypeError(f"events must hold non-empty event type strings, got {t!r} in {events!r}")
+    if events_from is None and not _provider_reads_type(signature):
+        raise ValueError(
+            "events= needs events_from= ('header:<name>' or 'field:<path>'): only a GitHub, Slack, Stripe "
+            "or Standard Webhooks signature says where the event type is"
+        )
+    return list(events)
+
+
 def _class_call(cls: type) -> Any:
     """The ``__call__`` a class defines itself (not ``object``'s or ``type``'s), or None."""
     for klass in cls.__mro__:
@@ -243,6 +289,10 @@ class PipelineSpec:
     dedupe_window: float = 86400.0
     retries: int = 0
     retry_backoff: float = 1.0
+    #: Event types that run (None: every event), and where the type is found (None: the
+    #: signature's provider); see `check_events`.
+    events: Optional[List[str]] = None
+    events_from: Optional[str] = None
     is_async: bool = field(init=False)
     is_class: bool = field(init=False)
     takes_ctx: bool = field(init=False)
@@ -329,6 +379,8 @@ class PipelineSpec:
             dedupe_window=self.dedupe_window,
             retries=self.retries,
             retry_backoff=self.retry_backoff,
+            events=self.events,
+            events_from=self.events_from,
         )
 
 

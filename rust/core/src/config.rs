@@ -34,6 +34,69 @@ pub struct SignatureSpec {
     pub scheme: SignatureScheme,
 }
 
+/// Where a webhook's event type is found (`events_from=`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventTypeSource {
+    /// A request header (its lower-case name), e.g. GitHub's `x-github-event`.
+    Header(String),
+    /// A string at a dotted path into the JSON object body: `["type"]`, `["event", "type"]`.
+    Field(Vec<String>),
+}
+
+impl EventTypeSource {
+    /// `"header:X-Event-Type"` or `"field:type"` / `"field:event.type"` (a dotted path).
+    pub fn parse(rule: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "events_from must be \"header:<name>\" or \"field:<path>\" (e.g. \"header:X-Event-Type\", \
+                 \"field:event.type\"), got {rule:?}"
+            )
+        };
+        let (kind, rest) = rule.split_once(':').ok_or_else(bad)?;
+        let rest = rest.trim();
+        match kind.trim() {
+            "header" if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic() && b != b':') => {
+                Ok(EventTypeSource::Header(rest.to_ascii_lowercase()))
+            }
+            "field" if !rest.is_empty() && rest.split('.').all(|p| !p.is_empty()) => {
+                Ok(EventTypeSource::Field(rest.split('.').map(String::from).collect()))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Only events of these types run (`events=`); the others are answered `200 {"ignored": true}`
+/// before admission, and so is an event whose type is not found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventFilter {
+    pub types: Vec<String>,
+    /// Where the type is found, tried in order; the first one present wins.
+    pub from: Vec<EventTypeSource>,
+}
+
+impl EventFilter {
+    /// Where a provider puts its event type, by signature scheme: GitHub's `X-GitHub-Event`
+    /// header; the `type` field of Stripe and Standard Webhooks bodies; Slack's `event.type`, then
+    /// the top-level `type` (`url_verification`). `None` for other schemes (`events_from=` needed).
+    pub fn provider_sources(scheme: &SignatureScheme) -> Option<Vec<EventTypeSource>> {
+        let field = |path: &[&str]| EventTypeSource::Field(path.iter().map(|p| p.to_string()).collect());
+        match scheme {
+            SignatureScheme::Hex { header, .. } if header.eq_ignore_ascii_case("x-hub-signature-256") => {
+                Some(vec![EventTypeSource::Header("x-github-event".into())])
+            }
+            SignatureScheme::Hex { .. } => None,
+            SignatureScheme::Stripe { .. } | SignatureScheme::Standard { .. } => Some(vec![field(&["type"])]),
+            SignatureScheme::Slack { .. } => Some(vec![field(&["event", "type"]), field(&["type"])]),
+        }
+    }
+
+    /// Whether the type is read from the body (so the ingress builds the document).
+    pub fn reads_body(&self) -> bool {
+        self.from.iter().any(|s| matches!(s, EventTypeSource::Field(_)))
+    }
+}
+
 /// How a worker process of a `process`-isolated pipeline is started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerCommand {
@@ -113,6 +176,8 @@ pub struct PipelineConfig {
     pub retries: u32,
     /// Wait before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
+    /// `events=`: only these event types run; `None` runs every event.
+    pub events: Option<EventFilter>,
 }
 
 impl PipelineConfig {
@@ -138,6 +203,7 @@ impl PipelineConfig {
             dedupe_window: Duration::from_secs(24 * 3600),
             retries: 0,
             retry_backoff: Duration::from_secs(1),
+            events: None,
         }
     }
 }
@@ -196,5 +262,38 @@ impl Default for AppConfig {
             max_state_bytes: 1 << 20,
             records_ttl: Duration::from_secs(7 * 24 * 3600),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_from_rules() {
+        assert_eq!(EventTypeSource::parse("header:X-Event-Type"), Ok(EventTypeSource::Header("x-event-type".into())));
+        assert_eq!(EventTypeSource::parse("field:type"), Ok(EventTypeSource::Field(vec!["type".into()])));
+        assert_eq!(
+            EventTypeSource::parse("field:event.type"),
+            Ok(EventTypeSource::Field(vec!["event".into(), "type".into()]))
+        );
+        for bad in ["", "type", "header:", "field:", "field:a..b", "field:.a", "body:type", "header:a b"] {
+            assert!(EventTypeSource::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn provider_sources_by_scheme() {
+        let github = SignatureScheme::Hex { header: "x-hub-signature-256".into(), prefix: "sha256=".into() };
+        assert_eq!(
+            EventFilter::provider_sources(&github),
+            Some(vec![EventTypeSource::Header("x-github-event".into())])
+        );
+        let other = SignatureScheme::Hex { header: "x-signature".into(), prefix: String::new() };
+        assert_eq!(EventFilter::provider_sources(&other), None);
+        let stripe = EventFilter::provider_sources(&SignatureScheme::Stripe { tolerance: Duration::ZERO });
+        assert_eq!(stripe, Some(vec![EventTypeSource::Field(vec!["type".into()])]));
+        let slack = EventFilter::provider_sources(&SignatureScheme::Slack { tolerance: Duration::ZERO }).unwrap();
+        assert_eq!(slack.len(), 2);
     }
 }

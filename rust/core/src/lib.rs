@@ -24,8 +24,8 @@ mod state;
 
 pub use bytes::Bytes;
 pub use config::{
-    AppConfig, DedupeSpec, Isolation, KeySpec, MissingKey, PipelineConfig, SignatureScheme, SignatureSpec,
-    WorkerCommand,
+    AppConfig, DedupeSpec, EventFilter, EventTypeSource, Isolation, KeySpec, MissingKey, PipelineConfig,
+    SignatureScheme, SignatureSpec, WorkerCommand,
 };
 pub use error::ErrorCode;
 pub use http::{prefers_respond_async, sign_hex, HttpError, HttpListener, HttpServer};

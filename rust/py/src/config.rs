@@ -11,8 +11,8 @@ use std::time::Duration;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use warmslot_core::{
-    AppConfig, DedupeSpec, Isolation, KeySpec, MissingKey, PipelineConfig, SignatureScheme, SignatureSpec,
-    WarmupReason, WorkerCommand,
+    AppConfig, DedupeSpec, EventFilter, EventTypeSource, Isolation, KeySpec, MissingKey, PipelineConfig,
+    SignatureScheme, SignatureSpec, WarmupReason, WorkerCommand,
 };
 
 /// `value` if it is one of `options` (by name), else a `ValueError` naming `field` and the accepted
@@ -101,6 +101,34 @@ impl SignatureSettings {
     }
 }
 
+/// `events=` and `events_from=`: the types that run, and where the type is found (a rule, or by
+/// default where the `signature`'s provider puts it); `None` without `events`.
+fn event_filter(
+    events: Option<Vec<String>>,
+    events_from: Option<String>,
+    signature: Option<&SignatureSpec>,
+) -> PyResult<Option<EventFilter>> {
+    let Some(types) = events else {
+        return match events_from {
+            Some(_) => Err(PyValueError::new_err("events_from needs events (the event types that run)")),
+            None => Ok(None),
+        };
+    };
+    if types.is_empty() || types.iter().any(|t| t.trim().is_empty()) {
+        return Err(PyValueError::new_err(format!("events must be a non-empty list of event types, got {types:?}")));
+    }
+    let from = match events_from {
+        Some(rule) => vec![EventTypeSource::parse(&rule).map_err(PyValueError::new_err)?],
+        None => signature.and_then(|s| EventFilter::provider_sources(&s.scheme)).ok_or_else(|| {
+            PyValueError::new_err(
+                "events needs events_from (\"header:<name>\" or \"field:<path>\"): only a GitHub, Slack, Stripe \
+                 or Standard Webhooks signature says where the event type is",
+            )
+        })?,
+    };
+    Ok(Some(EventFilter { types, from }))
+}
+
 #[derive(Clone, Copy)]
 enum Mode {
     None,
@@ -116,6 +144,8 @@ enum Mode {
 /// `isolation`: "thread", or "process" (`worker_cmd`: program and arguments of its workers).
 /// `dedupe`: "headers", "field" (`dedupe_field`), "callable" (`dedupe_fn`) or "off".
 /// `missing_key`: "unkeyed" or "reject". Seconds are floats; `timeout` None waits forever.
+/// `events`: the event types that run (None: all); `events_from`: "header:<name>" or
+/// "field:<dotted.path>", None to use the signature's provider (GitHub, Slack, Stripe, Standard).
 #[pyclass(module = "warmslot._core", frozen)]
 pub struct PipelineSettings {
     pub(crate) config: PipelineConfig,
@@ -129,7 +159,8 @@ impl PipelineSettings {
     #[pyo3(signature = (
         *, name, key, key_field, key_fn, missing_key, min_slots, max_slots, timeout, max_body_bytes,
         queue_size, max_batch, isolation, worker_cmd, concurrency, max_executions, max_memory_mb,
-        signature, reply_async, dedupe, dedupe_field, dedupe_fn, dedupe_window, retries, retry_backoff
+        signature, reply_async, dedupe, dedupe_field, dedupe_fn, dedupe_window, retries, retry_backoff,
+        events, events_from
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -158,6 +189,8 @@ impl PipelineSettings {
         dedupe_window: f64,
         retries: u32,
         retry_backoff: f64,
+        events: Option<Vec<String>>,
+        events_from: Option<String>,
     ) -> PyResult<Self> {
         let key_fn = callable("key_fn", key_fn, py)?;
         let dedupe_fn = callable("dedupe_fn", dedupe_fn, py)?;
@@ -198,6 +231,8 @@ impl PipelineSettings {
                 "max_slots ({max_slots}) must be at least min_slots ({min_slots})"
             )));
         }
+        let signature = signature.map(|s| s.spec.clone());
+        let events = event_filter(events, events_from, signature.as_ref())?;
         let config = PipelineConfig {
             key,
             missing_key,
@@ -213,12 +248,13 @@ impl PipelineSettings {
             max_state_bytes: PipelineConfig::new("").max_state_bytes,
             max_executions,
             max_memory_mb,
-            signature: signature.map(|s| s.spec.clone()),
+            signature,
             reply_async,
             dedupe,
             dedupe_window: duration("dedupe_window", dedupe_window)?,
             retries,
             retry_backoff: duration("retry_backoff", retry_backoff)?,
+            events,
             name,
         };
         Ok(PipelineSettings { config, key_fn, dedupe_fn })

@@ -19,6 +19,7 @@ use hyper::{Request, StatusCode};
 use crate::config::{DedupeSpec, KeySpec, MissingKey, DELIVERY_HEADERS};
 use crate::error::ErrorCode;
 use crate::http::body::{self, EventError};
+use crate::http::events;
 use crate::http::responses::{error, json, json_str, reply, HttpResponse, EXECUTION_ID};
 use crate::http::routes::closing;
 use crate::http::signature;
@@ -32,7 +33,11 @@ const LINGER: Duration = Duration::from_secs(5);
 pub(crate) async fn hook(req: Request<Incoming>, pipeline: Arc<Pipeline>, engine: &Arc<Engine>) -> HttpResponse {
     let is_async = pipeline.config.reply_async || wants_async(&req);
     let event = match read_event(req, &pipeline, engine, is_async).await {
-        Ok(event) => event,
+        Ok(Read::Event(event)) => event,
+        Ok(Read::Ignored(event_type)) => {
+            pipeline.metrics.ignored();
+            return events::ignored_answer(event_type.as_deref());
+        }
         Err(refusal) => return refusal.answer(&pipeline),
     };
     match engine.admit(&pipeline, event).await {
@@ -89,13 +94,22 @@ impl Refusal {
     }
 }
 
-/// Reads and checks the request: everything the HTTP layer decides before admission.
+/// A request read and checked: an event to admit, or one `events=` ignores (with its type, if
+/// it had one).
+enum Read {
+    Event(Event),
+    Ignored(Option<String>),
+}
+
+/// Reads and checks the request: everything the HTTP layer decides before admission. The
+/// signature and the body check come first, then `events=` (so no key function runs for an
+/// ignored event), then the key and the delivery id.
 async fn read_event(
     req: Request<Incoming>,
     pipeline: &Pipeline,
     engine: &Engine,
     is_async: bool,
-) -> Result<Event, Refusal> {
+) -> Result<Read, Refusal> {
     if !engine.is_accepting() {
         return Err(refuse(ErrorCode::ShuttingDown, "the server is shutting down".into()));
     }
@@ -107,8 +121,14 @@ async fn read_event(
             return Err(refuse(ErrorCode::BadSignature, e.0));
         }
     }
-    let (key, delivery) = key_and_delivery(pipeline, engine, &parts, &body)?;
-    Ok(Event { body, headers: parts.headers, key, delivery, received, reply_async: is_async })
+    let (document, key) = check_body(pipeline, &body)?;
+    if let Some(filter) = &cfg.events {
+        if let Some(event_type) = events::ignored(filter, &parts.headers, &document) {
+            return Ok(Read::Ignored(event_type));
+        }
+    }
+    let (key, delivery) = key_and_delivery(pipeline, engine, &parts, &body, &document, key)?;
+    Ok(Read::Event(Event { body, headers: parts.headers, key, delivery, received, reply_async: is_async }))
 }
 
 /// The body, read within `max_body_bytes` and `body_timeout` (`413`, `408`).
@@ -148,14 +168,9 @@ async fn read_limited(req: Request<Incoming>, pipeline: &Pipeline, engine: &Engi
     }
 }
 
-/// Checks the body and finds its ordering key and delivery id, as the pipeline declares them.
-#[allow(clippy::type_complexity)]
-fn key_and_delivery(
-    pipeline: &Pipeline,
-    engine: &Engine,
-    parts: &Parts,
-    body: &Bytes,
-) -> Result<(Option<Box<str>>, Option<Box<str>>), Refusal> {
+/// Checks the body and finds its key field: the document (`Null` unless a dedupe field or an
+/// `events=` body field needs it) and the key.
+fn check_body(pipeline: &Pipeline, body: &Bytes) -> Result<(serde_json::Value, Option<String>), Refusal> {
     let cfg = &pipeline.config;
     let bad = |message: String| refuse(ErrorCode::BadRequest, message);
     let key_field = match &cfg.key {
@@ -165,16 +180,33 @@ fn key_and_delivery(
     // NOTE: the ingress checks the body (the slots' parser, dropping what it reads) and finds its key, so
     // a body is refused here or runs. A document is built only for a dedupe field: one for every event
     // was ~3 µs a request on the I/O thread (perf, support bot, 2-core VM; docs/design/code-notes.md).
-    let document = matches!(cfg.dedupe, DedupeSpec::Field(_));
-    let (event, key) = match body::check(body, key_field, document) {
-        Ok(parsed) => parsed,
+    // NOTE: an `events=` type in a body field builds the document too (serde_json, ~2-3 µs per
+    // event on the I/O thread), only for such pipelines; header types (GitHub) cost nothing.
+    let document = matches!(cfg.dedupe, DedupeSpec::Field(_)) || cfg.events.as_ref().is_some_and(|f| f.reads_body());
+    match body::check(body, key_field, document) {
+        Ok(parsed) => Ok(parsed),
         // Not an object, so no key field: it runs without a key, as a missing field would.
         Err(EventError::NotAnObject { .. }) if cfg.missing_key == MissingKey::Unkeyed => {
-            (serde_json::Value::Null, None)
+            Ok((serde_json::Value::Null, None))
         }
-        Err(e @ EventError::InvalidJson(_)) => return Err(refuse(ErrorCode::InvalidJson, e.to_string())),
-        Err(e @ (EventError::BadKey { .. } | EventError::NotAnObject { .. })) => return Err(bad(e.to_string())),
-    };
+        Err(e @ EventError::InvalidJson(_)) => Err(refuse(ErrorCode::InvalidJson, e.to_string())),
+        Err(e @ (EventError::BadKey { .. } | EventError::NotAnObject { .. })) => Err(bad(e.to_string())),
+    }
+}
+
+/// The ordering key and delivery id of a checked body (`document`, `key`: what [`check_body`]
+/// found), as the pipeline declares them.
+#[allow(clippy::type_complexity)]
+fn key_and_delivery(
+    pipeline: &Pipeline,
+    engine: &Engine,
+    parts: &Parts,
+    body: &Bytes,
+    event: &serde_json::Value,
+    key: Option<String>,
+) -> Result<(Option<Box<str>>, Option<Box<str>>), Refusal> {
+    let cfg = &pipeline.config;
+    let bad = |message: String| refuse(ErrorCode::BadRequest, message);
     let key = match &cfg.key {
         KeySpec::Callable => engine
             .callable_key(pipeline, body)
@@ -200,7 +232,7 @@ fn key_and_delivery(
             KeySpec::None => {}
         }
     }
-    let delivery = match delivery_id(&cfg.dedupe, &parts.headers, &event).map_err(bad)? {
+    let delivery = match delivery_id(&cfg.dedupe, &parts.headers, event).map_err(bad)? {
         None if cfg.dedupe == DedupeSpec::Callable => engine
             .callable_delivery_id(pipeline, body)
             .map_err(|message| bad(format!("dedupe function of {:?} failed: {message}", cfg.name)))?

@@ -5,6 +5,7 @@
 
 mod admin;
 pub(crate) mod body;
+mod events;
 mod hook;
 mod openapi;
 mod responses;

@@ -16,7 +16,7 @@ use crate::observe::series::{Latency, Series};
 use crate::outcome::{Status, Timings};
 
 /// Every `status` label of `warmslot_requests_total`.
-pub const REQUEST_STATUSES: [&str; 10] = [
+pub const REQUEST_STATUSES: [&str; 11] = [
     "succeeded",
     "failed",
     "timed_out",
@@ -27,6 +27,8 @@ pub const REQUEST_STATUSES: [&str; 10] = [
     "shutting_down",
     "bad_request",
     "request_timeout",
+    // Answered `200 {"ignored": true}` by an `events=` filter, before admission.
+    "ignored",
 ];
 
 pub const PHASES: [&str; 4] = ["queue", "run", "commit", "total"];
@@ -120,6 +122,11 @@ impl PipelineMetrics {
     pub fn refused(&self, code: ErrorCode) {
         self.count(code.as_str());
         self.series.refused(code == ErrorCode::Overloaded);
+    }
+
+    /// Counts a webhook that `events=` ignored (not admitted, not run, not journaled).
+    pub fn ignored(&self) {
+        self.count("ignored");
     }
 
     /// The per-second series of this pipeline.
