@@ -177,3 +177,9 @@ def test_declaration_errors(kwargs, exc, match):
     app = warmslot.App()
     with pytest.raises(exc, match=match):
         app.pipeline("p", **kwargs)
+
+
+def test_an_event_type_with_spaces_around_it_is_refused_at_declaration():
+    app = warmslot.App()
+    with pytest.raises(ValueError, match="spaces around it"):
+        app.pipeline("gh", signature=warmslot.github_signature("s"), events=["push "])(lambda event, ctx: {})

@@ -224,6 +224,8 @@ def check_events(events: Any, events_from: Any, signature: Optional[Signature]) 
     for t in events:
         if not isinstance(t, str) or not t.strip():
             raise TypeError(f"events must hold non-empty event type strings, got {t!r} in {events!r}")
+        if t != t.strip():  # a type read from a header is trimmed: " push" would never match
+            raise ValueError(f"events: {t!r} has spaces around it (in {events!r})")
     if events_from is None and not _provider_reads_type(signature):
         raise ValueError(
             "events= needs events_from= ('header:<name>' or 'field:<path>'): only a GitHub, Slack, Stripe "

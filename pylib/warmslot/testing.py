@@ -223,8 +223,9 @@ class TestClient:
         sent = dict(headers or {})
         for attempt in (0, 1):
             conn: Optional[http.client.HTTPConnection] = getattr(self._local, "conn", None)
+            reused = conn is not None
             if conn is None:
-                conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+                conn = http.client.HTTPConnection(server.host, server.port, timeout=self.timeout)
                 self._local.conn = conn
                 with self._conns_lock:
                     self._conns.append(conn)
@@ -232,17 +233,26 @@ class TestClient:
                 conn.request(method, path, content, sent)
                 resp = conn.getresponse()
                 payload = resp.read()
-            except (ConnectionError, http.client.HTTPException, socket.timeout):
-                conn.close()
-                self._local.conn = None
-                if attempt:
+            except (ConnectionError, http.client.HTTPException, socket.timeout) as exc:
+                self._drop(conn)
+                # Only a kept-alive connection the server had closed is tried again (nothing was
+                # read): a timeout or a failure on a fresh connection may have reached the server,
+                # and sending a webhook twice would run it twice.
+                stale = reused and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError))
+                if attempt or not stale:
                     raise
                 continue
             if (resp.getheader("connection") or "").lower() == "close":
-                conn.close()
-                self._local.conn = None
+                self._drop(conn)
             return Response(resp.status, Headers(resp.getheaders()), payload, resp.reason)
         raise AssertionError("unreachable")
+
+    def _drop(self, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+        self._local.conn = None
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
 
     def get(self, path: str, *, headers: Optional[Mapping[str, str]] = None) -> Response:
         """``GET path``, with the app's admin token (when it has one) unless `headers` sets
@@ -344,7 +354,8 @@ class TestClient:
         in the in-memory store alone."""
         if pipeline not in self.app.pipelines:
             raise KeyError(f"no pipeline {pipeline!r} (the app has {sorted(self.app.pipelines)})")
-        raw = self.server._core.state(list(self.app.pipelines).index(pipeline), str(key))
+        index = next(rt.index for rt in self.server.runtimes if rt.spec.name == pipeline)
+        raw = self.server._core.state(index, str(key))
         return None if raw is None else _jsonlib.loads(raw)
 
     def _admin(self, headers: Optional[Mapping[str, str]]) -> Dict[str, str]:

@@ -39,7 +39,8 @@ pub(crate) fn ignored(filter: &EventFilter, headers: &HeaderMap, document: &Valu
 /// `200 {"ignored": true}`, with `x-warmslot-ignored: <type>` when the event had one.
 pub(crate) fn ignored_answer(event_type: Option<&str>) -> HttpResponse {
     let mut resp = json(StatusCode::OK, "{\"ignored\":true}");
-    if let Some(v) = event_type.and_then(|t| HeaderValue::from_str(t).ok()) {
+    // A type longer than any provider's is not echoed (it comes from the sender's body).
+    if let Some(v) = event_type.filter(|t| t.len() <= 256).and_then(|t| HeaderValue::from_str(t).ok()) {
         resp.headers_mut().insert(IGNORED, v);
     }
     resp

@@ -2,6 +2,9 @@
 //! (`openapi.json`, checked against the server by `tests/test_openapi.py`), with the server's
 //! pipeline names added as the enum of `{pipeline}` and the package version as `info.version`.
 
+use std::sync::Mutex;
+
+use bytes::Bytes;
 use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::StatusCode;
 use serde_json::Value;
@@ -22,9 +25,23 @@ pub(crate) fn document<'a>(pipelines: impl IntoIterator<Item = &'a str>) -> Valu
     doc
 }
 
+/// The last document served and the pipeline names it was made for: it is built once per server,
+/// not per request (parsing and writing 32 KB of JSON on the I/O thread, for anyone who asks).
+static LAST: Mutex<Option<(Vec<String>, Bytes)>> = Mutex::new(None);
+
 pub(crate) fn openapi(engine: &Engine) -> HttpResponse {
-    let doc = document(engine.pipelines().iter().map(|p| p.name()));
-    let mut resp = json(StatusCode::OK, doc.to_string());
+    let names: Vec<String> = engine.pipelines().iter().map(|p| p.name().to_string()).collect();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let body = match &*last {
+        Some((for_names, body)) if *for_names == names => body.clone(),
+        _ => {
+            let body = Bytes::from(document(names.iter().map(String::as_str)).to_string());
+            *last = Some((names, body.clone()));
+            body
+        }
+    };
+    drop(last);
+    let mut resp = json(StatusCode::OK, body);
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
