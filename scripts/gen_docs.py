@@ -29,6 +29,10 @@ from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "loadtests"))
+# The figures read as in the benchmark's own table.
+from peerbench.report import fmt_rps, fmt_us  # noqa: E402
+
 BENCH_JSON = os.path.join(ROOT, "docs", "bench.json")
 DASHBOARD_JSON = os.path.join(ROOT, "docs", "dashboard.json")
 #: The peer every warmslot variant is compared with in the README.
@@ -52,22 +56,6 @@ def end(name: str) -> str:
 
 
 # --- formatting -------------------------------------------------------------------------------
-
-
-def fmt_us(us: Optional[float]) -> str:
-    if us is None:
-        return "—"
-    if us < 1000:
-        return f"{us:.0f} µs"
-    if us < 10_000:
-        return f"{us / 1000:.2f} ms"
-    if us < 1_000_000:
-        return f"{us / 1000:.1f} ms"
-    return f"{us / 1e6:.2f} s"
-
-
-def fmt_rps(rps: Optional[float]) -> str:
-    return "—" if rps is None else f"{rps:,.0f}"
 
 
 def fmt_cpu(us: Optional[float]) -> str:

@@ -28,15 +28,13 @@ pub use config::{
     SignatureScheme, SignatureSpec, WorkerCommand,
 };
 pub use error::ErrorCode;
-pub use http::{prefers_respond_async, sign_hex, HttpError, HttpListener, HttpServer};
+pub use http::{sign_hex, HttpError, HttpListener, HttpServer};
 pub use hyper::HeaderMap;
-pub use outcome::{Outcome, Status, Timings};
 pub use runtime::wire;
 pub use runtime::{
-    run_slot, Admission, Backend, BeginError, Begun, CommitNow, Engine, EngineError, Event, Execution, Job, KeyFn,
-    LoopEnd, LoopSettings, More, Pipeline, PipelineStats, Repeat, RunResult, SlotDied, StoreFactory, Ticket,
-    WarmupReason, CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS,
+    run_slot, Backend, Begun, CommitNow, Engine, EngineError, KeyFn, LoopEnd, LoopSettings, More, Pipeline, RunResult,
+    SlotDied, WarmupReason, CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS,
 };
 pub use state::redis::{lease_for, RedisDb};
 pub use state::sqlite::{SqliteDb, SqliteOptions};
-pub use state::{check_size, MemoryStore, StateStore, StateTooLarge, StoreError};
+pub use state::{MemoryStore, StateStore, StoreError};

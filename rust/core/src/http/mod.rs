@@ -14,6 +14,5 @@ mod server;
 pub(crate) mod signature;
 mod stats;
 
-pub use hook::prefers_respond_async;
 pub use server::{HttpError, HttpListener, HttpServer};
 pub use signature::sign_hex;

@@ -465,7 +465,7 @@ impl Job {
         debug_assert_eq!(self.exec.status(), Status::Committing);
         if let (Some(_), Some(state)) = (&self.exec.key, &state) {
             if let Err(e) = crate::state::check_size(state, self.exec.pipeline.config.max_state_bytes) {
-                self.fail_claimed(ErrorCode::StateTooLarge, e.to_string());
+                self.fail_claimed(crate::state::StateTooLarge::CODE, e.to_string());
                 return None;
             }
         }

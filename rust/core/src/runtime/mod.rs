@@ -22,9 +22,9 @@ pub(crate) mod slots;
 pub(crate) mod wakes;
 pub mod wire;
 
-pub use admit::{Admission, Event, Repeat, Ticket};
-pub use engine::{Engine, EngineError, KeyFn, PipelineStats, StoreFactory};
-pub use execution::{BeginError, Execution, Job};
+pub use admit::{Admission, Event, Repeat};
+pub use engine::{Engine, EngineError, KeyFn};
+pub use execution::Execution;
 pub use pipeline::Pipeline;
 pub use slot_loop::{run_slot, Backend, Begun, CommitNow, LoopEnd, LoopSettings, More, RunResult, SlotDied};
 pub use slots::{WarmupReason, CRASH_REASONS, RECYCLE_REASONS, WARMUP_REASONS};
